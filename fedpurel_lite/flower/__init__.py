@@ -1,0 +1,28 @@
+"""FedPuReL on Flower: the same client and server steps as the simulator, on a real federated engine.
+
+- :mod:`.client_app` -- the ClientApp: ``train`` runs stage 1 (purified local training of the shared
+  PEFT), ``evaluate`` runs stage 2 (the private residual branch, kept in ``context.state`` and never
+  sent) and reports the client's global and personal predictions on its test split;
+- :mod:`.strategy` -- ``FedPuReLStrategy``: the toolkit's seeded client sampler, FedAvg over the shared
+  tensors only (weighted by example counts), failure bookkeeping and a minimum of successful replies;
+- :mod:`.server_app` -- the ServerApp: discovers the nodes' partitions, runs the strategy and evaluates
+  the global model on the balanced test set;
+- :mod:`.run` -- ``run_flower(config)`` and ``python -m fedpurel_lite flower``: a Flower simulation.
+
+Needs the ``flower`` extra (``pip install -e '.[flower]'``).
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")  # no phoning home: this toolkit runs offline
+
+
+def require_flwr() -> None:
+    """Raise a clear ImportError when Flower is not installed."""
+    try:
+        import flwr  # noqa: F401
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise ImportError("the Flower layer needs the 'flower' extra: pip install -e '.[flower]' "
+                          "(flwr[simulation]==1.42.0)") from exc

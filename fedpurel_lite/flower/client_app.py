@@ -1,0 +1,206 @@
+"""The FedPuReL ClientApp: stage 1 in ``train``, stage 2 + predictions in ``evaluate``.
+
+A node finds its data either by ``partition-id`` in its node config (simulation, or deployment
+where every node can rebuild the same seeded federation) or by ``client-data``, the path of a
+file written by :func:`export_client_data` (deployment: a node holds only its own features).
+The private personal branch lives in ``context.state["personal"]`` and never leaves the node.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+import torch
+from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+from safetensors.torch import load_file, save_file
+
+from ..client import ClientData, make_clients, predict_private, train_private, train_shared
+from ..config import RunConfig
+from ..methods import Method, get_method
+from ..partition import Federation, build_federation
+from ..peft import PEFTModule, build_peft
+from ..personalize import new_personal_module
+from ..simulate import load_bank_for
+
+#: ``fault(partition_id, server_round, stage)`` is called before each step; tests use it to make a client fail.
+FaultHook = Callable[[int, int, str], None]
+
+
+def config_from_context(context: Context) -> RunConfig:
+    """The RunConfig of a deployed run: ``run_config["config"]`` (TOML path) + ``run_config["overrides"]``."""
+    rc = dict(context.run_config)
+    cfg = RunConfig.load(rc["config"]) if rc.get("config") else RunConfig()
+    overrides = str(rc.get("overrides", "")).split()
+    return cfg.with_overrides(overrides) if overrides else cfg
+
+
+def federation_for(config: RunConfig, bank: Any) -> Federation:
+    """The federation every node and the server rebuild identically from the config."""
+    return build_federation(np.asarray(bank.train_labels), np.asarray(bank.test_labels), bank.class_order, config)
+
+
+@dataclass
+class ClientRuntime:
+    """What a node keeps in memory between messages: config, method, data and its modules."""
+
+    config: RunConfig
+    method: Method
+    data: ClientData
+    peft: PEFTModule
+    initial_state: dict[str, torch.Tensor]
+    personal: torch.nn.Module | None
+    prior: torch.Tensor
+
+
+def _build_runtime(config: RunConfig, node_config: dict[str, Any]) -> ClientRuntime:
+    method = get_method(config.method)
+    if method.overrides:
+        config = config.with_overrides(method.overrides)
+    if node_config.get("client-data"):
+        data, bank = load_client_data(str(node_config["client-data"]))
+        prior = torch.as_tensor(bank.train_counts, dtype=torch.float32)
+    else:
+        bank = load_bank_for(config)
+        fed = federation_for(config, bank)
+        pid = int(node_config["partition-id"])
+        if not 0 <= pid < fed.num_clients:
+            raise ValueError(f"partition-id {pid} outside 0..{fed.num_clients - 1} (num_clients={fed.num_clients})")
+        data = make_clients(bank, fed)[pid]
+        prior = torch.as_tensor(fed.train_counts, dtype=torch.float32)
+    backbone = None
+    if config.peft == "prompt":
+        from ..backbone import load_backbone
+
+        backbone = load_backbone(config.backbone, config.pretrained or None)
+    peft = build_peft(config.peft, bank, backbone, config)
+    personal = new_personal_module(method.personal, peft, config) if method.personal else None
+    return ClientRuntime(config, method, data, peft, peft.shared_state(), personal, prior)
+
+
+_RUNTIMES: dict[str, ClientRuntime] = {}
+
+
+def runtime_for(config: RunConfig, node_config: dict[str, Any]) -> ClientRuntime:
+    """The node's runtime, built once per process and configuration."""
+    key = json.dumps([config.to_dict(), {k: str(v) for k, v in node_config.items()}], sort_keys=True)
+    if key not in _RUNTIMES:
+        _RUNTIMES[key] = _build_runtime(config, node_config)
+    return _RUNTIMES[key]
+
+
+def train_step(msg: Message, rt: ClientRuntime) -> Message:
+    """Stage 1 on this client from the received global arrays; reply with its shared tensors."""
+    round_idx = int(msg.content["config"]["round-idx"])
+    state, tele = train_shared(rt.peft, msg.content["arrays"].to_torch_state_dict(), rt.data, rt.config, rt.method,
+                               round_idx, rt.prior)
+    metrics = {"num-examples": rt.data.n, "partition-id": rt.data.client_id,
+               **{k: float(v) for k, v in tele.items()}}
+    arrays = ArrayRecord({k: v.detach().cpu().contiguous() for k, v in state.items()})
+    return Message(RecordDict({"arrays": arrays, "metrics": MetricRecord(metrics)}), reply_to=msg)
+
+
+def evaluate_step(msg: Message, context: Context, rt: ClientRuntime) -> Message:
+    """Stage 2 (if this client was sampled) against the new global model, then predict the test split."""
+    cfg = msg.content["config"]
+    rt.peft.load_shared_state(msg.content["arrays"].to_torch_state_dict())
+    rt.peft.eval()
+    previous = context.state["personal"].to_torch_state_dict() if "personal" in context.state else None
+    loss = float("nan")
+    if rt.personal is not None and bool(cfg["personalize"]):
+        previous, loss = train_private(rt.personal, rt.peft, previous, rt.initial_state, rt.data, rt.config,
+                                       rt.method, int(cfg["round-idx"]))
+        context.state["personal"] = ArrayRecord({k: v.detach().cpu().contiguous() for k, v in previous.items()})
+    with torch.no_grad():
+        global_logits = rt.peft.predict_logits(rt.data.x_test, rt.config.eval_batch_size)
+    gm_pred = global_logits.argmax(dim=1).cpu().numpy()
+    pm_pred = gm_pred if rt.personal is None else predict_private(
+        rt.personal, rt.peft, previous, rt.initial_state, rt.data.x_test, global_logits, rt.config, rt.method)
+    metrics = {"num-examples": int(len(rt.data.y_test)), "partition-id": rt.data.client_id, "loss": loss,
+               "gm-pred": [int(v) for v in gm_pred], "pm-pred": [int(v) for v in pm_pred]}
+    return Message(RecordDict({"metrics": MetricRecord(metrics)}), reply_to=msg)
+
+
+def build_client_app(config: RunConfig | None = None, fault: FaultHook | None = None) -> ClientApp:
+    """A ClientApp for ``config`` (or, when ``None``, the config named in the run config).
+
+    Parameters
+    ----------
+    config : RunConfig, optional
+        Fixed configuration (simulation); deployed apps read ``run_config`` instead.
+    fault : callable, optional
+        ``fault(partition_id, server_round, stage)`` hook called before each step (failure tests).
+    """
+    app = ClientApp()
+
+    def runtime(context: Context) -> ClientRuntime:
+        torch.set_num_threads(1)  # small tensors: one thread is fastest (and matches the simulator)
+        return runtime_for(config or config_from_context(context), dict(context.node_config))
+
+    def check_fault(rt: ClientRuntime, msg: Message, stage: str) -> None:
+        if fault is not None:
+            fault(rt.data.client_id, int(msg.content["config"]["server-round"]), stage)
+
+    @app.query()
+    def query(msg: Message, context: Context) -> Message:
+        rt = runtime(context)
+        return Message(RecordDict({"metrics": MetricRecord({"partition-id": rt.data.client_id,
+                                                            "num-examples": rt.data.n})}), reply_to=msg)
+
+    @app.train()
+    def train(msg: Message, context: Context) -> Message:
+        rt = runtime(context)
+        check_fault(rt, msg, "train")
+        return train_step(msg, rt)
+
+    @app.evaluate()
+    def evaluate(msg: Message, context: Context) -> Message:
+        rt = runtime(context)
+        check_fault(rt, msg, "evaluate")
+        return evaluate_step(msg, context, rt)
+
+    return app
+
+
+# ----------------------------------------------------------------------------- deployment data files
+def export_client_data(config: RunConfig, out_dir: str | Path, bank: Any = None) -> list[Path]:
+    """Write one ``client_<k>.safetensors`` per client: a deployed node needs only its own file.
+
+    Each file holds the client's training features, labels, teacher logits, its test split, and
+    the shared context a node needs to build its PEFT (zero-shot text features, logit scale, the
+    global class counts) -- no other client's data.
+    """
+    bank = bank if bank is not None else load_bank_for(config)
+    fed = federation_for(config, bank)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for data in make_clients(bank, fed):
+        path = out / f"client_{data.client_id}.safetensors"
+        tensors = {**data.to_tensors(), "text_features": torch.as_tensor(bank.text_features).float().contiguous(),
+                   "train_counts": torch.as_tensor(fed.train_counts)}
+        save_file(tensors, str(path), metadata={"logit_scale": repr(float(bank.logit_scale)),
+                                                "class_names": json.dumps(list(bank.class_names))})
+        paths.append(path)
+    return paths
+
+
+def load_client_data(path: str) -> tuple[ClientData, SimpleNamespace]:
+    """Read a file of :func:`export_client_data`: the client's data and a small bank-like context."""
+    from safetensors import safe_open
+
+    tensors = load_file(path)
+    with safe_open(path, framework="pt") as fh:
+        meta = fh.metadata()
+    ctx = SimpleNamespace(text_features=tensors["text_features"], logit_scale=float(meta["logit_scale"]),
+                          class_names=json.loads(meta["class_names"]), train_counts=tensors["train_counts"].numpy())
+    return ClientData.from_tensors(tensors), ctx
+
+
+app = build_client_app()  # for `flwr run` (config from the run config)

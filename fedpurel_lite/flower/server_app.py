@@ -1,0 +1,105 @@
+"""The FedPuReL ServerApp: partition discovery, the strategy loop, server-side evaluation."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+import torch
+from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.serverapp import Grid, ServerApp
+
+from ..config import RunConfig
+from ..methods import get_method
+from ..metrics import evaluate_predictions
+from ..peft import build_peft
+from ..simulate import clean_json, load_bank_for
+from .client_app import config_from_context, federation_for
+from .strategy import FedPuReLStrategy, FlowerRunError
+
+
+def discover_partitions(grid: Grid, num_clients: int, timeout: float = 120.0) -> dict[int, int]:
+    """Wait for ``num_clients`` nodes and ask each which partition it holds: ``{node_id: partition_id}``."""
+    start = time.monotonic()
+    while len(nodes := list(grid.get_node_ids())) < num_clients:
+        if time.monotonic() - start > timeout:
+            raise FlowerRunError(f"only {len(nodes)} of {num_clients} nodes connected within {timeout:.0f} s")
+        time.sleep(0.2)
+    replies = grid.send_and_receive([Message(RecordDict({}), dst_node_id=n, message_type="query") for n in nodes])
+    found = {}
+    for m in replies:
+        if m.has_error():
+            raise FlowerRunError(f"node {m.metadata.src_node_id} could not load its data: {m.error.reason}")
+        found[int(m.metadata.src_node_id)] = int(m.content["metrics"]["partition-id"])
+    return found
+
+
+def serve(grid: Grid, config: RunConfig, min_replies: int = 1, sink: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Run ``config`` on ``grid``; returns (and fills ``sink`` with) history, final arrays and failures."""
+    sink = {} if sink is None else sink
+    method = get_method(config.method)
+    if method.stage1 is None:
+        raise ValueError(f"method {method.name!r} trains nothing federated; run it with simulate.run")
+    if method.overrides:
+        config = config.with_overrides(method.overrides)
+    bank = load_bank_for(config)
+    fed = federation_for(config, bank)
+    backbone = None
+    if config.peft == "prompt":
+        from ..backbone import load_backbone
+
+        backbone = load_backbone(config.backbone, config.pretrained or None)
+    peft = build_peft(config.peft, bank, backbone, config)
+    strategy = FedPuReLStrategy(fed, np.asarray(bank.test_labels), config.participation, config.seed, min_replies)
+    sink["strategy"] = strategy
+    strategy.register_nodes(discover_partitions(grid, fed.num_clients))
+    x_test = torch.as_tensor(bank.test_features).float()
+    y_test = np.asarray(bank.test_labels)
+    clock = {"t": time.perf_counter()}
+
+    def evaluate_fn(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
+        if server_round == 0:  # the simulator has no round-0 evaluation either
+            return None
+        peft.load_shared_state(arrays.to_torch_state_dict())
+        with torch.no_grad():
+            pred = peft.predict_logits(x_test, config.eval_batch_size).argmax(dim=1).numpy()
+        gm = evaluate_predictions(y_test, pred, fed.num_classes, fed.groups, fed.train_counts)
+        entry = strategy.entries[server_round]
+        entry["gm"] = clean_json(gm)
+        entry["failures"] = [f for f in strategy.failures if f["round"] == server_round - 1]
+        entry["time_s"] = time.perf_counter() - clock["t"]
+        clock["t"] = time.perf_counter()
+        return MetricRecord({k: float(gm[k]) for k in ("accuracy", "head", "medium", "tail")})
+
+    torch.set_num_threads(1)
+    result = strategy.start(grid=grid, initial_arrays=ArrayRecord(peft.shared_state()), num_rounds=config.rounds,
+                            evaluate_fn=evaluate_fn)
+    sink["history"] = [clean_json(strategy.entries[r]) for r in sorted(strategy.entries)]
+    sink["final"] = result.arrays.to_torch_state_dict()
+    sink["failures"] = list(strategy.failures)
+    sink["federation"] = fed
+    sink["config"] = config
+    return sink
+
+
+def build_server_app(config: RunConfig | None = None, min_replies: int = 1,
+                     sink: dict[str, Any] | None = None) -> ServerApp:
+    """A ServerApp for ``config`` (``None``: read it from the run config) that fills ``sink``."""
+    app = ServerApp()
+
+    @app.main()
+    def main(grid: Grid, context: Context) -> None:
+        cfg = config or config_from_context(context)
+        replies = int(dict(context.run_config).get("min-replies", min_replies))
+        try:
+            serve(grid, cfg, replies, sink)
+        except Exception as exc:
+            if sink is not None:
+                sink["error"] = exc
+            raise
+
+    return app
+
+
+app = build_server_app()  # for `flwr run` (config from the run config)

@@ -1,0 +1,150 @@
+"""Unit tests of the Flower layer with constructed messages (no Ray, no simulation engine)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("flwr", reason="the Flower layer needs the 'flower' extra (pip install -e '.[flower]')")
+
+from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict  # noqa: E402
+from flwr.supercore.task_identity import TaskIdentity  # noqa: E402
+
+from fedpurel_lite.aggregate import ClientSampler, fedavg  # noqa: E402
+from fedpurel_lite.client import make_clients, predict_private, train_private, train_shared  # noqa: E402
+from fedpurel_lite.config import RunConfig  # noqa: E402
+from fedpurel_lite.flower.client_app import ClientRuntime, evaluate_step, train_step  # noqa: E402
+from fedpurel_lite.flower.strategy import FedPuReLStrategy, FlowerRunError  # noqa: E402
+from fedpurel_lite.methods import get_method  # noqa: E402
+from fedpurel_lite.partition import build_federation  # noqa: E402
+from fedpurel_lite.peft import build_peft  # noqa: E402
+from fedpurel_lite.personalize import new_personal_module  # noqa: E402
+
+K = 6
+NODE = {pid: 100 + 7 * pid for pid in range(K)}  # node ids are opaque to the strategy
+
+
+@pytest.fixture(autouse=True)
+def _task_identity():
+    """Messages need a run identity; the engine sets it, here we do."""
+    TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 0
+    yield
+
+
+@pytest.fixture
+def setup(core_bank):
+    cfg = RunConfig(num_clients=K, participation=0.5, rounds=3, imbalance_ratio=10, min_client_size=5, seed=3,
+                    lr=0.05, personal_lr=0.05, batch_size=16)
+    fed = build_federation(core_bank.train_labels.numpy(), core_bank.test_labels.numpy(), core_bank.class_order, cfg)
+    return cfg, fed, core_bank
+
+
+def _strategy(setup, min_replies=1):
+    cfg, fed, bank = setup
+    s = FedPuReLStrategy(fed, bank.test_labels.numpy(), cfg.participation, cfg.seed, min_replies)
+    s.register_nodes({node: pid for pid, node in NODE.items()})
+    return s
+
+
+def _reply(msg: Message, pid: int, state: dict, n: int) -> Message:
+    tele = {"steps": 2.0, "decisions": 2.0, "projected": 1.0, "cos_sum": -0.5, "cos_count": 2.0, "task_loss": 1.0,
+            "align_loss": 0.5}
+    metrics = MetricRecord({"num-examples": n, "partition-id": pid, **tele})
+    return Message(RecordDict({"arrays": ArrayRecord(state), "metrics": metrics}), reply_to=msg)
+
+
+def test_configure_train_uses_the_toolkit_sampler(setup):
+    cfg = setup[0]
+    s = _strategy(setup)
+    arrays = ArrayRecord({"w": torch.zeros(3)})
+    first = list(s.configure_train(1, arrays, ConfigRecord(), grid=None))
+    assert sorted(m.metadata.dst_node_id for m in first) == sorted(NODE.values())  # round 0: everyone
+    second = list(s.configure_train(2, arrays, ConfigRecord(), grid=None))
+    expected = ClientSampler(K, cfg.participation, cfg.seed).sample(1)
+    assert [m.metadata.dst_node_id for m in second] == [NODE[int(k)] for k in expected]
+    assert len(second) == 3 and all(int(m.content["config"]["round-idx"]) == 1 for m in second)
+
+
+def test_aggregate_train_is_weighted_fedavg_in_partition_order_and_records_failures(setup):
+    s = _strategy(setup)
+    msgs = dict(enumerate(s.configure_train(1, ArrayRecord({"w": torch.zeros(2)}), ConfigRecord(), None)))
+    states = {pid: {"w": torch.tensor([float(pid), 1.0])} for pid in range(K)}
+    sizes = {pid: 10 * (pid + 1) for pid in range(K)}
+    replies = [_reply(msgs[pid], pid, states[pid], sizes[pid]) for pid in reversed(range(K)) if pid != 2]
+    replies.append(Message(Error(code=0, reason="ClientAppException\nException occurred. Message: disk full"),
+                           reply_to=msgs[2]))
+    arrays, metrics = s.aggregate_train(1, replies)
+    ok = [p for p in range(K) if p != 2]
+    want = fedavg([states[p] for p in ok], [sizes[p] for p in ok])
+    torch.testing.assert_close(arrays.to_torch_state_dict()["w"], want["w"], rtol=0, atol=0)
+    assert s.failures == [{"round": 0, "stage": "train", "partition": 2, "reason": "Exception occurred. Message: "
+                           "disk full"}]
+    assert metrics["projected_share"] == pytest.approx(0.5) and metrics["mean_cos"] == pytest.approx(-0.25)
+
+
+def test_too_few_replies_stop_the_run(setup):
+    s = _strategy(setup, min_replies=K)
+    msgs = list(s.configure_train(1, ArrayRecord({"w": torch.zeros(2)}), ConfigRecord(), None))
+    replies = [_reply(m, pid, {"w": torch.ones(2)}, 5) for pid, m in enumerate(msgs) if pid != 4]
+    replies.append(Message(Error(code=0, reason="boom"), reply_to=msgs[4]))
+    with pytest.raises(FlowerRunError, match=rf"round 0 train: only {K - 1} of {K} clients .* min_replies={K}"):
+        s.aggregate_train(1, replies)
+    with pytest.raises(ValueError, match="min_replies"):
+        FedPuReLStrategy(setup[1], setup[2].test_labels.numpy(), 0.5, 1, min_replies=K + 1)
+
+
+def _runtime(setup, pid: int) -> ClientRuntime:
+    cfg, fed, bank = setup
+    cfg = cfg.with_overrides({"method": "fedpurel"})
+    method = get_method("fedpurel")
+    peft = build_peft(cfg.peft, bank, None, cfg)
+    return ClientRuntime(cfg, method, make_clients(bank, fed)[pid], peft, peft.shared_state(),
+                         new_personal_module(method.personal, peft, cfg),
+                         torch.as_tensor(fed.train_counts, dtype=torch.float32))
+
+
+def test_client_train_step_is_stage_one(setup):
+    rt = _runtime(setup, 1)
+    start = {k: v + 0.01 for k, v in rt.initial_state.items()}
+    msg = Message(RecordDict({"arrays": ArrayRecord(start), "config": ConfigRecord({"round-idx": 4,
+                                                                                  "server-round": 5})}),
+                  dst_node_id=NODE[1], message_type="train")
+    reply = train_step(msg, rt)
+    other = _runtime(setup, 1)
+    want, _ = train_shared(other.peft, start, other.data, other.config, other.method, 4, other.prior)
+    got = reply.content["arrays"].to_torch_state_dict()
+    for name in want:
+        torch.testing.assert_close(got[name], want[name], rtol=0, atol=0)
+    assert int(reply.content["metrics"]["num-examples"]) == rt.data.n
+    assert not torch.equal(got[next(iter(got))], start[next(iter(start))])  # it trained
+
+
+def test_client_evaluate_keeps_the_residual_private(setup):
+    rt = _runtime(setup, 0)
+    glob = rt.initial_state
+    ctx = Context(run_id=1, node_id=NODE[0], node_config={"partition-id": 0}, state=RecordDict(), run_config={})
+
+    def evaluate(personalize: bool, r: int) -> Message:
+        msg = Message(RecordDict({"arrays": ArrayRecord(glob), "config": ConfigRecord(
+            {"round-idx": r, "server-round": r + 1, "personalize": personalize})}), dst_node_id=NODE[0],
+            message_type="evaluate")
+        return evaluate_step(msg, ctx, rt)
+
+    first = evaluate(False, 0)
+    assert "personal" not in ctx.state  # not sampled: nothing trained, nothing stored
+    assert first.content["metrics"]["gm-pred"] == first.content["metrics"]["pm-pred"]  # zero residual at start
+    evaluate(True, 1)
+    stored = ctx.state["personal"].to_torch_state_dict()
+    other = _runtime(setup, 0)
+    want, _ = train_private(other.personal, other.peft, None, other.initial_state, other.data, other.config,
+                            other.method, 1)
+    for name in want:
+        torch.testing.assert_close(stored[name], want[name], rtol=0, atol=0)
+    third = evaluate(False, 2)  # evaluation uses the stored private state
+    logits = other.peft.predict_logits(other.data.x_test)
+    pm = predict_private(other.personal, other.peft, want, other.initial_state, other.data.x_test, logits,
+                         other.config, other.method)
+    assert third.content["metrics"]["pm-pred"] == [int(v) for v in pm]
+    assert "arrays" not in third.content  # the personal branch is never sent
+    assert np.isnan(float(third.content["metrics"]["loss"]))
