@@ -1,0 +1,91 @@
+"""The shape every world shares (FLamby-style): images, labels, class names, templates, class order."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+#: Prompt templates used for worlds that have no better ones (CLIP-style, short).
+DEFAULT_TEMPLATES: list[str] = [
+    "a photo of a {}.",
+    "a blurry photo of a {}.",
+    "a low resolution photo of a {}.",
+    "a photo of the small {}.",
+    "a photo of the large {}.",
+    "itap of a {}.",
+    "a close-up photo of a {}.",
+]
+
+
+def fingerprint_of(name: str, params: dict[str, Any]) -> str:
+    """``"<name>:<sorted JSON of params>"``, the fingerprint format of every world."""
+    return f"{name}:{json.dumps(params, sort_keys=True, default=str)}"
+
+
+@dataclass
+class World:
+    """A labelled image world with a train pool, a balanced test pool and a head-to-tail class order.
+
+    Attributes
+    ----------
+    name : str
+        Registry name (``"shapes"``, ``"cifar100"``, ...).
+    class_names : list of str
+        Human-readable class names, index = class id.
+    templates : list of str
+        Prompt format strings with one ``{}`` for the class name.
+    train_images, test_images : numpy.ndarray or Dataset
+        ``uint8`` arrays ``N x H x W x 3`` (shapes) or dataset objects yielding ``(PIL image, label)``.
+    train_labels, test_labels : numpy.ndarray
+        ``int64`` label arrays.
+    class_order : numpy.ndarray
+        Class ids ordered from head (rank 0) to tail; used by the long-tail assignment.
+    params : dict
+        Everything that determines the world's content; enters :meth:`fingerprint`.
+    """
+
+    name: str
+    class_names: list[str]
+    templates: list[str]
+    train_images: Any
+    train_labels: np.ndarray
+    test_images: Any
+    test_labels: np.ndarray
+    class_order: np.ndarray
+    params: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.train_labels = np.asarray(self.train_labels, dtype=np.int64)
+        self.test_labels = np.asarray(self.test_labels, dtype=np.int64)
+        self.class_order = np.asarray(self.class_order, dtype=np.int64)
+        num_classes = len(self.class_names)
+        if sorted(self.class_order.tolist()) != list(range(num_classes)):
+            raise ValueError(f"class_order of world {self.name!r} is not a permutation of 0..{num_classes - 1}")
+        if len(self.train_labels) != len(self.train_images) or len(self.test_labels) != len(self.test_images):
+            raise ValueError(f"world {self.name!r}: images and labels differ in length")
+        if not self.templates or any("{}" not in t for t in self.templates):
+            raise ValueError(f"world {self.name!r}: every template needs one '{{}}' placeholder")
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes."""
+        return len(self.class_names)
+
+    def fingerprint(self) -> str:
+        """A stable string naming the world and every parameter that determines its content.
+
+        Returns
+        -------
+        str
+            ``"<name>:<sorted JSON of params>"``; caches compare it verbatim.
+        """
+        return fingerprint_of(self.name, self.params)
+
+    def __repr__(self) -> str:  # the arrays are large: keep the repr short
+        return (
+            f"World(name={self.name!r}, classes={self.num_classes}, train={len(self.train_labels)}, "
+            f"test={len(self.test_labels)}, params={self.params})"
+        )

@@ -1,0 +1,115 @@
+"""Worlds: the shapes world (determinism, sizes, class order, contact sheet), CIFAR errors, folder, registry."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import numpy as np
+import pytest
+
+from fedpurel_lite.worlds import World, load_world, shapes
+from fedpurel_lite.worlds.cifar import load_cifar
+
+
+def test_render_is_deterministic_and_seeded() -> None:
+    labels = np.arange(100).repeat(3)
+    a = shapes.render(labels, "target", 0.6, seed=0, stream=5)
+    b = shapes.render(labels, "target", 0.6, seed=0, stream=5)
+    c = shapes.render(labels, "target", 0.6, seed=1, stream=5)
+    assert a.dtype == np.uint8 and a.shape == (300, 32, 32, 3)
+    assert hashlib.sha256(a.tobytes()).digest() == hashlib.sha256(b.tobytes()).digest()
+    assert (a != c).mean() > 0.5
+
+
+def test_shift_moves_the_target_away_from_the_source() -> None:
+    labels = np.arange(100).repeat(5)
+
+    def stats(domain: str, shift: float) -> tuple[float, float]:
+        img = shapes.render(labels, domain, shift, seed=0, stream=3).astype(float)
+        return np.abs(np.diff(img, axis=2)).mean(), img.mean()  # texture energy, brightness
+
+    src, t0, tdef, t1 = stats("source", 0.0), stats("target", 0.0), stats("target", 0.58), stats("target", 1.0)
+    assert abs(src[1] - t0[1]) < 3  # shift 0 renders like the source (independent stream)
+    assert src[0] < tdef[0] < t1[0] and t1[0] > 1.4 * src[0]  # textured backgrounds, noise, occluders
+    assert src[1] < tdef[1] < t1[1]
+
+
+def test_class_names_and_grouping() -> None:
+    assert len(shapes.CLASS_NAMES) == 100 and len(set(shapes.CLASS_NAMES)) == 100
+    assert shapes.CLASS_NAMES[0] == "red circle" and shapes.CLASS_NAMES[13] == "orange star"
+
+
+def test_class_order_is_a_seeded_stratified_permutation() -> None:
+    order = shapes.shapes_class_order(0)
+    assert sorted(order.tolist()) == list(range(100))
+    assert np.array_equal(order, shapes.shapes_class_order(0))
+    assert not np.array_equal(order, shapes.shapes_class_order(1))
+    assert not np.array_equal(order, np.arange(100))
+    for b in range(10):  # every 10 consecutive ranks: each colour and each shape exactly once
+        block = order[10 * b : 10 * b + 10]
+        assert sorted((block // 10).tolist()) == list(range(10))
+        assert sorted((block % 10).tolist()) == list(range(10))
+
+
+def test_small_world_shape_and_fingerprint() -> None:
+    w = shapes.load_shapes("target", shift=0.6, seed=0, n_train=4, n_test=2)
+    assert isinstance(w, World)
+    assert w.train_images.shape == (400, 32, 32, 3) and w.test_images.shape == (200, 32, 32, 3)
+    assert np.bincount(w.train_labels).tolist() == [4] * 100
+    assert w.train_labels.dtype == np.int64 and not w.train_images.flags.writeable
+    assert w.fingerprint() == shapes.shapes_fingerprint("target", 0.6, 0, 4, 2)
+    assert w.fingerprint() != shapes.shapes_fingerprint("target", 0.5, 0, 4, 2)
+    assert all("{}" in t for t in w.templates)
+
+
+def test_world_validates_its_fields() -> None:
+    with pytest.raises(ValueError, match="permutation"):
+        World("x", ["a", "b"], ["a {}."], np.zeros((2, 1)), [0, 1], np.zeros((1, 1)), [0], [0, 0])
+    with pytest.raises(ValueError, match="placeholder"):
+        World("x", ["a", "b"], ["no slot"], np.zeros((2, 1)), [0, 1], np.zeros((1, 1)), [0], [1, 0])
+
+
+def test_contact_sheet_is_byte_reproducible(tmp_path) -> None:
+    a = shapes.plot_contact_sheet(str(tmp_path / "a.png"))
+    b = shapes.plot_contact_sheet(str(tmp_path / "b.png"))
+    data = open(a, "rb").read()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and data == open(b, "rb").read()
+    assert b"Software" not in data
+
+
+def test_cifar_missing_files_is_a_clear_error(tmp_path, monkeypatch) -> None:
+    monkeypatch.delenv("FEDPUREL_DOWNLOAD", raising=False)
+    with pytest.raises(FileNotFoundError, match="cifar-100-python") as err:
+        load_cifar("cifar100", root=tmp_path)
+    assert str(tmp_path) in str(err.value) and "download=True" in str(err.value)
+    monkeypatch.setenv("FEDPUREL_DATA", str(tmp_path / "elsewhere"))
+    with pytest.raises(FileNotFoundError, match="elsewhere/cifar/cifar-10-batches-py"):
+        load_world("cifar10")
+
+
+def test_folder_world(tmp_path) -> None:
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    split = {"train": [], "test": []}
+    for cls, n in (("cat", 2), ("dog", 5), ("big_owl", 3)):
+        (tmp_path / cls).mkdir()
+        for i in range(n + 1):
+            Image.fromarray(rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)).save(tmp_path / cls / f"{i}.png")
+            split["train" if i < n else "test"].append(f"{cls}/{i}.png")
+    (tmp_path / "split.json").write_text(json.dumps(split))
+    w = load_world("folder", root=tmp_path)
+    assert w.class_names == ["big owl", "cat", "dog"]
+    assert np.bincount(w.train_labels).tolist() == [3, 2, 5]
+    assert w.class_order.tolist() == [2, 0, 1]  # head -> tail by training count
+    img, label = w.test_images[0]
+    assert img.size == (8, 8) and label == 1  # "cat/2.png"
+    fp = w.fingerprint()
+    Image.fromarray(np.zeros((9, 9, 3), dtype=np.uint8)).save(tmp_path / "cat" / "0.png")
+    assert load_world("folder", root=tmp_path).fingerprint() != fp  # content changes the fingerprint
+
+
+def test_registry_rejects_unknown_names() -> None:
+    with pytest.raises(ValueError, match="shapes"):
+        load_world("imagenet")
