@@ -41,7 +41,7 @@ class RunConfig:
     world: str = "shapes"
     backbone: str = "fedpurel-tiny"
     pretrained: str = ""  # "" = the backbone's default weights
-    cache_dir: str = "data/cache"
+    cache_dir: str = ""  # "" = $FEDPUREL_CACHE or the repository's data/cache
     device: str = "cpu"
     # long tail
     imbalance_ratio: float = 100.0  # IF >= 1 ("ratio 100"); see longtail.ratio_from_fraction

@@ -52,7 +52,8 @@ def run_flower(config: RunConfig, min_replies: int = 1, num_cpus: int = 2, fault
     import ray
     from flwr.simulation import run_simulation
 
-    config = config.with_overrides({"cache_dir": str(Path(config.cache_dir).resolve())})  # Ray workers' cwd differs
+    if config.cache_dir:  # Ray workers' working directory differs from ours
+        config = config.with_overrides({"cache_dir": str(Path(config.cache_dir).resolve())})
     sink: dict[str, Any] = {}
     backend = {"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
                "init_args": {"num_cpus": int(num_cpus), "num_gpus": 0, "include_dashboard": False,
@@ -60,6 +61,7 @@ def run_flower(config: RunConfig, min_replies: int = 1, num_cpus: int = 2, fault
     if not verbose:
         logging.getLogger("flwr").setLevel(logging.WARNING)
     try:
+        _start_ray(ray, backend["init_args"])
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)
             run_simulation(build_server_app(config, min_replies, sink), build_client_app(config, fault),
@@ -82,6 +84,25 @@ def run_flower(config: RunConfig, min_replies: int = 1, num_cpus: int = 2, fault
     result = RunResult(sink["config"].method, sink["config"].to_dict(), sink["history"], summarise(sink["history"]),
                        info, {f"global/{k}": v for k, v in sink["final"].items()})
     return FlowerResult(result, sink["failures"])
+
+
+def _start_ray(ray: Any, init_args: dict[str, Any], attempts: int = 3) -> None:
+    """Start Ray before Flower does (Flower reuses it), retrying: on a loaded machine Ray's node can miss
+    its fixed 30 s start-up window."""
+    import os
+    import sys
+
+    pythonpath = os.pathsep.join([*sys.path, os.environ.get("PYTHONPATH", "")]).strip(os.pathsep)
+    os.environ["PYTHONPATH"] = pythonpath  # Ray workers must import this package as the driver does
+    for attempt in range(1, attempts + 1):
+        try:
+            ray.init(runtime_env={"env_vars": {"PYTHONPATH": pythonpath}}, **init_args)
+            return
+        except Exception:
+            if ray.is_initialized():
+                ray.shutdown()
+            if attempt == attempts:
+                raise
 
 
 def main(argv: list[str] | None = None) -> int:

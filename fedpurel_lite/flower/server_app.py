@@ -26,7 +26,8 @@ def discover_partitions(grid: Grid, num_clients: int, timeout: float = 120.0) ->
         if time.monotonic() - start > timeout:
             raise FlowerRunError(f"only {len(nodes)} of {num_clients} nodes connected within {timeout:.0f} s")
         time.sleep(0.2)
-    replies = grid.send_and_receive([Message(RecordDict({}), dst_node_id=n, message_type="query") for n in nodes])
+    replies = grid.send_and_receive([Message(RecordDict({}), dst_node_id=n, message_type="query") for n in nodes],
+                                    timeout=timeout)
     found = {}
     for m in replies:
         if m.has_error():
@@ -35,8 +36,13 @@ def discover_partitions(grid: Grid, num_clients: int, timeout: float = 120.0) ->
     return found
 
 
-def serve(grid: Grid, config: RunConfig, min_replies: int = 1, sink: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Run ``config`` on ``grid``; returns (and fills ``sink`` with) history, final arrays and failures."""
+def serve(grid: Grid, config: RunConfig, min_replies: int = 1, sink: dict[str, Any] | None = None,
+          step_timeout: float = 900.0) -> dict[str, Any]:
+    """Run ``config`` on ``grid``; returns (and fills ``sink`` with) history, final arrays and failures.
+
+    ``step_timeout`` bounds every wait for client replies; a client that does not reply in time is left
+    out of that step.
+    """
     sink = {} if sink is None else sink
     method = get_method(config.method)
     if method.stage1 is None:
@@ -74,7 +80,7 @@ def serve(grid: Grid, config: RunConfig, min_replies: int = 1, sink: dict[str, A
 
     torch.set_num_threads(1)
     result = strategy.start(grid=grid, initial_arrays=ArrayRecord(peft.shared_state()), num_rounds=config.rounds,
-                            evaluate_fn=evaluate_fn)
+                            timeout=step_timeout, evaluate_fn=evaluate_fn)
     sink["history"] = [clean_json(strategy.entries[r]) for r in sorted(strategy.entries)]
     sink["final"] = result.arrays.to_torch_state_dict()
     sink["failures"] = list(strategy.failures)

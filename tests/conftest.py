@@ -1,0 +1,81 @@
+"""Shared pytest fixtures. Append-only file: each owner prefixes its fixtures (``core_`` = issue #4)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+# ----------------------------------------------------------------------------- core_ (issue #4)
+
+CORE_TINY_CLIP = "core-test-tiny"
+
+
+@dataclass
+class CoreSyntheticBank:
+    """Duck-typed FeatureBank: Gaussian clusters around class means, imperfect 'text' features."""
+
+    train_features: torch.Tensor
+    train_labels: torch.Tensor
+    test_features: torch.Tensor
+    test_labels: torch.Tensor
+    text_features: torch.Tensor
+    logit_scale: float
+    class_names: list[str]
+    class_order: np.ndarray
+    meta: dict = field(default_factory=dict)
+
+
+def core_make_bank(num_classes: int = 20, dim: int = 32, per_class_train: int = 60, per_class_test: int = 30,
+                   noise: float = 0.9, text_noise: float = 0.7, seed: int = 0) -> CoreSyntheticBank:
+    """A small synthetic bank: image features = normalise(mean_c + noise), text = normalise(mean_c + noise)."""
+    g = torch.Generator().manual_seed(seed)
+    means = F.normalize(torch.randn(num_classes, dim, generator=g), dim=-1)
+    text = F.normalize(means + text_noise * torch.randn(num_classes, dim, generator=g) / dim ** 0.5, dim=-1)
+
+    def draw(per_class: int) -> tuple[torch.Tensor, torch.Tensor]:
+        labels = torch.arange(num_classes).repeat_interleave(per_class)
+        feats = means[labels] + noise * torch.randn(labels.numel(), dim, generator=g) / dim ** 0.5
+        return F.normalize(feats, dim=-1), labels
+
+    xtr, ytr = draw(per_class_train)
+    xte, yte = draw(per_class_test)
+    order = np.random.default_rng(seed).permutation(num_classes)
+    return CoreSyntheticBank(xtr, ytr, xte, yte, text, 18.0, [f"class {c}" for c in range(num_classes)], order)
+
+
+@pytest.fixture(scope="session")
+def core_bank() -> CoreSyntheticBank:
+    """Synthetic 20-class, 32-d bank (60 train / 30 test per class)."""
+    return core_make_bank()
+
+
+@pytest.fixture(scope="session")
+def core_tiny_clip(tmp_path_factory: pytest.TempPathFactory):
+    """A random-init tiny open_clip CLIP (text ctx 16, width 64, 2 layers) and its tokenizer."""
+    import open_clip
+
+    cfg = {"embed_dim": 32,
+           "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "head_width": 16, "patch_size": 16},
+           "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2}}
+    path = tmp_path_factory.mktemp("core_cfg") / f"{CORE_TINY_CLIP}.json"
+    path.write_text(json.dumps(cfg))
+    open_clip.add_model_config(path)
+    torch.manual_seed(0)
+    model = open_clip.create_model(CORE_TINY_CLIP, pretrained=None)
+    model.eval()
+    tokenizer = open_clip.get_tokenizer(CORE_TINY_CLIP)
+    return model, tokenizer
+
+
+@pytest.fixture
+def core_one_thread():
+    """Run a test with one torch thread (small tensors on shared cores), restoring the count after."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
