@@ -148,3 +148,19 @@ def test_client_evaluate_keeps_the_residual_private(setup):
     assert third.content["metrics"]["pm-pred"] == [int(v) for v in pm]
     assert "arrays" not in third.content  # the personal branch is never sent
     assert np.isnan(float(third.content["metrics"]["loss"]))
+
+
+def test_exported_client_file_round_trips(setup, tmp_path):
+    from fedpurel_lite.flower.client_app import export_client_data, load_client_data
+
+    cfg, fed, bank = setup
+    paths = export_client_data(cfg, tmp_path, bank=bank)
+    assert [p.name for p in paths] == [f"client_{k}.safetensors" for k in range(K)]
+    data, ctx = load_client_data(str(paths[3]))
+    want = make_clients(bank, fed)[3]
+    assert data.client_id == 3 and data.n == len(fed.client_train[3])
+    for name in ("x", "y", "z", "x_test"):
+        assert torch.equal(getattr(data, name), getattr(want, name))
+    np.testing.assert_array_equal(data.y_test, want.y_test)
+    np.testing.assert_array_equal(ctx.train_counts, fed.train_counts)
+    assert ctx.logit_scale == pytest.approx(bank.logit_scale) and ctx.class_names == bank.class_names

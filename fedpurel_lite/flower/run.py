@@ -113,8 +113,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--min-replies", type=int, default=1, help="successful replies needed per step")
     parser.add_argument("--out", default=None, help="write result.json + final_state.safetensors here")
     parser.add_argument("--verbose", action="store_true", help="Flower/Ray INFO logs")
+    parser.add_argument("--export-clients", default=None, metavar="DIR",
+                        help="write one client_<k>.safetensors per client (for deployed nodes) and exit")
     args = parser.parse_args(argv)
     config = RunConfig.load(args.config).with_overrides(args.set)
+    if args.export_clients:
+        from .client_app import export_client_data
+
+        paths = export_client_data(config, args.export_clients)
+        print(f"wrote {len(paths)} client files to {args.export_clients}")
+        return 0
     out = run_flower(config, args.min_replies, verbose=args.verbose)
     from ..cli import print_results
 
