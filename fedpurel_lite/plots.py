@@ -9,10 +9,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
-matplotlib.use("Agg", force=False)
+if not matplotlib.get_backend().startswith("module://"):  # keep Jupyter's inline / widget backends
+    matplotlib.use("Agg", force=False)
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import seaborn as sns  # noqa: E402
@@ -123,3 +125,367 @@ def curves(series: Mapping[str, Sequence[float]], ylabel: str, ax: plt.Axes | No
     ax.legend(frameon=False, fontsize=8)
     ax.set_title(title)
     return ax
+
+
+# ----------------------------------------------------------------------------- series figures
+def group_share_bars(shares: Any, ax: plt.Axes | None = None, title: str = "") -> plt.Axes:
+    """Stacked horizontal bars: head / medium / tail share (%) of every client's training data.
+
+    Parameters
+    ----------
+    shares : pandas.DataFrame
+        One row per client, columns :data:`~fedpurel_lite.longtail.GROUP_NAMES` (percent).
+    ax : matplotlib.axes.Axes, optional
+        Target axes.
+    title : str
+        Axes title.
+    """
+    ax = ax or plt.subplots(figsize=(4, 5))[1]
+    left = np.zeros(len(shares))
+    for name in GROUP_NAMES:
+        values = np.asarray(shares[name], dtype=float)
+        ax.barh(np.arange(len(shares)), values, left=left, color=GROUP_COLOURS[name], label=name, height=0.85)
+        left += values
+    ax.set_yticks(np.arange(len(shares)), [str(i) for i in shares.index], fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xlim(0, 100)
+    ax.set_xlabel("share of client data (%)")
+    ax.legend(frameon=False, fontsize=8, ncols=3, loc="lower center", bbox_to_anchor=(0.5, 1.0))
+    ax.set_title(title, pad=22 if title else 6)
+    return ax
+
+
+def client_histograms(table: np.ndarray, class_order: np.ndarray, groups: np.ndarray, clients: Sequence[int],
+                      axes: Sequence[plt.Axes] | None = None) -> list[plt.Axes]:
+    """One bar chart per client: its training images per class, classes in global head → tail order.
+
+    Parameters
+    ----------
+    table : numpy.ndarray
+        Client × class count matrix (``partition.count_matrix``).
+    class_order : numpy.ndarray
+        Class ids from head to tail.
+    groups : numpy.ndarray
+        Group per class id (colours the bars).
+    clients : sequence of int
+        Which clients to draw.
+    axes : sequence of Axes, optional
+        One axes per client (a row of subplots is made when omitted).
+    """
+    if axes is None:
+        axes = plt.subplots(1, len(clients), figsize=(3.2 * len(clients), 2.6), sharey=True)[1]
+    axes = list(np.atleast_1d(axes))
+    colours = [GROUP_COLOURS[GROUP_NAMES[g]] for g in np.asarray(groups)[class_order]]
+    for ax, k in zip(axes, clients, strict=True):
+        ax.bar(np.arange(len(class_order)), table[k, class_order], color=colours, width=1.0)
+        ax.set_title(f"client {k}: {int(table[k].sum())} images", fontsize=9)
+        ax.set_xlabel("class rank (head → tail)", fontsize=8)
+    axes[0].set_ylabel("training images")
+    return axes
+
+
+def accuracy_shift(shift: Mapping[str, np.ndarray], counts: np.ndarray, ax: plt.Axes | None = None,
+                   title: str = "") -> plt.Axes:
+    """Per-class accuracy change (points, model − reference) against training count, with trend lines.
+
+    Parameters
+    ----------
+    shift : mapping of str to numpy.ndarray
+        Per-class differences in percentage points, one array per model.
+    counts : numpy.ndarray
+        Training images per class id (log x axis).
+    ax : matplotlib.axes.Axes, optional
+    title : str
+    """
+    ax = ax or plt.subplots(figsize=(6, 4))[1]
+    x = np.log10(np.asarray(counts, dtype=float))
+    for label, delta in shift.items():
+        delta = np.asarray(delta, dtype=float)
+        ok = ~np.isnan(delta)
+        points = ax.scatter(10 ** x[ok], delta[ok], s=12, alpha=0.55, label=label)
+        slope, icpt = np.polyfit(x[ok], delta[ok], 1)
+        xs = np.linspace(x.min(), x.max(), 2)
+        ax.plot(10**xs, slope * xs + icpt, lw=2, color=points.get_facecolor()[0][:3])
+    ax.axhline(0, color="0.3", lw=1, ls="--")
+    ax.set_xscale("log")
+    ax.set_xlabel("training images of the class")
+    ax.set_ylabel("accuracy change vs zero-shot (points)")
+    ax.legend(frameon=False, fontsize=8)
+    ax.set_title(title)
+    return ax
+
+
+def group_curves(frame: Any, ax: plt.Axes | None = None, title: str = "",
+                 reference: Mapping[str, float] | None = None, ylabel: str = "accuracy (%)") -> plt.Axes:
+    """Head / medium / tail accuracy over rounds, with the reference (zero-shot) level of each group dashed.
+
+    Parameters
+    ----------
+    frame : pandas.DataFrame
+        Indexed by round with columns ``head``, ``medium``, ``tail`` (``RunResult.frame("gm")``).
+    ax : matplotlib.axes.Axes, optional
+    title : str
+    reference : mapping, optional
+        Group name → reference accuracy, drawn as a dashed line in the group's colour.
+    ylabel : str
+    """
+    ax = ax or plt.subplots(figsize=(6, 3.5))[1]
+    rounds = np.asarray(frame.index, dtype=int) + 1
+    for name in GROUP_NAMES:
+        ax.plot(rounds, np.asarray(frame[name], dtype=float), color=GROUP_COLOURS[name], label=name)
+        if reference is not None:
+            ax.axhline(reference[name], color=GROUP_COLOURS[name], ls="--", lw=1)
+    if reference is not None:
+        ax.plot([], [], color="0.3", ls="--", lw=1, label="zero-shot")
+    ax.set_xlabel("round")
+    ax.set_ylabel(ylabel)
+    ax.legend(frameon=False, fontsize=8, ncols=2)
+    ax.set_title(title)
+    return ax
+
+
+def projection_2d(g_task: np.ndarray, g_align: np.ndarray, g_new: np.ndarray, ax: plt.Axes | None = None,
+                  title: str = "") -> plt.Axes:
+    """The purification rule drawn in the plane: task gradient, alignment gradient and the projected update.
+
+    Parameters
+    ----------
+    g_task, g_align, g_new : numpy.ndarray
+        2-D vectors: ``grad L_task``, ``grad L_align`` and the result of ``purify.project``.
+    ax : matplotlib.axes.Axes, optional
+    title : str
+    """
+    ax = ax or plt.subplots(figsize=(4, 4))[1]
+    vectors = {"task gradient g": (np.asarray(g_task, float), "C3"),
+               "alignment gradient g_a": (np.asarray(g_align, float), "C0"),
+               "purified update": (np.asarray(g_new, float), "C2")}
+    for label, (v, colour) in vectors.items():
+        ax.annotate("", xy=(v[0], v[1]), xytext=(0, 0),
+                    arrowprops={"arrowstyle": "-|>", "color": colour, "lw": 2.2, "shrinkA": 0, "shrinkB": 0})
+        ax.plot([], [], color=colour, lw=2.2, label=label)
+    a_hat = vectors["alignment gradient g_a"][0] / np.linalg.norm(vectors["alignment gradient g_a"][0])
+    removed = vectors["task gradient g"][0] - vectors["purified update"][0]
+    if np.linalg.norm(removed) > 0:
+        end = vectors["task gradient g"][0]
+        ax.plot([end[0], end[0] - removed[0]], [end[1], end[1] - removed[1]], color="0.4", ls=":", lw=1.5)
+    perp = np.array([-a_hat[1], a_hat[0]])
+    ax.plot(*np.stack([-1.6 * perp, 1.6 * perp]).T, color="0.75", lw=1, zorder=0)
+    allv = np.stack([v for v, _ in vectors.values()] + [np.zeros(2)])
+    lo, hi = allv.min(axis=0) - 0.4, allv.max(axis=0) + 0.4
+    span = max(hi - lo)
+    centre = (hi + lo) / 2
+    ax.set_xlim(centre[0] - span / 2, centre[0] + span / 2)
+    ax.set_ylim(centre[1] - span / 2, centre[1] + span / 2)
+    ax.set_aspect("equal")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.legend(frameon=False, fontsize=8, loc="upper left")
+    ax.set_title(title, fontsize=10)
+    return ax
+
+
+def temperature_alignment(teacher: np.ndarray, student: np.ndarray, tau_teacher: float, tau_student: float,
+                          axes: Sequence[plt.Axes] | None = None, top: int = 12,
+                          class_names: Sequence[str] | None = None) -> list[plt.Axes]:
+    """One sample's zero-shot (teacher) and fine-tuned (student) class probabilities, at T = 1 and aligned.
+
+    Parameters
+    ----------
+    teacher, student : numpy.ndarray
+        The sample's logits ``[C]``.
+    tau_teacher, tau_student : float
+        Its entropy-matched temperatures (``purify.aligned_kl``).
+    axes : two Axes, optional
+    top : int
+        Classes shown (the union of both models' most likely classes, by teacher probability).
+    class_names : sequence of str, optional
+        Tick labels.
+    """
+    if axes is None:
+        axes = plt.subplots(1, 2, figsize=(11, 3.2), sharey=True)[1]
+
+    def softmax(v: np.ndarray) -> np.ndarray:
+        e = np.exp(v - v.max())
+        return e / e.sum()
+
+    def entropy(p: np.ndarray) -> float:
+        return float(-(p * np.log(np.clip(p, 1e-12, None))).sum())
+
+    teacher, student = np.asarray(teacher, float), np.asarray(student, float)
+    pairs = {"T = 1": (softmax(teacher), softmax(student)),
+             f"aligned (τ_zs = {tau_teacher:.2f}, τ_ft = {tau_student:.2f})":
+                 (softmax(teacher / tau_teacher), softmax(student / tau_student))}
+    best = np.argsort(-(softmax(teacher) + softmax(student)), kind="stable")[:top]
+    names = [class_names[c] for c in best] if class_names is not None else [str(c) for c in best]
+    for ax, (label, (pt, ps)) in zip(axes, pairs.items(), strict=True):
+        x = np.arange(len(best))
+        ax.bar(x - 0.2, pt[best], width=0.4, color="0.55", label=f"zero-shot (H = {entropy(pt):.2f})")
+        ax.bar(x + 0.2, ps[best], width=0.4, color="C3", label=f"fine-tuned (H = {entropy(ps):.2f})")
+        ax.set_xticks(x, names, rotation=60, ha="right", fontsize=7)
+        ax.set_title(label, fontsize=10)
+        ax.legend(frameon=False, fontsize=8)
+    axes[0].set_ylabel("probability")
+    return list(axes)
+
+
+def method_bars(values: Mapping[str, float], ylabel: str, ax: plt.Axes | None = None, title: str = "",
+                reference: float | None = None, reference_label: str = "zero-shot",
+                highlight: Sequence[str] = ()) -> plt.Axes:
+    """One bar per method (in the given order), optional reference line; ``highlight`` bars in green."""
+    ax = ax or plt.subplots(figsize=(6, 3.2))[1]
+    names = list(values)
+    colours = ["C2" if n in highlight else "0.6" for n in names]
+    ax.bar(np.arange(len(names)), [values[n] for n in names], color=colours)
+    if reference is not None:
+        ax.axhline(reference, color="0.3", ls="--", lw=1, label=reference_label)
+        ax.legend(frameon=False, fontsize=8)
+    ax.set_xticks(np.arange(len(names)), names, rotation=30, ha="right", fontsize=8)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    return ax
+
+
+def scatter_xy(points: Mapping[str, tuple[np.ndarray, np.ndarray]], xlabel: str, ylabel: str,
+               ax: plt.Axes | None = None, title: str = "") -> plt.Axes:
+    """Labelled point clouds (one colour per entry), e.g. alignment distance against a balance measure."""
+    ax = ax or plt.subplots(figsize=(5, 3.6))[1]
+    for label, (x, y) in points.items():
+        ax.scatter(np.asarray(x, float), np.asarray(y, float), s=16, alpha=0.75, label=label)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.legend(frameon=False, fontsize=8)
+    ax.set_title(title)
+    return ax
+
+
+# ----------------------------------------------------------------------------- figure data
+SUMMARY_COLUMNS: dict[str, str] = {
+    "gm_accuracy": "GM all", "gm_head": "GM head", "gm_medium": "GM med", "gm_tail": "GM tail",
+    "gm_head_tail_gap": "GM H−T gap", "gm_acc_std": "GM acc std", "pm_accuracy": "PM all", "pm_tail": "PM tail",
+}
+
+
+def summary_table(table: Any, columns: Mapping[str, str] = SUMMARY_COLUMNS, decimals: int = 1) -> Any:
+    """The comparison table of :func:`fedpurel_lite.simulate.compare`, reduced to readable columns.
+
+    Parameters
+    ----------
+    table : pandas.DataFrame
+        ``simulate.compare`` output (one row per method).
+    columns : mapping
+        Source column → display name, in display order.
+    decimals : int
+        Rounding (keeps printed tables stable under nbval).
+
+    Returns
+    -------
+    pandas.DataFrame
+    """
+    out = table[list(columns)].rename(columns=dict(columns)).astype(float).round(decimals)
+    out.index.name = "method"
+    return out
+
+
+def global_model(result: Any, bank: Any, backbone: Any = None) -> Any:
+    """Rebuild the final global PEFT of a :class:`~fedpurel_lite.simulate.RunResult` (eval mode).
+
+    Parameters
+    ----------
+    result : RunResult
+        A finished run (its ``final_state`` holds ``global/<name>`` tensors).
+    bank : FeatureBank-like
+        The bank the run used.
+    backbone : Backbone-like, optional
+        Needed for ``peft="prompt"``.
+    """
+    from .config import RunConfig
+    from .peft import build_peft
+
+    config = RunConfig.from_dict(result.config)
+    peft = build_peft(config.peft, bank, backbone, config)
+    state = {k.split("/", 1)[1]: v for k, v in result.final_state.items() if k.startswith("global/")}
+    if state:
+        peft.load_shared_state(state)
+    return peft.eval()
+
+
+def personal_predictions(result: Any, bank: Any, backbone: Any = None) -> list[np.ndarray]:
+    """Every client's final personal-model predictions on its test split (the global model's without one).
+
+    Parameters
+    ----------
+    result : RunResult
+        A finished run.
+    bank : FeatureBank-like
+        The bank the run used (the federation is rebuilt from the run's config).
+    backbone : Backbone-like, optional
+        Needed for ``peft="prompt"``.
+
+    Returns
+    -------
+    list of numpy.ndarray
+        Predicted labels per client, aligned with ``build_federation(...).client_test``.
+    """
+    import torch
+
+    from .config import RunConfig
+    from .methods import get_method
+    from .partition import build_federation
+    from .personalize import load_state, new_personal_module, predict_personal
+
+    config = RunConfig.from_dict(result.config)
+    fed = build_federation(np.asarray(bank.train_labels), np.asarray(bank.test_labels), bank.class_order, config)
+    peft = global_model(result, bank, backbone)
+    x_test = torch.as_tensor(bank.test_features).float()
+    with torch.no_grad():
+        logits = peft.predict_logits(x_test)
+    kind = get_method(result.method).personal
+    module = new_personal_module(kind, peft, config) if kind else None
+    out = []
+    for k, idx in enumerate(fed.client_test):
+        idx_t = torch.as_tensor(idx, dtype=torch.long)
+        prefix = f"personal/{k}/"
+        state = {n[len(prefix):]: t for n, t in result.final_state.items() if n.startswith(prefix)}
+        if module is None or not state:
+            out.append(logits[idx_t].argmax(dim=1).numpy())
+            continue
+        load_state(module, state)
+        pl = predict_personal(kind, module, peft, x_test[idx_t], logits[idx_t], config)
+        out.append(pl.argmax(dim=1).numpy())
+    return out
+
+
+def local_head_lean(client_counts: np.ndarray, y_true: Sequence[np.ndarray], y_pred: Sequence[np.ndarray],
+                    mass: float = 0.5) -> np.ndarray:
+    """How far each client's predictions lean to its own head classes, in percentage points.
+
+    A client's *local head* is the smallest set of its most frequent training classes holding
+    ``mass`` of its training images. The lean is the share of its test predictions that fall in
+    the local head minus the share of its test labels that do: 0 for an unbiased model, positive
+    when predictions pile onto the classes the client saw most.
+
+    Parameters
+    ----------
+    client_counts : numpy.ndarray
+        Client × class training counts (``partition.count_matrix``).
+    y_true, y_pred : sequence of numpy.ndarray
+        Each client's test labels and predictions.
+    mass : float
+        Share of the client's training images its local head covers (0 < mass <= 1).
+
+    Returns
+    -------
+    numpy.ndarray
+        One value per client.
+    """
+    if not 0 < mass <= 1:
+        raise ValueError(f"mass must lie in (0, 1], got {mass!r}")
+    out = []
+    for counts, yt, yp in zip(np.asarray(client_counts), y_true, y_pred, strict=True):
+        order = np.argsort(-counts, kind="stable")
+        cum = np.cumsum(counts[order]) / max(counts.sum(), 1)
+        head = order[: int(np.searchsorted(cum, mass - 1e-12)) + 1]
+        in_pred = np.isin(np.asarray(yp), head).mean() if len(yp) else np.nan
+        in_true = np.isin(np.asarray(yt), head).mean() if len(yt) else np.nan
+        out.append(100.0 * (in_pred - in_true))
+    return np.asarray(out, dtype=float)

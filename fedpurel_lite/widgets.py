@@ -47,6 +47,45 @@ def partition_view(train_labels: np.ndarray, test_labels: np.ndarray, class_orde
     return {"federation": fed, "table": table, "group_shares": shares, "entropy": label_entropy(table)}
 
 
+FEDERATION_METHODS: tuple[str, ...] = ("zero-shot", "fedavg", "fedpurel")
+
+
+def federation_view(bank: Any, config: RunConfig, imbalance_ratio: float, dirichlet_alpha: float,
+                    methods: tuple[str, ...] = FEDERATION_METHODS, rounds: int = 5) -> dict[str, Any]:
+    """A *reduced* federation (few rounds) of several methods under one imbalance ratio and Dirichlet alpha.
+
+    Parameters
+    ----------
+    bank : FeatureBank-like
+        Cached features (shared by every re-run, so only the federation and training are redone).
+    config : RunConfig
+        The protocol; its imbalance ratio, Dirichlet alpha and rounds are replaced.
+    imbalance_ratio, dirichlet_alpha : float
+        The slider values.
+    methods : tuple of str
+        Registered method names, compared on the same federation.
+    rounds : int
+        Rounds of the reduced run.
+
+    Returns
+    -------
+    dict
+        ``config`` (the reduced config), ``table`` (:func:`fedpurel_lite.plots.summary_table` of the
+        last round), ``curves`` (method → GM accuracy per round), ``tail_curves`` (method → GM tail
+        accuracy per round), ``results`` (method → RunResult).
+    """
+    from .simulate import compare
+
+    cfg = config.with_overrides({"imbalance_ratio": float(imbalance_ratio), "dirichlet_alpha": float(dirichlet_alpha),
+                                 "rounds": int(rounds)})
+    table = compare(cfg, list(methods), bank=bank, progress=False, last="last")
+    results = table.attrs["results"]
+    return {"config": cfg, "table": plots.summary_table(table),
+            "curves": {m: r.frame("gm")["accuracy"].tolist() for m, r in results.items()},
+            "tail_curves": {m: r.frame("gm")["tail"].tolist() for m, r in results.items()},
+            "results": results}
+
+
 class _Explorer:
     """Sliders + an output area; subclasses define ``compute`` and ``draw``."""
 
@@ -128,6 +167,55 @@ class PartitionExplorer(_Explorer):
         b.set_xlabel("share of client data (%)")
         b.invert_yaxis()
         b.set_yticks([])
+        return fig
+
+
+class FederationExplorer(_Explorer):
+    """Imbalance-ratio and Dirichlet-alpha sliders → a reduced federation re-run live: table and curves (notebook 06).
+
+    Every slider change rebuilds the federation and re-runs ``methods`` for ``rounds`` rounds
+    (seconds on the embedded bank); ``.data`` holds :func:`federation_view`'s output.
+    """
+
+    def __init__(self, bank: Any, config: RunConfig, methods: tuple[str, ...] = FEDERATION_METHODS,
+                 rounds: int = 5, imbalance_ratio: float | None = None, dirichlet_alpha: float | None = None,
+                 draw: bool = True) -> None:
+        self.bank, self.config, self.methods, self.rounds = bank, config, tuple(methods), int(rounds)
+        self.ratio = _ratio_slider(config.imbalance_ratio if imbalance_ratio is None else imbalance_ratio)
+        alpha = config.dirichlet_alpha if dirichlet_alpha is None else dirichlet_alpha
+        options = sorted({0.05, 0.1, 0.3, 0.5, 1.0, 3.0, 10.0, float(alpha)})
+        self.alpha = w.SelectionSlider(options=options, value=float(alpha), description="Dirichlet α",
+                                       continuous_update=False)
+        self.table = w.Output()
+        super().__init__([self.ratio, self.alpha], draw)
+        self.widget = w.VBox([w.HBox(self.sliders), self.table, self.output])
+
+    def compute(self) -> dict[str, Any]:
+        return federation_view(self.bank, self.config, self.ratio.value, self.alpha.value, self.methods,
+                               self.rounds)
+
+    def update(self) -> None:
+        """Recompute ``.data`` (a reduced federated run) and redraw the table and the curves."""
+        super().update()
+        if self._draw_enabled and hasattr(self, "table"):
+            self._show_table()
+
+    def _show_table(self) -> None:
+        from IPython.display import display
+
+        with self.table:
+            self.table.clear_output(wait=True)
+            display(self.data["table"])
+
+    def draw(self) -> plt.Figure:
+        fig, (a, b) = plt.subplots(1, 2, figsize=(11, 3.2))
+        zero = self.data["curves"].get("zero-shot")
+        title = f"IF = {self.ratio.value}, α = {self.alpha.value}, {self.rounds} rounds"
+        plots.curves({m: v for m, v in self.data["curves"].items() if m != "zero-shot"}, "GM accuracy (%)", ax=a,
+                     reference=zero[-1] if zero else None, title=title)
+        ztail = self.data["tail_curves"].get("zero-shot")
+        plots.curves({m: v for m, v in self.data["tail_curves"].items() if m != "zero-shot"}, "GM tail accuracy (%)",
+                     ax=b, reference=ztail[-1] if ztail else None, title="tail classes")
         return fig
 
 

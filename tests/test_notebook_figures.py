@@ -1,0 +1,86 @@
+"""The notebook series is commit-ready: parameters cells, nbval markers, thin cells, figures on disk.
+
+These are static checks of the stored ``.ipynb`` files (fast, no kernel); executing the series
+under nbval is ``pytest --nbval-lax --nbval-current-env notebooks/ -p no:python``.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import nbformat
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+SAVED = re.compile(r"save_figure\(\s*\w+\s*,\s*\"([^\"]+)\"")
+
+
+def _code(nb):
+    return [c for c in nb.cells if c.cell_type == "code"]
+
+
+def _text(cell) -> str:
+    parts = []
+    for out in cell.get("outputs", []):
+        if out.output_type == "stream":
+            parts.append(out.text)
+        elif "data" in out:
+            parts.append(str(out["data"].get("text/plain", "")))
+    return "".join(parts)
+
+
+def test_the_series_is_complete():
+    assert [p.name[:2] for p in NOTEBOOKS] == ["01", "02", "03", "04", "05", "06"]
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name[:2])
+def test_parameters_cell_for_papermill(path):
+    nb = nbformat.read(path, as_version=4)
+    tagged = [c for c in _code(nb) if "parameters" in c.metadata.get("tags", [])]
+    assert len(tagged) == 1, "exactly one cell tagged 'parameters'"
+    names = set(re.findall(r"^(\w+)\s*=", tagged[0].source, flags=re.M))
+    assert {"config_path", "world", "backbone", "pretrained", "seed"} <= names
+    assert _code(nb)[0] is tagged[0], "the parameters cell comes first"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name[:2])
+def test_stored_executed_without_errors(path):
+    nb = nbformat.read(path, as_version=4)
+    for cell in _code(nb):
+        assert cell.execution_count is not None, f"cell not executed: {cell.source[:60]!r}"
+        assert not [o for o in cell.outputs if o.output_type == "error"], cell.source[:60]
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name[:2])
+def test_nbval_markers(path):
+    nb = nbformat.read(path, as_version=4)
+    checked = [c for c in _code(nb) if "NBVAL_CHECK_OUTPUT" in c.source]
+    if path.name[:2] in ("01", "02", "06"):
+        assert checked, "deterministic facts are checked"
+    for cell in checked:
+        text = _text(cell)
+        assert text.strip(), f"a checked cell prints something: {cell.source[:60]!r}"
+        assert not re.search(r"0x[0-9a-f]{6,}", text), "no memory addresses in checked outputs"
+        assert not re.search(r"\d+(\.\d+)?\s*(s|sec|seconds)\b|it/s", text), "no timings in checked outputs"
+        assert ".value =" not in cell.source, "slider changes redraw: keep them out of checked cells"
+        assert all(o.output_type == "stream" for o in cell.outputs), "checked cells only print"
+    for cell in _code(nb):
+        if "Explorer(" in cell.source or ".widget)" in cell.source or ".value =" in cell.source:
+            assert "NBVAL_IGNORE_OUTPUT" in cell.source, f"widget cell not ignored: {cell.source[:60]!r}"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name[:2])
+def test_thin_cells_and_saved_figures(path):
+    nb = nbformat.read(path, as_version=4)
+    source = "\n".join(c.source for c in _code(nb))
+    assert "from fedpurel_lite import" in source
+    assert not re.search(r"^\s*(def|class)\s", source, flags=re.M), "no algorithm lives only in a notebook"
+    assert ".savefig(" not in source, "figures go through plots.save_figure (fixed metadata)"
+    names = SAVED.findall(source)
+    assert names, "every notebook writes at least one figure"
+    for name in names:
+        assert name.startswith(path.name[:2] + "_"), f"figure {name!r} is prefixed by its notebook"
+        png = ROOT / "figures" / f"{name}.png"
+        assert png.is_file() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", f"{png} written by the notebook"
