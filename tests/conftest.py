@@ -10,6 +10,22 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+
+def register_tiny_clip(folder, name: str, embed_dim: int = 16, patch_size: int = 16, text_width: int = 32,
+                       text_layers: int = 1) -> str:
+    """Register a random-init tiny open_clip config (32 px images, no download) under ``name``; returns it."""
+    import open_clip
+
+    cfg = {"embed_dim": embed_dim,
+           "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "head_width": 16, "patch_size": patch_size},
+           "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": text_width, "heads": 2,
+                        "layers": text_layers}}
+    path = folder / f"{name}.json"
+    path.write_text(json.dumps(cfg))
+    open_clip.add_model_config(path)
+    return name
+
+
 # ----------------------------------------------------------------------------- core_ (issue #4)
 
 CORE_TINY_CLIP = "core-test-tiny"
@@ -59,12 +75,7 @@ def core_tiny_clip(tmp_path_factory: pytest.TempPathFactory):
     """A random-init tiny open_clip CLIP (text ctx 16, width 64, 2 layers) and its tokenizer."""
     import open_clip
 
-    cfg = {"embed_dim": 32,
-           "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "head_width": 16, "patch_size": 16},
-           "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2}}
-    path = tmp_path_factory.mktemp("core_cfg") / f"{CORE_TINY_CLIP}.json"
-    path.write_text(json.dumps(cfg))
-    open_clip.add_model_config(path)
+    register_tiny_clip(tmp_path_factory.mktemp("core_cfg"), CORE_TINY_CLIP, embed_dim=32, text_width=64, text_layers=2)
     torch.manual_seed(0)
     model = open_clip.create_model(CORE_TINY_CLIP, pretrained=None)
     model.eval()

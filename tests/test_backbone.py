@@ -9,6 +9,7 @@ import time
 import open_clip
 import pytest
 import torch
+from conftest import register_tiny_clip
 
 from fedpurel_lite import backbone as bb
 
@@ -18,13 +19,7 @@ WORLDS_TINY = "worlds-test-tiny"
 @pytest.fixture(scope="module")
 def worlds_tiny_name(tmp_path_factory: pytest.TempPathFactory) -> str:
     """Register a tiny random-init CLIP config (no download) and return its name."""
-    cfg = {"embed_dim": 16,
-           "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "head_width": 16, "patch_size": 16},
-           "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}}
-    path = tmp_path_factory.mktemp("worlds_cfg") / f"{WORLDS_TINY}.json"
-    path.write_text(json.dumps(cfg))
-    open_clip.add_model_config(path)
-    return WORLDS_TINY
+    return register_tiny_clip(tmp_path_factory.mktemp("worlds_cfg"), WORLDS_TINY)
 
 
 def test_random_init_backbone_is_frozen_and_classifies(worlds_tiny_name: str) -> None:

@@ -6,9 +6,9 @@ import json
 import warnings
 
 import numpy as np
-import open_clip
 import pytest
 import torch
+from conftest import register_tiny_clip
 
 from fedpurel_lite import features as fb
 from fedpurel_lite.backbone import load_backbone
@@ -21,12 +21,7 @@ FEATURES_TINY = "features-test-tiny"
 @pytest.fixture(scope="module")
 def features_tiny(tmp_path_factory: pytest.TempPathFactory):
     """A random-init tiny backbone and a 300/200-image shapes world."""
-    cfg = {"embed_dim": 16,
-           "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "head_width": 16, "patch_size": 8},
-           "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}}
-    path = tmp_path_factory.mktemp("features_cfg") / f"{FEATURES_TINY}.json"
-    path.write_text(json.dumps(cfg))
-    open_clip.add_model_config(path)
+    register_tiny_clip(tmp_path_factory.mktemp("features_cfg"), FEATURES_TINY, patch_size=8)
     torch.manual_seed(0)
     backbone = load_backbone(FEATURES_TINY)
     world = shapes.load_shapes("target", shift=0.6, seed=0, n_train=3, n_test=2)
