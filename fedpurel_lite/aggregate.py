@@ -49,7 +49,7 @@ def fedavg(states: Sequence[dict[str, Tensor]], weights: Sequence[float]) -> dic
     out = {}
     for n in names:
         stacked = torch.stack([s[n].detach().double() for s in states])
-        avg = torch.tensordot(w, stacked, dims=1)
+        avg = torch.tensordot(w.to(stacked.device), stacked, dims=1)
         out[n] = avg.to(states[0][n].dtype)
     return out
 

@@ -295,6 +295,17 @@ class PromptLearner(PEFTModule):
     def frozen_modules(self) -> list[Any]:
         return [*self._frozen.values(), self._proj]
 
+    def _apply(self, fn: Any, recurse: bool = True) -> PromptLearner:
+        """``.to(device)`` / casts also reach the frozen text tower (shared, so not a registered submodule)."""
+        super()._apply(fn, recurse)
+        for module in self._frozen.values():
+            module._apply(fn)
+        if isinstance(self._proj, nn.Module):
+            self._proj._apply(fn)
+        elif self._proj is not None:
+            self._proj.data = fn(self._proj.data)
+        return self
+
     def prompt_embeddings(self) -> Tensor:
         """Token embeddings of the ``C`` prompts ``[C, L, width]`` (prefix, context, suffix)."""
         num = self.prefix.shape[0]

@@ -128,3 +128,15 @@ def test_pullback_matches_autograd(core_bank, kind):
         want = torch.autograd.grad(peft(x), peft.trainable_parameters(), cot[i])
         for g, w in zip(got, want, strict=True):
             torch.testing.assert_close(g[i], w, atol=1e-5, rtol=1e-4)
+
+
+def test_prompt_learner_moves_its_frozen_text_tower(core_tiny_clip, core_bank):
+    """``.to()``/casts reach the shared frozen tower too (a CUDA run failed before this)."""
+    import copy
+
+    model, tokenizer = core_tiny_clip
+    model = copy.deepcopy(model)
+    learner = PromptLearner(model, tokenizer, core_bank.class_names[:5], logit_scale=18.0, n_ctx=2)
+    learner.double()
+    assert next(model.transformer.parameters()).dtype == torch.float64
+    assert learner(core_bank.test_features[:3].double()).dtype == torch.float64
