@@ -158,14 +158,15 @@ def report(weights: str | None = None, shift: float = shapes.DEFAULT_SHIFT, cach
     """
     from fedpurel_lite.backbone import load_backbone
     from fedpurel_lite.features import FeatureBank
-    from fedpurel_lite.worlds.quality import group_accuracies, linear_probe_accuracy, per_class_accuracy
+    from fedpurel_lite.metrics import group_means, per_class_accuracy
+    from fedpurel_lite.worlds.quality import default_groups, linear_probe_accuracy
 
     backbone = load_backbone(MODEL_NAME, pretrained=weights)
     world = shapes.load_shapes("target", shift=shift, seed=seed)
     bank = FeatureBank.load_or_build(backbone, world, cache_dir=cache_dir)
     pred = bank.zero_shot_logits(bank.test_features).argmax(1)
-    per_class = per_class_accuracy(pred, bank.test_labels, 100)
-    groups = group_accuracies(per_class, bank.class_order)
+    per_class = per_class_accuracy(bank.test_labels.numpy(), pred.numpy(), 100)
+    groups = group_means(per_class, default_groups(bank.class_order))
     t0 = time.time()
     probe = linear_probe_accuracy(bank.train_features, bank.train_labels, bank.test_features, bank.test_labels)
     src = shapes.load_shapes("source", seed=seed, n_train=1, n_test=20)

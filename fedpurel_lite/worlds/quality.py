@@ -1,4 +1,4 @@
-"""World quality measures: zero-shot head/medium/tail means and a central linear-probe headroom."""
+"""World quality measures: the default head/medium/tail groups and a central linear-probe headroom."""
 
 from __future__ import annotations
 
@@ -32,32 +32,6 @@ def default_groups(class_order: np.ndarray, n_max: int = 500, imbalance_ratio: f
     counts = longtail.counts_by_class(longtail.class_counts(n_max, len(class_order), imbalance_ratio, "exp"),
                                       np.asarray(class_order))
     return longtail.assign_groups(counts)
-
-
-def group_accuracies(per_class: np.ndarray, class_order: np.ndarray) -> dict[str, float]:
-    """Mean per-class accuracy of the head, medium and tail groups (no class is dropped).
-
-    Parameters
-    ----------
-    per_class : numpy.ndarray
-        Accuracy per class id.
-    class_order : numpy.ndarray
-        Class ids from head to tail.
-
-    Returns
-    -------
-    dict
-        ``{"head": ..., "medium": ..., "tail": ...}``.
-    """
-    groups = default_groups(class_order)
-    per_class = np.asarray(per_class, dtype=np.float64)
-    return {name: float(per_class[groups == g].mean()) for g, name in enumerate(("head", "medium", "tail"))}
-
-
-def per_class_accuracy(pred: torch.Tensor, labels: torch.Tensor, num_classes: int) -> np.ndarray:
-    """Accuracy of every class (``float64 [C]``) from predictions and labels."""
-    pred, labels = pred.cpu().numpy(), labels.cpu().numpy()
-    return np.array([(pred[labels == c] == c).mean() for c in range(num_classes)])
 
 
 def linear_probe_accuracy(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor,
