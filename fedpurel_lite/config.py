@@ -79,6 +79,7 @@ class RunConfig:
     # bookkeeping
     seed: int = 1
     eval_batch_size: int = 1024
+    workers: int = 0  # clients trained at once (threads); 0 = automatic (workers.resolve_workers); same numbers
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -101,6 +102,7 @@ class RunConfig:
         for name in ("num_clients", "rounds", "batch_size", "local_epochs", "personal_epochs",
                      "eval_batch_size", "n_ctx"):
             _check(int(getattr(self, name)) >= 1, name, getattr(self, name), ">= 1")
+        _check(self.workers >= 0, "workers", self.workers, ">= 0 (0 = automatic)")
         _check(self.min_client_size >= 1, "min_client_size", self.min_client_size, ">= 1")
         for name in ("lr", "personal_lr"):
             _check(getattr(self, name) > 0, name, getattr(self, name), "> 0")
@@ -153,11 +155,18 @@ class RunConfig:
         tmp.replace(path)
 
     def with_overrides(self, pairs: Iterable[str] | Mapping[str, Any]) -> RunConfig:
-        """A copy with ``key=value`` strings (CLI ``--set``) or a mapping applied, validated."""
+        """A copy with ``key=value`` strings (CLI ``--set``) or a mapping applied, validated.
+
+        ``extra.name=value`` sets one key of :attr:`extra`; a string value there is read as a TOML
+        value when it parses as one (``extra.class_specific=true``, ``extra.num_threads=2``).
+        """
         items = pairs.items() if isinstance(pairs, Mapping) else (_split_pair(p) for p in pairs)
         data = self.to_dict()
         for key, value in items:
-            data[key] = value
+            if key.startswith("extra."):
+                data["extra"] = {**data["extra"], key[len("extra."):]: _toml_value(value)}
+            else:
+                data[key] = value
         return RunConfig.from_dict(data)
 
 
@@ -171,6 +180,16 @@ def _split_pair(pair: str) -> tuple[str, str]:
         raise ValueError(f"override {pair!r} must look like key=value")
     key, value = pair.split("=", 1)
     return key.strip(), value.strip()
+
+
+def _toml_value(value: Any) -> Any:
+    """``"2"`` -> 2, ``"true"`` -> True, ``"a photo of a"`` -> itself; non-strings unchanged."""
+    if not isinstance(value, str):
+        return value
+    try:
+        return tomllib.loads(f"v = {value}")["v"]
+    except tomllib.TOMLDecodeError:
+        return value
 
 
 _TYPES = {f.name: f.type for f in fields(RunConfig)}

@@ -29,6 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .prompt_tower import SharedPrefixTower, supports
+
 PEFT_KINDS: tuple[str, ...] = ("head", "prompt", "adapter")
 
 
@@ -225,6 +227,10 @@ class PromptLearner(PEFTModule):
         One context per class (CSC) instead of a generic shared context.
     generator : torch.Generator, optional
         Generator for the random context init.
+    shared_prefix : bool
+        Encode with :class:`~fedpurel_lite.prompt_tower.SharedPrefixTower` (the shared prefix once,
+        each suffix packed, the last block at EOT only) when the tower supports it; ``False``
+        forces the plain pass of all ``C`` padded prompts (same features up to float rounding).
     """
 
     def __init__(
@@ -237,6 +243,7 @@ class PromptLearner(PEFTModule):
         ctx_init: str | None = None,
         class_specific: bool = False,
         generator: torch.Generator | None = None,
+        shared_prefix: bool = True,
     ) -> None:
         super().__init__()
         tower, pool = _text_tower(model)
@@ -291,6 +298,10 @@ class PromptLearner(PEFTModule):
         self.ctx = nn.Parameter(ctx)
         self.n_ctx = n_ctx
         self.class_specific = class_specific
+        self.tower = None
+        if shared_prefix and supports(tower.transformer, self.attn_mask):
+            self.tower = SharedPrefixTower(tower.transformer, tower.ln_final, proj, self.suffix, self.pos, eot,
+                                           1 + n_ctx)
 
     def frozen_modules(self) -> list[Any]:
         return [*self._frozen.values(), self._proj]
@@ -313,6 +324,10 @@ class PromptLearner(PEFTModule):
         return torch.cat([self.prefix, ctx, self.suffix], dim=1)
 
     def class_features(self) -> Tensor:
+        if self.tower is not None:
+            ctx = self.ctx if self.class_specific else self.ctx.unsqueeze(0)
+            sot = self.prefix if self.class_specific else self.prefix[:1]
+            return self.tower(torch.cat([sot, ctx], dim=1))
         x = self.prompt_embeddings() + self.pos
         x = self._frozen["transformer"](x, attn_mask=self.attn_mask)
         x = self._frozen["ln_final"](x)

@@ -42,12 +42,14 @@ from .partition import Federation, build_federation
 from .peft import PEFTModule, build_peft
 from .personalize import new_personal_module
 from .purify import merge_telemetry
+from .workers import ClientPool, IntraOpThreads, resolve_workers
 
 SCALAR_KEYS: tuple[str, ...] = ("accuracy", "balanced_accuracy", "macro_f1", "head", "medium", "tail", "acc_std",
                                 "head_tail_gap", "spearman_logcount", "pred_kl")
 CLIENT_KEYS: tuple[str, ...] = ("accuracy", "balanced_accuracy", "macro_f1", "head", "medium", "tail")
 CHECKPOINT_JSON = "checkpoint.json"
 FORMAT_VERSION = 1
+RUNTIME_KEYS: tuple[str, ...] = ("rounds", "workers")  # may change on resume (they do not change the numbers)
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -91,27 +93,6 @@ def load_bank_for(config: RunConfig, backbone: Any = None) -> Any:
     from .worlds import load_world
 
     return features.FeatureBank.load_or_build(backbone, load_world(config.world), config.cache_dir or None)
-
-
-class _Threads:
-    """Context manager setting torch's intra-op threads (restored on exit).
-
-    The simulator works on small tensors, where one thread is fastest; with several threads on a
-    busy machine every tiny op can cost milliseconds of spinning (measured: 8 ms vs 23 us for a
-    64x100 log-softmax on 2 shared cores).
-    """
-
-    def __init__(self, n: int | None) -> None:
-        self.n = n
-        self.old = torch.get_num_threads()
-
-    def __enter__(self) -> None:
-        if self.n:
-            torch.set_num_threads(int(self.n))
-
-    def __exit__(self, *exc: object) -> None:
-        if self.n:
-            torch.set_num_threads(self.old)
 
 
 def summarise(history: list[dict], last: int = 10) -> dict[str, dict[str, dict[str, float | None]]]:
@@ -253,7 +234,7 @@ def load_checkpoint(directory: Path) -> tuple[dict, dict[str, Tensor]] | None:
 def _check_resumable(meta: dict, config: RunConfig, method: str) -> None:
     saved = dict(meta["config"])
     now = config.to_dict()
-    diff = sorted(k for k in set(saved) | set(now) if k != "rounds" and saved.get(k) != now.get(k))
+    diff = sorted(k for k in set(saved) | set(now) if k not in RUNTIME_KEYS and saved.get(k) != now.get(k))
     if diff or meta["method"] != method:
         raise ValueError(f"checkpoint does not match this run (differs in {diff or ['method']}); "
                          "use another checkpoint_dir or resume=False")
@@ -351,15 +332,16 @@ def run(
 
     Notes
     -----
-    On the CPU the run uses one torch thread (``config.extra["num_threads"]`` overrides), which
-    is fastest for these small tensors.
+    On the CPU every client step uses one torch thread (``config.extra["num_threads"]``
+    overrides), which is fastest for these small tensors, and ``config.workers`` clients of a round
+    train at once (:class:`~fedpurel_lite.workers.ClientPool`; the numbers do not depend on it).
 
     Returns
     -------
     RunResult
     """
     threads = (config.extra or {}).get("num_threads", 1 if _resolve_device(config.device).type == "cpu" else None)
-    with _Threads(threads):
+    with IntraOpThreads(threads):
         return _run(config, bank, backbone, progress, checkpoint_dir, resume, federation, on_round_end)
 
 
@@ -404,26 +386,30 @@ def _run(config: RunConfig, bank: Any, backbone: Any, progress: bool, checkpoint
             personal_states = {k: {n: t.to(device) for n, t in s.items()} for k, s in personal_states.items()}
             history = meta["history"]
             start = int(meta["round"]) + 1
-    personal_module = new_personal_module(method.personal, peft, config).to(device) if method.personal else None
 
-    bar = tqdm(range(start, config.rounds), disable=not progress, desc=method.name, unit="round",
-               initial=start, total=config.rounds)
-    for r in bar:
-        t0 = time.perf_counter()
-        chosen = sampler.sample(r)
-        entry = _one_round(r, chosen, config, method, peft, personal_module, personal_states, clients, prior,
-                           initial_state)
-        entry.update(_evaluate(config, method, peft, personal_module, personal_states, initial_state, x_test,
-                               test_labels_np, test_y_clients, fed))
-        entry["time_s"] = time.perf_counter() - t0
-        entry = clean_json(entry)
-        history.append(entry)
-        if ckpt_dir is not None:
-            save_checkpoint(ckpt_dir, r, config, method.name, history, _pack_state(peft, personal_states))
-        bar.set_postfix(gm=f"{entry['gm']['accuracy']:.1f}", pm=f"{entry['pm']['accuracy']:.1f}")
-        if on_round_end is not None:
-            on_round_end(r, entry)
-    bar.close()
+    def make_slot() -> tuple[PEFTModule, torch.nn.Module | None]:
+        """One worker's working copies: a shared PEFT (stage 1) and a personal module (stage 2)."""
+        personal = new_personal_module(method.personal, peft, config).to(device) if method.personal else None
+        return peft.clone(), personal
+
+    with ClientPool(resolve_workers(config.workers, device, config.peft), make_slot) as pool:
+        bar = tqdm(range(start, config.rounds), disable=not progress, desc=method.name, unit="round",
+                   initial=start, total=config.rounds)
+        for r in bar:
+            t0 = time.perf_counter()
+            chosen = sampler.sample(r)
+            entry = _one_round(r, chosen, config, method, peft, pool, personal_states, clients, prior, initial_state)
+            entry.update(_evaluate(config, method, peft, pool, personal_states, initial_state, x_test, test_labels_np,
+                                   test_y_clients, fed))
+            entry["time_s"] = time.perf_counter() - t0
+            entry = clean_json(entry)
+            history.append(entry)
+            if ckpt_dir is not None:
+                save_checkpoint(ckpt_dir, r, config, method.name, history, _pack_state(peft, personal_states))
+            bar.set_postfix(gm=f"{entry['gm']['accuracy']:.1f}", pm=f"{entry['pm']['accuracy']:.1f}")
+            if on_round_end is not None:
+                on_round_end(r, entry)
+        bar.close()
     fed_info = clean_json({"client_train_sizes": [len(p) for p in fed.client_train],
                            "client_test_sizes": [len(p) for p in fed.client_test],
                            "train_counts": fed.train_counts, "groups": fed.groups})
@@ -431,32 +417,28 @@ def _run(config: RunConfig, bank: Any, backbone: Any, progress: bool, checkpoint
                      {k: v.cpu() for k, v in _pack_state(peft, personal_states).items()})
 
 
-def _one_round(r: int, chosen: np.ndarray, config: RunConfig, method: Method, peft: PEFTModule,
-               personal_module: torch.nn.Module | None, personal_states: dict[int, dict[str, Tensor]],
-               clients: list[ClientData], prior: Tensor, initial_state: dict[str, Tensor]) -> dict:
+def _one_round(r: int, chosen: np.ndarray, config: RunConfig, method: Method, peft: PEFTModule, pool: ClientPool,
+               personal_states: dict[int, dict[str, Tensor]], clients: list[ClientData], prior: Tensor,
+               initial_state: dict[str, Tensor]) -> dict:
     """Stage 1 + aggregation + stage 2 of round ``r`` on the clients ``chosen`` (in place).
 
     The client steps are :func:`fedpurel_lite.client.train_shared` / ``train_private``, the same
-    functions the Flower ClientApp runs.
+    functions the Flower ClientApp runs, each on a worker's own module copies.
     """
     entry: dict[str, Any] = {"round": r, "clients": [int(k) for k in chosen]}
     teles = []
     if method.stage1 is not None:
         g_state = peft.shared_state()
-        states, weights = [], []
-        for k in chosen:
-            state, tele = train_shared(peft, g_state, clients[k], config, method, r, prior)
-            states.append(state)
-            teles.append(tele)
-            weights.append(clients[k].n)
-        peft.load_shared_state(fedavg(states, weights))
+        out = pool.map(lambda slot, k: train_shared(slot[0], g_state, clients[k], config, method, r, prior), chosen)
+        teles = [tele for _, tele in out]
+        peft.load_shared_state(fedavg([state for state, _ in out], [clients[k].n for k in chosen]))
     peft.eval()
     entry["telemetry"] = merge_telemetry(teles)
     losses = []
     if method.personal is not None:
-        for k in chosen:
-            state, loss = train_private(personal_module, peft, personal_states.get(int(k)), initial_state,
-                                        clients[k], config, method, r)
+        out = pool.map(lambda slot, k: train_private(slot[1], peft, personal_states.get(int(k)), initial_state,
+                                                     clients[k], config, method, r), chosen)
+        for k, (state, loss) in zip(chosen, out, strict=True):
             personal_states[int(k)] = state
             losses.append(loss)
     entry["personal"] = {"loss": float(np.mean(losses)) if losses else float("nan")}
@@ -464,7 +446,7 @@ def _one_round(r: int, chosen: np.ndarray, config: RunConfig, method: Method, pe
 
 
 @torch.no_grad()
-def _evaluate(config: RunConfig, method: Method, peft: PEFTModule, personal_module: torch.nn.Module | None,
+def _evaluate(config: RunConfig, method: Method, peft: PEFTModule, pool: ClientPool,
               personal_states: dict[int, dict[str, Tensor]], initial_state: dict[str, Tensor], x_test: Tensor,
               y_test: np.ndarray, test_y_clients: list[np.ndarray], fed: Federation) -> dict:
     """Global model on the balanced test set and on the client splits; personal models on the splits."""
@@ -476,11 +458,13 @@ def _evaluate(config: RunConfig, method: Method, peft: PEFTModule, personal_modu
     if method.personal is None:
         out["pm"] = out["gm_clients"]
         return out
-    preds = []
-    for k, t in enumerate(fed.client_test):
-        idx = torch.as_tensor(t, dtype=torch.long, device=x_test.device)
-        preds.append(predict_private(personal_module, peft, personal_states.get(k), initial_state, x_test[idx],
-                                     logits[idx], config, method))
+
+    def predict(slot: tuple[PEFTModule, torch.nn.Module], k: int) -> np.ndarray:
+        idx = torch.as_tensor(fed.client_test[k], dtype=torch.long, device=x_test.device)
+        return predict_private(slot[1], peft, personal_states.get(k), initial_state, x_test[idx], logits[idx],
+                               config, method)
+
+    preds = pool.map(predict, range(fed.num_clients))
     out["pm"] = evaluate_clients(preds, test_y_clients, fed)
     return out
 

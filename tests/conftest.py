@@ -12,14 +12,17 @@ import torch.nn.functional as F
 
 
 def register_tiny_clip(folder, name: str, embed_dim: int = 16, patch_size: int = 16, text_width: int = 32,
-                       text_layers: int = 1) -> str:
-    """Register a random-init tiny open_clip config (32 px images, no download) under ``name``; returns it."""
+                       text_layers: int = 1, **text_extra) -> str:
+    """Register a random-init tiny open_clip config (32 px images, no download) under ``name``; returns it.
+
+    ``text_extra`` adds keys to ``text_cfg`` (e.g. ``ls_init_value``, ``proj_type``).
+    """
     import open_clip
 
     cfg = {"embed_dim": embed_dim,
            "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "head_width": 16, "patch_size": patch_size},
            "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": text_width, "heads": 2,
-                        "layers": text_layers}}
+                        "layers": text_layers, **text_extra}}
     path = folder / f"{name}.json"
     path.write_text(json.dumps(cfg))
     open_clip.add_model_config(path)

@@ -18,6 +18,7 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs"
         ("rounds", 0, ">= 1"),
         ("peft", "lora", "one of"),
         ("personal_alpha", 1.2, r"\[0, 1\]"),
+        ("workers", -1, ">= 0"),
     ],
 )
 def test_invalid_values_raise_naming_field_value_and_range(field, value, allowed):
@@ -45,6 +46,13 @@ def test_overrides_are_typed():
     cfg = RunConfig().with_overrides(["rounds=5", "dirichlet_alpha=0.5", "method=fedavg"])
     assert cfg.rounds == 5 and cfg.dirichlet_alpha == 0.5 and cfg.method == "fedavg"
     assert isinstance(RunConfig.from_dict({"imbalance_ratio": 50}).imbalance_ratio, float)
+
+
+def test_extra_overrides_set_one_key_with_toml_values():
+    cfg = RunConfig(extra={"keep": 1}).with_overrides(
+        ["extra.num_threads=2", "extra.class_specific=true", "extra.ctx_init=a photo of a", "extra.ratio=0.3"])
+    assert cfg.extra == {"keep": 1, "num_threads": 2, "class_specific": True, "ctx_init": "a photo of a", "ratio": 0.3}
+    assert RunConfig().extra == {}  # the default is not shared or mutated
 
 
 def test_toml_round_trip(tmp_path):

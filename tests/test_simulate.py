@@ -79,6 +79,14 @@ def test_same_seed_same_history_other_seed_differs(core_bank):
     assert _strip(a.history) != _strip(c.history)
 
 
+@pytest.mark.parametrize("method", ["fedpurel", "folio", "fedavg-la"])
+def test_concurrent_clients_give_the_same_numbers(core_bank, method):
+    one = run(_cfg(method=method, workers=1), bank=core_bank, progress=False)
+    three = run(_cfg(method=method, workers=3), bank=core_bank, progress=False)
+    assert _strip(one.history) == _strip(three.history)
+    assert all(torch.equal(one.final_state[k], three.final_state[k]) for k in one.final_state)
+
+
 class _Killed(RuntimeError):
     pass
 
@@ -108,8 +116,8 @@ def test_resume_rejects_other_config(core_bank, tmp_path):
     with pytest.raises(ValueError, match="lr"):
         run(_cfg(method="fedavg", rounds=3, lr=0.3), bank=core_bank, progress=False, checkpoint_dir=tmp_path,
             resume=True)
-    # more rounds on the same config continue the run
-    longer = run(_cfg(method="fedavg", rounds=3), bank=core_bank, progress=False, checkpoint_dir=tmp_path,
+    # more rounds (and another worker count) on the same config continue the run
+    longer = run(_cfg(method="fedavg", rounds=3, workers=2), bank=core_bank, progress=False, checkpoint_dir=tmp_path,
                  resume=True)
     assert [h["round"] for h in longer.history] == [0, 1, 2]
     with pytest.raises(ValueError, match="checkpoint_dir"):
@@ -162,6 +170,10 @@ def test_prompt_method_on_tiny_clip(core_tiny_clip):
     assert res.config["peft"] == "prompt" and list(res.final_state) == ["global/ctx"]
     res2 = run(cfg.with_overrides({"method": "fedpurel", "peft": "prompt"}), bank=bank, backbone=bb, progress=False)
     assert res2.history[-1]["telemetry"]["steps"] > 0
+    # two clients at once on the prompt learner (shared frozen text tower): the same numbers
+    res3 = run(cfg.with_overrides({"method": "fedpurel", "peft": "prompt", "workers": 2}), bank=bank, backbone=bb,
+               progress=False)
+    assert _strip(res3.history) == _strip(res2.history)
 
 
 def test_client_metrics_equal_evaluate_predictions():

@@ -1,0 +1,68 @@
+"""The client pool: order kept, one step per slot at a time, errors surface; automatic worker counts."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+import torch
+
+from fedpurel_lite.workers import ClientPool, IntraOpThreads, resolve_workers
+
+
+def test_map_keeps_order_and_never_shares_a_slot():
+    made = []
+    busy: set[int] = set()
+    lock = threading.Lock()
+    clash = []
+
+    def make_slot():
+        made.append(len(made))
+        return made[-1]
+
+    def step(slot, item):
+        with lock:
+            clash.append(slot in busy)
+            busy.add(slot)
+        time.sleep(0.002 * (item % 3))  # uneven work so threads finish out of order
+        with lock:
+            busy.discard(slot)
+        return item * item, threading.get_ident()
+
+    with ClientPool(3, make_slot) as pool:
+        out = pool.map(step, range(12))
+    assert made == [0, 1, 2]
+    assert [v for v, _ in out] == [i * i for i in range(12)]
+    assert not any(clash)
+    assert len({t for _, t in out}) > 1  # really ran on several threads
+
+
+def test_single_worker_runs_on_the_calling_thread_and_errors_surface():
+    pool = ClientPool(1, lambda: "slot")
+    assert pool.map(lambda s, i: (s, threading.get_ident()), [0]) == [("slot", threading.get_ident())]
+
+    def boom(slot, item):
+        if item == 2:
+            raise RuntimeError("client 2 failed")
+        return item
+
+    for n in (1, 2):
+        with ClientPool(n, lambda: None) as p, pytest.raises(RuntimeError, match="client 2 failed"):
+            p.map(boom, range(4))
+    with pytest.raises(ValueError, match="at least one worker"):
+        ClientPool(0, lambda: None)
+
+
+def test_resolve_workers():
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    assert resolve_workers(3, cpu, "head") == 3
+    assert resolve_workers(0, cpu, "head") == 1 and resolve_workers(0, cpu, "adapter") == 1
+    assert resolve_workers(0, cpu, "prompt") >= 1 and resolve_workers(0, gpu, "prompt") == 1
+
+
+def test_intra_op_threads_restores():
+    old = torch.get_num_threads()
+    with IntraOpThreads(1):
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == old
