@@ -25,7 +25,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from fedpurel_lite.config import RunConfig  # noqa: E402
-from fedpurel_lite.simulate import run  # noqa: E402
+from fedpurel_lite.simulate import resolve_device, run  # noqa: E402
+from fedpurel_lite.workers import resolve_workers  # noqa: E402
 
 
 def main() -> None:
@@ -56,7 +57,8 @@ def main() -> None:
     wall = time.perf_counter() - t1
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
     s = result.summary["last10"]
-    print(f"method={args.method} peft={args.peft} rounds={args.rounds} seed={args.seed}")
+    workers = resolve_workers(config.workers, resolve_device(config.device), config.peft)
+    print(f"method={args.method} peft={args.peft} rounds={args.rounds} seed={args.seed} workers={workers}")
     print(f"bank+backbone load: {t_load:.1f} s")
     print(f"run wall time:      {wall:.1f} s ({wall / args.rounds * 1000:.0f} ms/round)")
     print(f"peak RSS:           {peak_mb:.0f} MB")

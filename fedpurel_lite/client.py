@@ -59,6 +59,11 @@ class ClientData:
     x_test: Tensor
     y_test: np.ndarray
 
+    def to(self, device: torch.device | str) -> ClientData:
+        """A copy with the tensors on ``device`` (the labels of the test split stay a NumPy array)."""
+        return ClientData(self.client_id, self.x.to(device), self.y.to(device), self.z.to(device),
+                          self.x_test.to(device), self.y_test)
+
     @property
     def n(self) -> int:
         """Training samples (the FedAvg weight)."""

@@ -73,7 +73,8 @@ def _num(value: Any) -> float:
     return float("nan") if value is None else float(value)
 
 
-def _resolve_device(name: str) -> torch.device:
+def resolve_device(name: str) -> torch.device:
+    """The torch device a config's ``device`` names (``"auto"``: CUDA when available, else the CPU)."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
@@ -340,7 +341,7 @@ def run(
     -------
     RunResult
     """
-    threads = (config.extra or {}).get("num_threads", 1 if _resolve_device(config.device).type == "cpu" else None)
+    threads = (config.extra or {}).get("num_threads", 1 if resolve_device(config.device).type == "cpu" else None)
     with IntraOpThreads(threads):
         return _run(config, bank, backbone, progress, checkpoint_dir, resume, federation, on_round_end)
 
@@ -352,7 +353,7 @@ def _run(config: RunConfig, bank: Any, backbone: Any, progress: bool, checkpoint
     method = get_method(config.method)
     if method.overrides:
         config = config.with_overrides(method.overrides)
-    device = _resolve_device(config.device)
+    device = resolve_device(config.device)
     if bank is None:
         bank = load_bank_for(config, backbone)
     if config.peft == "prompt" and backbone is None:

@@ -27,7 +27,7 @@ from ..methods import Method, get_method
 from ..partition import Federation, build_federation
 from ..peft import PEFTModule, build_peft
 from ..personalize import new_personal_module
-from ..simulate import load_bank_for
+from ..simulate import load_bank_for, resolve_device
 
 #: ``fault(partition_id, server_round, stage)`` is called before each step; tests use it to make a client fail.
 FaultHook = Callable[[int, int, str], None]
@@ -79,9 +79,10 @@ def _build_runtime(config: RunConfig, node_config: dict[str, Any]) -> ClientRunt
         from ..backbone import load_backbone
 
         backbone = load_backbone(config.backbone, config.pretrained or None)
-    peft = build_peft(config.peft, bank, backbone, config)
-    personal = new_personal_module(method.personal, peft, config) if method.personal else None
-    return ClientRuntime(config, method, data, peft, peft.shared_state(), personal, prior)
+    device = resolve_device(config.device)  # received and sent arrays stay on the CPU; the work runs here
+    peft = build_peft(config.peft, bank, backbone, config).to(device)
+    personal = new_personal_module(method.personal, peft, config).to(device) if method.personal else None
+    return ClientRuntime(config, method, data.to(device), peft, peft.shared_state(), personal, prior.to(device))
 
 
 _RUNTIMES: dict[str, ClientRuntime] = {}
