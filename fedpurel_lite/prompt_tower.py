@@ -45,7 +45,8 @@ def supports(transformer: nn.Module, attn_mask: Tensor | None) -> bool:
     causal = torch.full((n, n), float("-inf"), device=attn_mask.device).triu(1)
     if not torch.equal(attn_mask.float(), causal):
         return False
-    for block in getattr(transformer, "resblocks", ()):
+    blocks = list(getattr(transformer, "resblocks", ()))
+    for block in blocks:
         attn = getattr(block, "attn", None)
         if not isinstance(attn, nn.MultiheadAttention) or not attn._qkv_same_embed_dim:
             return False
@@ -53,7 +54,7 @@ def supports(transformer: nn.Module, attn_mask: Tensor | None) -> bool:
             return False
         if not all(hasattr(block, a) for a in ("ln_1", "ls_1", "ln_2", "mlp", "ls_2")):
             return False
-    return len(getattr(transformer, "resblocks", ())) > 0
+    return len(blocks) > 0
 
 
 class SharedPrefixTower(nn.Module):
@@ -92,7 +93,6 @@ class SharedPrefixTower(nn.Module):
         # padded [C, S] view -> packed rows; padding repeats a class's last token (masked out as a key
         # by causality, its query rows are discarded)
         j = torch.arange(s_max).clamp_max(lengths.unsqueeze(1) - 1)
-        self.prefix_len = p
         self.register_buffer("suffix_packed", (suffix + pos[p:p + s_max])[cls_of, pos_of], persistent=False)
         self.register_buffer("pos_prefix", pos[:p].clone(), persistent=False)
         self.register_buffer("pad_index", offsets.unsqueeze(1) + j, persistent=False)
