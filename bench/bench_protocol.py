@@ -24,8 +24,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from fedpurel_lite.assembly import resolve_device  # noqa: E402
 from fedpurel_lite.config import RunConfig  # noqa: E402
-from fedpurel_lite.simulate import resolve_device, run  # noqa: E402
+from fedpurel_lite.peft import PEFTS  # noqa: E402
+from fedpurel_lite.simulate import run  # noqa: E402
 from fedpurel_lite.workers import resolve_workers  # noqa: E402
 
 
@@ -50,14 +52,15 @@ def main() -> None:
         backbone = load_backbone()
     t_load = time.perf_counter() - t0
 
-    config = RunConfig(method=args.method, peft=args.peft, rounds=args.rounds, seed=args.seed)
+    config = RunConfig().with_overrides(dict(method=args.method, peft=args.peft, rounds=args.rounds, seed=args.seed))
     config = config.with_overrides(args.set) if args.set else config
     t1 = time.perf_counter()
     result = run(config, bank=bank, backbone=backbone, progress=args.progress)
     wall = time.perf_counter() - t1
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
     s = result.summary["last10"]
-    workers = resolve_workers(config.workers, resolve_device(config.device), config.peft)
+    workers = resolve_workers(config.run.workers, resolve_device(config.world.device),
+                              PEFTS.get(config.method.peft).concurrent_clients)
     print(f"method={args.method} peft={args.peft} rounds={args.rounds} seed={args.seed} workers={workers}")
     print(f"bank+backbone load: {t_load:.1f} s")
     print(f"run wall time:      {wall:.1f} s ({wall / args.rounds * 1000:.0f} ms/round)")

@@ -31,8 +31,8 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from fedpurel_lite.config import RunConfig  # noqa: E402
+from fedpurel_lite.local import local_train  # noqa: E402
 from fedpurel_lite.peft import TextAnchoredHead  # noqa: E402
-from fedpurel_lite.purify import local_train  # noqa: E402
 
 
 def _reference_epoch(encode, images: torch.Tensor, labels: torch.Tensor, text: torch.Tensor, scale: float,
@@ -41,10 +41,10 @@ def _reference_epoch(encode, images: torch.Tensor, labels: torch.Tensor, text: t
     head = TextAnchoredHead(text, scale)
     gen = torch.Generator().manual_seed(0)
     perm = torch.randperm(len(labels), generator=gen)
-    one_step = config.with_overrides({"batch_size": config.batch_size})
+    one_step = config.with_overrides({"batch_size": config.stage1.batch_size})
     steps = 0
     t0 = time.perf_counter()
-    for idx in perm.split(config.batch_size):
+    for idx in perm.split(config.stage1.batch_size):
         with torch.no_grad():
             feats = F.normalize(encode(images[idx]).float(), dim=-1)
             teacher = scale * feats @ text.t()
@@ -75,8 +75,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     config = RunConfig()
     n = args.client_size
-    steps_per_epoch = math.ceil(n / config.batch_size)
-    print(f"threads={args.threads}, client size {n}, batch {config.batch_size} -> {steps_per_epoch} steps/epoch")
+    steps_per_epoch = math.ceil(n / config.stage1.batch_size)
+    print(f"threads={args.threads}, client size {n}, batch {config.stage1.batch_size} -> {steps_per_epoch} steps/epoch")
 
     # 1. embedded tiny CLIP on real shapes images
     from fedpurel_lite.backbone import load_backbone, zero_shot_classifier
@@ -107,7 +107,7 @@ def main() -> None:
     classes = 100
     text_b = F.normalize(torch.randn(classes, dim), dim=-1)
     scale = float(model.logit_scale.detach().exp())
-    k = args.vit_steps * config.batch_size
+    k = args.vit_steps * config.stage1.batch_size
     imgs = torch.randn(k, 3, 224, 224)
     labs = torch.randint(0, classes, (k,))
     t_ref_b, steps = _reference_epoch(model.encode_image, imgs, labs, text_b, scale, config, max_steps=args.vit_steps)

@@ -14,7 +14,10 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import warnings
 from collections.abc import Callable
+
+from .errors import UserError
 
 # command -> (module, function, one-line help); modules are imported only when used
 COMMANDS: dict[str, tuple[str, str, str]] = {
@@ -27,8 +30,22 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
 }
 
 
+def _one_line_warnings() -> None:
+    """Every distinct warning once, as one ``warning:`` line on stderr."""
+    warnings.simplefilter("once")
+
+    def show(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001
+        print(f"warning: {message}", file=sys.stderr if file is None else file)
+
+    warnings.showwarning = show
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Dispatch ``argv[0]`` to its command's ``main(rest)``; returns the exit code."""
+    """Dispatch ``argv[0]`` to its command's ``main(rest)``; returns the exit code.
+
+    A :class:`~fedpurel_lite.errors.UserError` (a bad value, a missing or damaged file) is
+    printed as one ``error:`` line with exit code 2; ``--debug`` shows its traceback instead.
+    """
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(prog="python -m fedpurel_lite", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -38,8 +55,20 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if argv else 2
     args = parser.parse_args(argv[:1])
     module, func, _ = COMMANDS[args.command]
-    entry: Callable[[list[str]], int | None] = getattr(importlib.import_module(module), func)
-    return int(entry(argv[1:]) or 0)
+    debug = "--debug" in argv
+    if not debug:
+        _one_line_warnings()
+    try:
+        entry: Callable[[list[str]], int | None] = getattr(importlib.import_module(module), func)
+        return int(entry(argv[1:]) or 0)
+    except UserError as exc:
+        if debug:
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

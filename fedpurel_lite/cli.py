@@ -2,7 +2,8 @@
 
 ``run`` writes ``result.json`` + ``final_state.safetensors`` into its output folder and prints the
 results table: method × model (global on the balanced test set / personal on the client splits) ×
-overall / head / medium / tail. Every input is validated before any work starts.
+overall / head / medium / tail. Every input is checked before any work starts, and every user
+error is one ``error:`` line (see :func:`fedpurel_lite.__main__.main`).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 
 from .config import RunConfig
-from .methods import get_method
+from .errors import ConfigError
 
 #: the comparison of the README: zero-shot, FedAvg, FedPuReL-global and its ablations, the PFL baselines
 #: and full FedPuReL
@@ -42,38 +43,59 @@ def print_results(results: Mapping[str, object], summary: str = "last10") -> pd.
     return table
 
 
-def _parser(prog: str, doc: str) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=f"python -m fedpurel_lite {prog}", description=doc)
-    parser.add_argument("--config", default="configs/embedded.toml", help="TOML preset")
-    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
-    return parser
+def parser(prog: str, doc: str) -> argparse.ArgumentParser:
+    """The options every command shares: ``--config``, ``--set``, ``--quiet``, ``--debug``."""
+    p = argparse.ArgumentParser(prog=f"python -m fedpurel_lite {prog}", description=doc)
+    p.add_argument("--config", default="configs/embedded.toml", help="TOML preset (one table per section)")
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="overrides: section.key=value or a unique bare key (lr=0.02, world.root=/data)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--debug", action="store_true", help="show the traceback of an error")
+    return p
 
 
-def _load(args: argparse.Namespace) -> RunConfig:
+def load_config(args: argparse.Namespace) -> RunConfig:
+    """The config of ``--config`` with the ``--set`` overrides, checked (no work done yet)."""
     if not Path(args.config).is_file():
-        raise SystemExit(f"error: config file {args.config!r} not found")
-    try:
-        return RunConfig.load(args.config).with_overrides(args.set)
-    except ValueError as exc:
-        raise SystemExit(f"error: {exc}") from None
+        raise ConfigError(f"--config {args.config!r}: file not found")
+    return RunConfig.load(args.config).with_overrides(args.set)
+
+
+def _check_methods(names: Sequence[str]) -> None:
+    from .methods import get_method
+
+    for name in names:
+        get_method(name)
 
 
 def run_main(argv: Sequence[str]) -> int:
-    """``run --config FILE [--set k=v ...] [--out DIR] [--resume]``."""
+    """``run --config FILE [--set k=v ...] [--out DIR] [--resume [--resume-round N]] [--overwrite]``."""
+    p = parser("run", "one federated run")
+    p.add_argument("--out", default=None, help="output folder (default runs/<method>-seed<seed>)")
+    p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
+    p.add_argument("--resume-round", type=int, default=None, metavar="N",
+                   help="with --resume: continue from completed round N (after a damaged newest round)")
+    p.add_argument("--overwrite", action="store_true", help="replace a different run's output folder")
+    args = p.parse_args(argv)
+    if args.resume_round is not None and not args.resume:
+        raise ConfigError("--resume-round needs --resume")
+    config = load_config(args)
+    from .assembly import with_method
+    from .checkpoint import check_output_dir
+    from .preflight import preflight
+
+    effective, method = with_method(config)
+    out = Path(args.out or f"runs/{method.name}-seed{config.run.seed}")
+    check_output_dir(out, effective.to_dict(), method.name, args.resume, args.overwrite)
+    preflight(effective, outputs=[("--out", out)])
+    if args.resume:
+        from .checkpoint import check_resumable, find_resume_point
+
+        check_resumable(find_resume_point(out / "checkpoint", args.resume_round), effective.to_dict(), method.name)
     from .simulate import run
 
-    parser = _parser("run", "one federated run")
-    parser.add_argument("--out", default=None, help="output folder (default runs/<method>-seed<seed>)")
-    parser.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
-    args = parser.parse_args(argv)
-    config = _load(args)
-    try:
-        get_method(config.method)
-    except ValueError as exc:
-        raise SystemExit(f"error: {exc}") from None
-    out = Path(args.out or f"runs/{config.method}-seed{config.seed}")
-    result = run(config, progress=not args.quiet, checkpoint_dir=out / "checkpoint", resume=args.resume)
+    result = run(config, progress=not args.quiet, checkpoint_dir=out / "checkpoint", resume=args.resume,
+                 resume_round=args.resume_round)
     print_results({result.method: result})
     print(f"wrote {result.save(out)}")
     return 0
@@ -81,18 +103,19 @@ def run_main(argv: Sequence[str]) -> int:
 
 def compare_main(argv: Sequence[str]) -> int:
     """``compare --config FILE [--methods m1 m2 ...] [--set k=v ...] [--csv FILE]``."""
+    p = parser("compare", "several methods on one federation")
+    p.add_argument("--methods", nargs="*", default=list(DEFAULT_COMPARE), help="method names")
+    p.add_argument("--csv", default=None, help="also write the table as CSV")
+    args = p.parse_args(argv)
+    config = load_config(args)
+    _check_methods(args.methods)
+    from .preflight import preflight
+
+    outputs = [("--csv", Path(args.csv).parent)] if args.csv else []
+    for name in args.methods:
+        preflight(config.with_overrides({"method.name": name}), outputs=outputs)
     from .simulate import compare
 
-    parser = _parser("compare", "several methods on one federation")
-    parser.add_argument("--methods", nargs="*", default=list(DEFAULT_COMPARE), help="method names")
-    parser.add_argument("--csv", default=None, help="also write the table as CSV")
-    args = parser.parse_args(argv)
-    config = _load(args)
-    try:
-        for name in args.methods:
-            get_method(name)
-    except ValueError as exc:
-        raise SystemExit(f"error: {exc}") from None
     frame = compare(config, args.methods, progress=not args.quiet)
     table = print_results(frame.attrs["results"])
     if args.csv:
@@ -102,11 +125,13 @@ def compare_main(argv: Sequence[str]) -> int:
 
 def features_main(argv: Sequence[str]) -> int:
     """``features --config FILE``: build (or verify and reuse) the feature cache of the config's world."""
-    from .simulate import load_bank_for
+    args = parser("features", "build or verify a feature cache").parse_args(argv)
+    config = load_config(args)
+    from .assembly import load_bank
+    from .preflight import preflight
 
-    args = _parser("features", "build or verify a feature cache").parse_args(argv)
-    config = _load(args)
-    bank = load_bank_for(config)
+    preflight(config)
+    bank = load_bank(config, progress=not args.quiet)
     print(f"features: train {tuple(bank.train_features.shape)}, test {tuple(bank.test_features.shape)}, "
           f"classes {len(bank.class_names)}, logit scale {float(bank.logit_scale):.2f}")
     return 0

@@ -21,11 +21,11 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from .local import local_train
 from .methods import Method
 from .partition import Federation
 from .peft import PEFTModule
 from .personalize import load_state, module_state, predict_personal, start_state, train_personal
-from .purify import local_train
 
 
 def client_generator(seed: int, round_idx: int, client: int, stage: int) -> torch.Generator:
@@ -101,7 +101,7 @@ def train_shared(peft: PEFTModule, global_state: dict[str, Tensor], data: Client
                  round_idx: int, prior: Tensor | None) -> tuple[dict[str, Tensor], dict[str, float]]:
     """Stage 1: load the global state, run the method's local training; returns (state, telemetry)."""
     peft.load_shared_state(global_state)
-    generator = client_generator(config.seed, round_idx, data.client_id, 1)
+    generator = client_generator(config.run.seed, round_idx, data.client_id, 1)
     tele = local_train(peft, data.x, data.y, data.z, config, generator, method.stage1, prior)
     return peft.shared_state(), tele
 
@@ -112,7 +112,7 @@ def train_private(personal: nn.Module, peft: PEFTModule, previous: dict[str, Ten
     """Stage 2: train the personal branch against the frozen global ``peft``; returns (state, loss)."""
     load_state(personal, start_state(method.personal, previous, peft, initial_state, config))
     out = train_personal(method.personal, personal, peft, data.x, data.y, config,
-                         client_generator(config.seed, round_idx, data.client_id, 2))
+                         client_generator(config.run.seed, round_idx, data.client_id, 2))
     return module_state(personal), float(out["loss"])
 
 
@@ -123,5 +123,5 @@ def predict_private(personal: nn.Module, peft: PEFTModule, state: dict[str, Tens
     """Personal-model predictions on ``x`` (a client without a stored state uses its start state)."""
     load_state(personal, state if state is not None else start_state(method.personal, None, peft, initial_state,
                                                                      config))
-    logits = predict_personal(method.personal, personal, peft, x, global_logits, config, config.eval_batch_size)
+    logits = predict_personal(method.personal, personal, peft, x, global_logits, config, config.run.eval_batch_size)
     return logits.argmax(dim=1).cpu().numpy()

@@ -1,15 +1,34 @@
-"""`RunConfig`: every protocol knob of a run, TOML load/save and validation before any work.
+"""`RunConfig`: every knob of a run as typed, nested sections that match the TOML tables.
 
-The defaults are the embedded offline world at the paper's federation protocol (20 clients,
-40 % participation, 100 rounds, IF = 100, Dirichlet 1.0). ``configs/`` holds the presets.
-Every invalid value raises one :class:`ValueError` naming the field, the value and what is
-allowed, before any data is loaded or anything is written.
+A preset (``configs/*.toml``) has one table per section::
+
+    [world]          name, backbone, pretrained, root, split_file, cache_dir, device
+    [longtail]       imbalance_ratio, profile, group_convention
+    [federation]     num_clients, participation, rounds, dirichlet_alpha, min_client_size, test_split
+    [method]         name, peft, n_ctx, ctx_init, class_specific, adapter_reduction, adapter_ratio
+    [stage1]         lr, momentum, weight_decay, batch_size, local_epochs
+    [purification]   projection, lambda_proj, bisection_iters, track_cos
+    [personalization] personal_alpha, personal_lr, personal_epochs, personal_momentum, residual_scale, residual_bias
+    [baselines]      prox_mu, la_tau, interp_beta, folio_theta
+    [run]            seed, eval_batch_size, workers, num_threads
+
+Types are strict: an integer field rejects floats and booleans, every float is finite, a boolean
+is ``true`` or ``false``; unknown tables, unknown keys and keys given twice are errors. Overrides
+(``--set`` on the command line, :meth:`RunConfig.with_overrides` in Python) name a key as
+``section.key`` or by its bare name, which is unique across sections (``lr``, ``rounds``);
+``world`` and ``method`` name the world's and the method's ``name``. Every bad value raises one
+:class:`~fedpurel_lite.errors.ConfigError` naming the key, the value and what is allowed. Checks
+that need the machine or the files (device, weights, dataset, writable folders, clients against
+samples) live in :mod:`fedpurel_lite.preflight` and also run before any work.
+
+This module imports no torch, so a bad value is reported at once.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import tomllib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
@@ -18,134 +37,237 @@ from typing import Any
 
 import tomli_w
 
+from .errors import ConfigError
+
+#: the worlds, methods, PEFTs and objectives are checked against their registries in preflight
 CHOICES: dict[str, tuple[str, ...]] = {
-    "profile": ("exp", "step"),
-    "group_convention": ("reference", "oltr"),
-    "test_split": ("shares", "matched"),
-    "peft": ("head", "prompt", "adapter"),
-    "projection": ("global", "tensor"),
-    "device": ("cpu", "cuda", "auto"),
+    "longtail.profile": ("exp", "step"),
+    "longtail.group_convention": ("reference", "oltr"),
+    "federation.test_split": ("shares", "matched"),
+    "purification.projection": ("global", "tensor"),
+    "world.device": ("cpu", "cuda", "auto"),
 }
+MAX_SEED = 2**32 - 1
 
 
-@dataclass
-class RunConfig:
-    """All knobs of one federated run (see ``paper.md`` §3 and ``design.md`` §4).
+@dataclass(frozen=True)
+class WorldCfg:
+    """World, backbone and where things live."""
 
-    Attributes are grouped as world/backbone, long tail, federation, method, optimisation,
-    purification, personalization, baselines and bookkeeping. Use :meth:`load` /
-    :meth:`save` for TOML and :meth:`with_overrides` for ``key=value`` strings.
-    """
-
-    # world and backbone
-    world: str = "shapes"
-    backbone: str = "fedpurel-tiny"
-    pretrained: str = ""  # "" = the backbone's default weights
+    name: str = "shapes"  # shapes (embedded), cifar100, cifar10, folder
+    backbone: str = "fedpurel-tiny"  # an open_clip name, hf-hub:org/repo or local-dir:/path
+    pretrained: str = ""  # "" = the embedded model's shipped weights; a file, tag or "random" otherwise
+    root: str = ""  # dataset folder (cifar*, folder); "" = $FEDPUREL_DATA or data/
+    split_file: str = ""  # folder world: split file relative to root; "" = split.json or train/ + test/
     cache_dir: str = ""  # "" = $FEDPUREL_CACHE or the repository's data/cache
-    device: str = "cpu"
-    # long tail
+    device: str = "cpu"  # cpu, cuda or auto (cuda when available)
+
+
+@dataclass(frozen=True)
+class LongTailCfg:
+    """The long-tailed training set."""
+
     imbalance_ratio: float = 100.0  # IF >= 1 ("ratio 100"); see longtail.ratio_from_fraction
     profile: str = "exp"
-    group_convention: str = "reference"
-    # federation
+    group_convention: str = "reference"  # tail <= 20 (reference) or < 20 (oltr)
+
+
+@dataclass(frozen=True)
+class FederationCfg:
+    """Clients, their data and the rounds."""
+
     num_clients: int = 20
     participation: float = 0.4
     rounds: int = 100
     dirichlet_alpha: float = 1.0
     min_client_size: int = 10
     test_split: str = "shares"
-    # method and trainable part
-    method: str = "fedpurel"
+
+
+@dataclass(frozen=True)
+class MethodCfg:
+    """The named method and its shared trainable part (PEFT)."""
+
+    name: str = "fedpurel"
     peft: str = "head"
-    n_ctx: int = 4
-    # stage 1 (shared PEFT) optimisation
+    n_ctx: int = 4  # prompt: context tokens
+    ctx_init: str = ""  # prompt: initial context words ("" = random init)
+    class_specific: bool = False  # prompt: one context per class
+    adapter_reduction: int = 4  # adapter: hidden width = dim / reduction
+    adapter_ratio: float = 0.2  # adapter: residual mix
+
+
+@dataclass(frozen=True)
+class Stage1Cfg:
+    """Local training of the shared PEFT (fresh SGD per client-round)."""
+
     lr: float = 0.01
     momentum: float = 0.9
     weight_decay: float = 5e-4
     batch_size: int = 32
     local_epochs: int = 1
-    # gradient purification
-    projection: str = "global"
+
+
+@dataclass(frozen=True)
+class PurificationCfg:
+    """Gradient purification against the temperature-aligned KL."""
+
+    projection: str = "global"  # whole flattened gradient, or per tensor
     lambda_proj: float = 1.0
-    # stage 2 (personal) optimisation
-    personal_alpha: float = 0.9
+    bisection_iters: int = 16  # temperature search steps
+    track_cos: bool = False  # record the CE/alignment cosine also for unpurified methods
+
+
+@dataclass(frozen=True)
+class PersonalizationCfg:
+    """Stage 2: the personal branch of every sampled client."""
+
+    personal_alpha: float = 0.9  # weight of CE(l_L) against CE(l_G + l_L)
     personal_lr: float = 0.01
     personal_epochs: int = 1
-    # baselines
+    personal_momentum: float = 0.0
+    residual_scale: float = 0.0  # linear residual head: logit scale (0 = the backbone's)
+    residual_bias: bool = False  # linear residual head: per-class bias
+
+
+@dataclass(frozen=True)
+class BaselinesCfg:
+    """Knobs of the comparison methods."""
+
     prox_mu: float = 0.01
     la_tau: float = 1.0
     interp_beta: float = 0.5
     folio_theta: float = 0.2
-    # bookkeeping
+
+
+@dataclass(frozen=True)
+class RunCfg:
+    """Seed and execution (``workers`` and ``num_threads`` never change a number)."""
+
     seed: int = 1
     eval_batch_size: int = 1024
-    workers: int = 0  # clients trained at once (threads); 0 = automatic (workers.resolve_workers); same numbers
-    extra: dict[str, Any] = field(default_factory=dict)
+    workers: int = 0  # clients trained at once (threads); 0 = automatic
+    num_threads: int = 0  # torch threads per client step; 0 = automatic (1 on the CPU)
+
+
+#: ranges of the numeric fields: (low, high, low inclusive, high inclusive)
+_RANGES: dict[str, tuple[float, float, bool, bool]] = {
+    "longtail.imbalance_ratio": (1, math.inf, True, False),
+    "federation.num_clients": (1, math.inf, True, False),
+    "federation.participation": (0, 1, False, True),
+    "federation.rounds": (1, 1_000_000, True, True),
+    "federation.dirichlet_alpha": (0, math.inf, False, False),
+    "federation.min_client_size": (1, math.inf, True, False),
+    "method.n_ctx": (1, 64, True, True),
+    "method.adapter_reduction": (1, math.inf, True, False),
+    "method.adapter_ratio": (0, 1, True, True),
+    "stage1.lr": (0, math.inf, False, False),
+    "stage1.momentum": (0, 1, True, False),
+    "stage1.weight_decay": (0, math.inf, True, False),
+    "stage1.batch_size": (1, math.inf, True, False),
+    "stage1.local_epochs": (1, 1000, True, True),
+    "purification.lambda_proj": (0, math.inf, True, False),
+    "purification.bisection_iters": (1, 100, True, True),
+    "personalization.personal_alpha": (0, 1, True, True),
+    "personalization.personal_lr": (0, math.inf, False, False),
+    "personalization.personal_epochs": (1, 1000, True, True),
+    "personalization.personal_momentum": (0, 1, True, False),
+    "personalization.residual_scale": (0, math.inf, True, False),
+    "baselines.prox_mu": (0, math.inf, True, False),
+    "baselines.la_tau": (0, math.inf, True, False),
+    "baselines.interp_beta": (0, 1, True, True),
+    "baselines.folio_theta": (0, 1, True, True),
+    "run.seed": (0, MAX_SEED, True, True),
+    "run.eval_batch_size": (1, math.inf, True, False),
+    "run.workers": (0, 1024, True, True),
+    "run.num_threads": (0, 1024, True, True),
+}
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """All knobs of one federated run, one typed section per TOML table (see the module doc).
+
+    Use :meth:`load` / :meth:`save` for TOML, :meth:`with_overrides` for ``key=value`` strings
+    or a mapping, and :meth:`get` to read a dotted key.
+    """
+
+    world: WorldCfg = field(default_factory=WorldCfg)
+    longtail: LongTailCfg = field(default_factory=LongTailCfg)
+    federation: FederationCfg = field(default_factory=FederationCfg)
+    method: MethodCfg = field(default_factory=MethodCfg)
+    stage1: Stage1Cfg = field(default_factory=Stage1Cfg)
+    purification: PurificationCfg = field(default_factory=PurificationCfg)
+    personalization: PersonalizationCfg = field(default_factory=PersonalizationCfg)
+    baselines: BaselinesCfg = field(default_factory=BaselinesCfg)
+    run: RunCfg = field(default_factory=RunCfg)
 
     def __post_init__(self) -> None:
-        self.validate()
+        for key, value in self.items():
+            _check_value(key, value)
 
-    # ------------------------------------------------------------------ validation
-    def validate(self, num_train_samples: int | None = None) -> RunConfig:
-        """Check every field; with ``num_train_samples`` also the client count against it.
+    # ------------------------------------------------------------------ access
+    def items(self) -> Iterable[tuple[str, Any]]:
+        """``(section.key, value)`` for every field, in declaration order."""
+        for sec in fields(self):
+            section = getattr(self, sec.name)
+            for f in fields(section):
+                yield f"{sec.name}.{f.name}", getattr(section, f.name)
 
-        Raises
-        ------
-        ValueError
-            One clear message naming the field, its value and the allowed range.
-        """
-        _check(self.imbalance_ratio >= 1.0 and math.isfinite(self.imbalance_ratio), "imbalance_ratio",
-               self.imbalance_ratio, ">= 1 (ratio form, e.g. 100; for 0.01 use ratio_from_fraction)")
-        _check(self.dirichlet_alpha > 0 and math.isfinite(self.dirichlet_alpha), "dirichlet_alpha",
-               self.dirichlet_alpha, "> 0")
-        _check(0.0 < self.participation <= 1.0, "participation", self.participation, "(0, 1]")
-        for name in ("num_clients", "rounds", "batch_size", "local_epochs", "personal_epochs",
-                     "eval_batch_size", "n_ctx"):
-            _check(int(getattr(self, name)) >= 1, name, getattr(self, name), ">= 1")
-        _check(self.workers >= 0, "workers", self.workers, ">= 0 (0 = automatic)")
-        _check(self.min_client_size >= 1, "min_client_size", self.min_client_size, ">= 1")
-        for name in ("lr", "personal_lr"):
-            _check(getattr(self, name) > 0, name, getattr(self, name), "> 0")
-        for name in ("momentum", "personal_alpha", "interp_beta", "folio_theta"):
-            _check(0.0 <= getattr(self, name) <= 1.0, name, getattr(self, name), "[0, 1]")
-        for name in ("weight_decay", "lambda_proj", "prox_mu", "la_tau"):
-            _check(getattr(self, name) >= 0, name, getattr(self, name), ">= 0")
-        for name, allowed in CHOICES.items():
-            _check(getattr(self, name) in allowed, name, getattr(self, name), f"one of {allowed}")
-        if num_train_samples is not None:
-            need = self.num_clients * self.min_client_size
-            _check(need <= num_train_samples, "num_clients", self.num_clients,
-                   f"<= {num_train_samples // self.min_client_size} (the long-tailed training set has "
-                   f"{num_train_samples} samples and every client needs min_client_size="
-                   f"{self.min_client_size})")
-        return self
+    def get(self, key: str) -> Any:
+        """The value of a dotted (``stage1.lr``) or bare (``lr``) key."""
+        section, name = resolve_key(key).split(".")
+        return getattr(getattr(self, section), name)
 
     # ------------------------------------------------------------------ (de)serialisation
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> RunConfig:
-        """Build a config from a mapping, rejecting unknown keys."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown config key(s) {unknown}; known keys: {sorted(known)}")
-        return cls(**{k: _coerce(k, v) for k, v in data.items()})
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain-dict view (TOML/JSON friendly)."""
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        """Nested plain dict, one entry per section (TOML/JSON friendly)."""
         return dataclasses.asdict(self)
 
     @classmethod
+    def from_dict(cls, data: Mapping[str, Any], source: str = "config") -> RunConfig:
+        """Build a config from a nested mapping (``{"stage1": {"lr": 0.1}}``), strictly typed.
+
+        Raises
+        ------
+        ConfigError
+            An unknown table or key, a value of the wrong type or out of range.
+        """
+        sections = {}
+        for sec in fields(cls):
+            given = data.get(sec.name, {})
+            if not isinstance(given, Mapping):
+                raise ConfigError(f"{source}: [{sec.name}] must be a table, got {given!r}")
+            known = {f.name: f for f in fields(sec.default_factory)}  # type: ignore[misc]
+            unknown = sorted(set(given) - set(known))
+            if unknown:
+                raise ConfigError(f"{source}: unknown key(s) {', '.join(f'{sec.name}.{k}' for k in unknown)}; "
+                                  f"[{sec.name}] has {', '.join(known)}")
+            sections[sec.name] = sec.default_factory(  # type: ignore[misc]
+                **{k: _typed(f"{sec.name}.{k}", known[k].type, v) for k, v in given.items()})
+        unknown = sorted(set(data) - set(sections))
+        if unknown:
+            raise ConfigError(f"{source}: unknown table(s) {', '.join(f'[{k}]' for k in unknown)}; "
+                              f"known tables: {', '.join(f'[{k}]' for k in sections)}")
+        return cls(**sections)
+
+    @classmethod
     def load(cls, path: str | Path) -> RunConfig:
-        """Read a TOML preset (flat keys, or grouped under tables which are flattened)."""
-        with open(path, "rb") as fh:
-            raw = tomllib.load(fh)
-        flat: dict[str, Any] = {}
-        for key, value in raw.items():
-            if isinstance(value, dict) and key != "extra":
-                flat.update(value)
-            else:
-                flat[key] = value
-        return cls.from_dict(flat)
+        """Read a TOML preset (one table per section).
+
+        Raises
+        ------
+        ConfigError
+            The file is missing or not valid TOML (duplicate keys included), or a value is bad.
+        """
+        try:
+            with open(path, "rb") as fh:
+                raw = tomllib.load(fh)
+        except FileNotFoundError:
+            raise ConfigError(f"config file {str(path)!r} not found") from None
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"config file {str(path)!r} is not valid TOML: {exc}") from None
+        return cls.from_dict(raw, source=str(path))
 
     def save(self, path: str | Path) -> None:
         """Write the config as TOML (atomically)."""
@@ -155,60 +277,138 @@ class RunConfig:
         tmp.replace(path)
 
     def with_overrides(self, pairs: Iterable[str] | Mapping[str, Any]) -> RunConfig:
-        """A copy with ``key=value`` strings (CLI ``--set``) or a mapping applied, validated.
+        """A copy with overrides applied, checked.
 
-        ``extra.name=value`` sets one key of :attr:`extra`; a string value there is read as a TOML
-        value when it parses as one (``extra.class_specific=true``, ``extra.num_threads=2``).
+        Parameters
+        ----------
+        pairs : iterable of str or mapping
+            ``"key=value"`` strings (the CLI's ``--set``; the value is parsed by the field's type)
+            or a mapping ``{key: value}`` of Python values; keys dotted or bare.
+
+        Raises
+        ------
+        ConfigError
+            An unknown key, a key given twice, a value of the wrong type or out of range.
         """
-        items = pairs.items() if isinstance(pairs, Mapping) else (_split_pair(p) for p in pairs)
+        items = list(pairs.items()) if isinstance(pairs, Mapping) else [_split_pair(p) for p in pairs]
         data = self.to_dict()
+        seen: set[str] = set()
         for key, value in items:
-            if key.startswith("extra."):
-                data["extra"] = {**data["extra"], key[len("extra."):]: _toml_value(value)}
-            else:
-                data[key] = value
-        return RunConfig.from_dict(data)
+            full = resolve_key(key)
+            if full in seen:
+                raise ConfigError(f"{full} is given twice")
+            seen.add(full)
+            section, name = full.split(".")
+            kind = _FIELD_TYPES[full]
+            data[section][name] = _parse_text(full, kind, value) if isinstance(value, str) else value
+        return RunConfig.from_dict(data, source="--set")
+
+    def differences(self, other: RunConfig) -> list[str]:
+        """Dotted keys whose values differ between ``self`` and ``other``."""
+        theirs = dict(other.items())
+        return [k for k, v in self.items() if theirs[k] != v]
 
 
-def _check(ok: bool, name: str, value: Any, allowed: str) -> None:
-    if not ok:
-        raise ValueError(f"invalid config: {name}={value!r}; allowed: {allowed}")
+# ---------------------------------------------------------------------- keys and types
+_FIELD_TYPES: dict[str, str] = {f"{sec.name}.{f.name}": str(f.type) for sec in fields(RunConfig)
+                                for f in fields(sec.default_factory)}  # type: ignore[misc]
+_BARE: dict[str, list[str]] = {}
+for _full in _FIELD_TYPES:
+    _BARE.setdefault(_full.split(".")[1], []).append(_full)
+#: bare names that stand for a section's ``name``
+ALIASES: dict[str, str] = {"world": "world.name", "method": "method.name"}
+
+
+def resolve_key(key: str) -> str:
+    """The dotted ``section.key`` of a dotted or bare key.
+
+    Raises
+    ------
+    ConfigError
+        An unknown key (with the known ones of its section, or close names).
+    """
+    key = key.strip()
+    if key in _FIELD_TYPES:
+        return key
+    if key in ALIASES:
+        return ALIASES[key]
+    if "." not in key and len(_BARE.get(key, [])) == 1:
+        return _BARE[key][0]
+    if len(_BARE.get(key, [])) > 1:
+        raise ConfigError(f"config key {key!r} is ambiguous: write one of {', '.join(_BARE[key])}")
+    import difflib
+
+    near = difflib.get_close_matches(key, [*_FIELD_TYPES, *_BARE, *ALIASES], n=3)
+    hint = f"; did you mean {', '.join(near)}?" if near else "; keys look like section.key (see configs/)"
+    raise ConfigError(f"unknown config key {key!r}{hint}")
 
 
 def _split_pair(pair: str) -> tuple[str, str]:
     if "=" not in pair:
-        raise ValueError(f"override {pair!r} must look like key=value")
+        raise ConfigError(f"override {pair!r} must look like key=value")
     key, value = pair.split("=", 1)
     return key.strip(), value.strip()
 
 
-def _toml_value(value: Any) -> Any:
-    """``"2"`` -> 2, ``"true"`` -> True, ``"a photo of a"`` -> itself; non-strings unchanged."""
-    if not isinstance(value, str):
-        return value
-    try:
-        return tomllib.loads(f"v = {value}")["v"]
-    except tomllib.TOMLDecodeError:
-        return value
+_INT = re.compile(r"[+-]?\d+")
 
 
-_TYPES = {f.name: f.type for f in fields(RunConfig)}
-
-
-def _coerce(name: str, value: Any) -> Any:
-    """Turn strings from the command line into the field's type; reject impossible values."""
-    kind = _TYPES[name]
-    if not isinstance(value, str) or kind == "str":
-        if kind == "float" and isinstance(value, int) and not isinstance(value, bool):
-            return float(value)
-        return value
-    try:
-        if kind == "int":
-            return int(value)
-        if kind == "float":
-            return float(value)
-    except ValueError:
-        raise ValueError(f"invalid config: {name}={value!r}; allowed: a {kind}") from None
+def _parse_text(key: str, kind: str, text: str) -> Any:
+    """A ``--set`` value parsed by the field's type (strings are taken as they are)."""
+    if kind == "str":
+        return text
     if kind == "bool":
-        return value.lower() in ("1", "true", "yes")
+        if text in ("true", "false"):
+            return text == "true"
+        raise ConfigError(f"{key}={text!r}: allowed true or false")
+    if kind == "int":
+        if _INT.fullmatch(text.replace("_", "")):
+            return int(text)
+        raise ConfigError(f"{key}={text!r}: allowed an integer")
+    try:
+        value = float(text)
+    except ValueError:
+        raise ConfigError(f"{key}={text!r}: allowed a finite number") from None
     return value
+
+
+def _typed(key: str, kind: str, value: Any) -> Any:
+    """``value`` checked against the field's type (ints are ints, floats finite, bools bools)."""
+    if kind == "bool":
+        ok = isinstance(value, bool)
+    elif kind == "int":
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif kind == "float":
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        value = float(value) if ok else value
+        if ok and not math.isfinite(value):
+            raise ConfigError(f"{key}={value!r}: allowed a finite number")
+    else:
+        ok = isinstance(value, str)
+    if not ok:
+        raise ConfigError(f"{key}={value!r} is a {type(value).__name__}; allowed {_KIND_TEXT[kind]}")
+    return value
+
+
+_KIND_TEXT = {"bool": "true or false", "int": "an integer", "float": "a finite number", "str": "a string"}
+
+
+def _check_value(key: str, value: Any) -> None:
+    """Range and choice checks of one field (types are checked by :func:`_typed`)."""
+    _typed(key, _FIELD_TYPES[key], value)
+    if key in CHOICES and value not in CHOICES[key]:
+        raise ConfigError(f"{key}={value!r}: allowed one of {', '.join(CHOICES[key])}")
+    if key in _RANGES:
+        low, high, low_in, high_in = _RANGES[key]
+        ok = (value >= low if low_in else value > low) and (value <= high if high_in else value < high)
+        if not ok:
+            raise ConfigError(f"{key}={value!r}: allowed {_range_text(low, high, low_in, high_in)}")
+
+
+def _range_text(low: float, high: float, low_in: bool, high_in: bool) -> str:
+    def num(v: float) -> str:
+        return f"{v:g}" if isinstance(v, float) else str(v)
+
+    if math.isinf(high):
+        return f"{'>=' if low_in else '>'} {num(low)}"
+    return f"{'[' if low_in else '('}{num(low)}, {num(high)}{']' if high_in else ')'}"

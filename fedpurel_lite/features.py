@@ -1,20 +1,23 @@
 """FeatureBank: a world's images encoded once by the frozen image tower, cached in safetensors.
 
-Cache layout (``cache_dir``): ``<key>.safetensors`` (tensors) and ``<key>.json`` (manifest). The
-manifest records every input (model name, weights hash/tag, world fingerprint, transform,
-templates, package version) and the SHA-256 of the tensor file. A cache whose inputs differ is
-stale and rebuilt; one whose file is unreadable or whose content hash differs is reported with a
-warning naming the file and rebuilt, never used. No pickle: safetensors and JSON only.
+Cache (``cache_dir``): ``<key>.safetensors``, ``<key>.json`` (manifest: every input, class data, the
+tensor file's SHA-256 and, over all of it, ``manifest_sha256``) and ``<key>.lock`` (serialises
+builders). Stale caches are rebuilt; damaged or altered ones are reported once, moved aside
+(``<file>.corrupt-<n>``, never deleted) and rebuilt. Writes are atomic, manifest last. No pickle.
 """
 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import logging
+import math
 import os
-import time
+import secrets
 import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,15 +28,24 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from fedpurel_lite import __version__
-from fedpurel_lite.backbone import Backbone, load_backbone, sha256_file, zero_shot_classifier
+from fedpurel_lite.backbone import Backbone, load_backbone, resolve_device, sha256_file, zero_shot_classifier
 from fedpurel_lite.worlds.base import World
 
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - not POSIX: builders are not serialised
+    fcntl = None
+
 log = logging.getLogger(__name__)
-FORMAT_VERSION = 1
-#: Default cache folder: ``$FEDPUREL_CACHE`` or the repository's ``data/cache`` (independent of the cwd,
-#: so notebooks in ``notebooks/`` share the cache with the CLI and the tests).
+FORMAT_VERSION = 2
+#: Default cache folder: ``$FEDPUREL_CACHE`` or the repository's ``data/cache`` (shared whatever the cwd).
 DEFAULT_CACHE_DIR = Path(os.environ.get("FEDPUREL_CACHE", Path(__file__).resolve().parent.parent / "data" / "cache"))
 _TENSORS = ("train_features", "train_labels", "test_features", "test_labels", "text_features")
+_DIGEST = "manifest_sha256"
+
+
+class FeatureCacheWarning(UserWarning):
+    """A feature cache file was damaged or altered; it was moved aside and the bank rebuilt."""
 
 
 class _Preprocessed(torch.utils.data.Dataset):
@@ -60,9 +72,8 @@ def _fast_path_ok(images: Any, backbone: Backbone) -> bool:
     cfg = backbone.preprocess_cfg
     size = cfg.get("size", None)
     size = (size, size) if isinstance(size, int) else tuple(size or ())
-    if not (isinstance(images, np.ndarray) and images.dtype == np.uint8 and images.ndim == 4):
-        return False
-    if tuple(images.shape[1:3]) != size or images.shape[3] != 3:
+    if not (isinstance(images, np.ndarray) and images.dtype == np.uint8 and images.ndim == 4
+            and images.shape[1:] == (*size, 3)):
         return False
     probe = images[: min(8, len(images))]
     fast = _to_tensor(probe, cfg)
@@ -126,7 +137,44 @@ def _inputs(backbone: Backbone, world_fingerprint: str, templates: list[str]) ->
 
 def _key(inputs: dict) -> str:
     digest = hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:16]
-    return f"{inputs['world'].split(':', 1)[0]}-{inputs['model'].replace('/', '_').replace(':', '_')}-{digest}"
+    stem = f"{inputs['world'].split(':', 1)[0]}-{inputs['model']}"
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in stem) + f"-{digest}"
+
+
+def _manifest_digest(manifest: dict) -> str:
+    """SHA-256 of the canonical JSON of every manifest field but ``manifest_sha256`` (tensor hash included)."""
+    body = {k: v for k, v in manifest.items() if k != _DIGEST}
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+@contextmanager
+def _locked(base: Path) -> Iterator[None]:
+    """Hold an exclusive advisory ``flock`` on ``<base>.lock`` (none on a read-only folder or without fcntl)."""
+    try:
+        handle = open(base.with_suffix(".lock"), "a+b")  # noqa: SIM115 - closing the file releases the lock
+    except OSError:
+        handle = None
+    if handle is not None and fcntl is not None:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+    try:
+        yield
+    finally:
+        if handle is not None:
+            handle.close()
+
+
+def _move_aside(*paths: Path) -> list[str]:
+    """Rename the existing ``paths`` to ``<name>.corrupt-<n>`` (one free ``n``); return the new names."""
+    n = next(n for n in itertools.count(1) if not any(p.with_name(f"{p.name}.corrupt-{n}").exists() for p in paths))
+    moved = [p for p in paths if p.exists()]
+    for p in moved:
+        os.replace(p, p.with_name(f"{p.name}.corrupt-{n}"))
+    return [f"{p.name}.corrupt-{n}" for p in moved]
+
+
+class _Damaged(Exception):
+    """``(path, reason)``: a cache file that must not be used."""
 
 
 @dataclass
@@ -135,19 +183,16 @@ class FeatureBank:
 
     Attributes
     ----------
-    train_features, test_features : torch.Tensor
-        ``float32 [N, D]``, L2-normalised.
-    train_labels, test_labels : torch.Tensor
-        ``int64 [N]``.
+    train_features, test_features, train_labels, test_labels : torch.Tensor
+        ``float32 [N, D]`` L2-normalised features, ``int64 [N]`` labels.
     text_features : torch.Tensor
         ``float32 [C, D]`` zero-shot classifier, rows L2-normalised.
     logit_scale : float
         CLIP's ``exp(logit_scale)``.
-    class_names : list of str
-    class_order : numpy.ndarray
-        Class ids head to tail.
+    class_names, class_order : list of str, numpy.ndarray
+        Class names; class ids head to tail.
     manifest : dict
-        Inputs, content hash and shapes of the cache.
+        Inputs, class data, content hash, shapes and ``manifest_sha256`` of the cache.
     """
 
     train_features: torch.Tensor
@@ -171,100 +216,158 @@ class FeatureBank:
         return len(self.class_names)
 
     @classmethod
-    def build(cls, backbone: Backbone, world: World, progress: bool = True, batch_size: int = 500) -> FeatureBank:
-        """Encode ``world`` with ``backbone`` (no cache involved)."""
-        text = zero_shot_classifier(backbone, world.class_names, world.templates)
-        tr = encode_images(backbone, world.train_images, batch_size, progress, f"{world.name} train")
-        te = encode_images(backbone, world.test_images, batch_size, progress, f"{world.name} test")
+    def build(cls, backbone: Backbone, world: World, progress: bool = True, batch_size: int = 500,
+              device: str | None = None) -> FeatureBank:
+        """Encode ``world`` with ``backbone`` (no cache involved).
+
+        Parameters
+        ----------
+        backbone : Backbone
+        world : World
+        progress : bool
+            Show progress bars while encoding.
+        batch_size : int
+            Images per forward pass.
+        device : {"cpu", "cuda", "auto"}, optional
+            Where to encode (``"auto"``: CUDA if available); default: the backbone's device.
+
+        Returns
+        -------
+        FeatureBank
+            CPU ``float32`` features whatever the device.
+        """
+        model = backbone.model
+        home = next(model.parameters()).device
+        dev = home if device is None else resolve_device(device)
+        model.to(dev)
+        try:
+            text = zero_shot_classifier(backbone, world.class_names, world.templates)
+            tr = encode_images(backbone, world.train_images, batch_size, progress, f"{world.name} train")
+            te = encode_images(backbone, world.test_images, batch_size, progress, f"{world.name} test")
+        finally:
+            model.to(home)
         manifest = {"inputs": _inputs(backbone, world.fingerprint(), world.templates),
                     "class_names": list(world.class_names), "class_order": world.class_order.tolist(),
-                    "logit_scale": backbone.logit_scale}
+                    "logit_scale": backbone.logit_scale, "encoded_on": dev.type}
         return cls(tr, torch.from_numpy(world.train_labels.copy()), te, torch.from_numpy(world.test_labels.copy()),
                    text, backbone.logit_scale, list(world.class_names), world.class_order.copy(), manifest)
 
     def save(self, path: str | Path) -> None:
-        """Write ``<path>.safetensors`` and ``<path>.json`` atomically (tensors first, manifest last)."""
+        """Write ``<path>.safetensors`` then ``<path>.json`` via unique temporary names and ``os.replace``."""
         from safetensors.torch import save_file
 
         path = Path(path)
+        mpath, tpath = path.with_suffix(".json"), path.with_suffix(".safetensors")
         path.parent.mkdir(parents=True, exist_ok=True)
         tensors = {k: getattr(self, k).contiguous() for k in _TENSORS}
-        tmp = path.with_suffix(".safetensors.tmp")
-        save_file(tensors, str(tmp))
-        os.replace(tmp, path.with_suffix(".safetensors"))
-        self.manifest.update(content_sha256=sha256_file(path.with_suffix(".safetensors")),
-                             shapes={k: list(v.shape) for k, v in tensors.items()})
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(self.manifest, indent=1, sort_keys=True))
-        os.replace(tmp, path.with_suffix(".json"))
-        self.path = path
+        tag = f"{os.getpid()}-{secrets.token_hex(4)}"
+        ttmp, mtmp = (p.with_name(f"{p.name}.{tag}.tmp") for p in (tpath, mpath))
+        try:
+            save_file(tensors, str(ttmp))
+            manifest = {k: v for k, v in self.manifest.items() if k != _DIGEST}
+            manifest.update(content_sha256=sha256_file(ttmp), shapes={k: list(v.shape) for k, v in tensors.items()})
+            manifest[_DIGEST] = _manifest_digest(manifest)
+            mtmp.write_text(json.dumps(manifest, indent=1, sort_keys=True), encoding="utf-8")
+            os.replace(ttmp, tpath)
+            os.replace(mtmp, mpath)
+        finally:
+            for tmp in (ttmp, mtmp):
+                tmp.unlink(missing_ok=True)
+        self.manifest, self.path = manifest, path
 
     @classmethod
-    def _try_load(cls, path: Path, inputs: dict) -> FeatureBank | None:
-        """Load a matching, intact cache or return ``None`` (warning on corruption)."""
+    def _read(cls, base: Path, inputs: dict) -> FeatureBank | None:
+        """The intact cache at ``base``; ``None`` if absent or stale; raises ``_Damaged`` otherwise."""
         from safetensors.torch import load_file
 
-        mpath, tpath = path.with_suffix(".json"), path.with_suffix(".safetensors")
-        if not mpath.exists() and not tpath.exists():
+        mpath, tpath = base.with_suffix(".json"), base.with_suffix(".safetensors")
+        if not mpath.exists():
+            if tpath.exists():
+                raise _Damaged(mpath, "the manifest is missing (its tensor file is there)")
             return None
         try:
-            manifest = json.loads(mpath.read_text())
-        except (OSError, ValueError) as exc:
-            warnings.warn(f"Feature cache manifest {mpath} is unreadable ({exc}); rebuilding", stacklevel=3)
-            return None
+            manifest = json.loads(mpath.read_text(encoding="utf-8"))
+            altered = _manifest_digest(manifest) != manifest[_DIGEST]
+        except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
+            raise _Damaged(mpath, f"the manifest is unreadable or has no valid {_DIGEST} ({exc!r})") from None
+        if altered:
+            raise _Damaged(mpath, "the manifest was altered (its SHA-256 does not match)")
         if manifest.get("inputs") != inputs:
             log.info("Feature cache %s is stale (inputs differ); rebuilding", mpath)
             return None
-        try:
-            digest = sha256_file(tpath)
-        except OSError as exc:
-            warnings.warn(f"Feature cache {tpath} is unreadable ({exc}); rebuilding", stacklevel=3)
-            return None
-        if digest != manifest.get("content_sha256"):
-            warnings.warn(f"Feature cache {tpath} is corrupt (content hash mismatch); rebuilding", stacklevel=3)
-            return None
+        if not tpath.exists():
+            raise _Damaged(tpath, "the tensor file is missing (its manifest is there)")
+        if sha256_file(tpath) != manifest.get("content_sha256"):
+            raise _Damaged(tpath, "the tensor file is truncated or altered (content hash mismatch)")
         try:
             t = load_file(str(tpath))
-            if {k: list(v.shape) for k, v in t.items()} != manifest.get("shapes"):
-                raise ValueError("tensor shapes differ from the manifest")
+            ok = {k: list(v.shape) for k, v in t.items()} == manifest.get("shapes") and set(t) == set(_TENSORS)
         except Exception as exc:  # noqa: BLE001 - any failure means: do not use this cache
-            warnings.warn(f"Feature cache {tpath} is unreadable ({exc}); rebuilding", stacklevel=3)
-            return None
+            raise _Damaged(tpath, f"the tensor file does not load ({exc})") from None
+        try:
+            names, order = manifest["class_names"], np.asarray(manifest["class_order"], dtype=np.int64)
+            scale = float(manifest["logit_scale"])
+            ok = ok and (isinstance(names, list) and all(isinstance(n, str) for n in names) and math.isfinite(scale)
+                         and len(names) == len(t["text_features"]) == len(order) and scale > 0
+                         and sorted(order.tolist()) == list(range(len(names))))
+        except (KeyError, TypeError, ValueError):
+            ok = False
+        if not ok:
+            raise _Damaged(mpath, "its shapes, class names, class order or logit scale do not fit the tensors")
         return cls(t["train_features"], t["train_labels"], t["test_features"], t["test_labels"], t["text_features"],
-                   float(manifest["logit_scale"]), list(manifest["class_names"]),
-                   np.asarray(manifest["class_order"], dtype=np.int64), manifest, path)
+                   scale, list(names), order, manifest, base)
+
+    @classmethod
+    def _load_or_build(cls, cache_dir: str | Path | None, inputs: dict, make: Callable[[], tuple[Backbone, World]],
+                       progress: bool, batch_size: int, device: str | None) -> FeatureBank:
+        """Under the entry's lock: read the cache, or report and move aside a damaged one, build and save."""
+        base = Path(cache_dir if cache_dir is not None else DEFAULT_CACHE_DIR) / _key(inputs)
+        base.parent.mkdir(parents=True, exist_ok=True)
+        with _locked(base):  # a second builder waits here, then reads the first one's cache
+            try:
+                bank = cls._read(base, inputs)
+            except _Damaged as err:
+                moved = _move_aside(base.with_suffix(".json"), base.with_suffix(".safetensors"))
+                bank, (path, reason) = None, err.args
+                warnings.warn(f"Feature cache file {path} is damaged: {reason}. Moved aside as "
+                              f"{', '.join(moved) or 'nothing'} (kept for inspection) and rebuilding the cache.",
+                              FeatureCacheWarning, stacklevel=3)
+            if bank is None:
+                backbone, world = make()
+                bank = cls.build(backbone, world, progress, batch_size, device=device)
+                bank.save(base)
+        return bank
 
     @classmethod
     def load_or_build(cls, backbone: Backbone, world: World, cache_dir: str | Path | None = None,
-                      progress: bool = True, batch_size: int = 500) -> FeatureBank:
-        """Reuse a matching cache in ``cache_dir``; otherwise encode the world and write the cache.
+                      progress: bool = True, batch_size: int = 500, device: str | None = None) -> FeatureBank:
+        """Reuse a matching, intact cache in ``cache_dir``; otherwise encode the world and write the cache.
 
         Parameters
         ----------
         backbone : Backbone
         world : World
         cache_dir : str or Path, optional
-            Cache folder (created if needed); default :data:`DEFAULT_CACHE_DIR`.
+            Cache folder (created if needed; default :data:`DEFAULT_CACHE_DIR`). Concurrent builders of
+            one entry are serialised by a lock: the second waits, then reuses the first's cache.
         progress : bool
             Show progress bars while encoding.
         batch_size : int
             Images per forward pass.
+        device : {"cpu", "cuda", "auto"}, optional
+            Where to encode if the cache must be built (default: where the backbone is).
 
         Returns
         -------
         FeatureBank
+            A damaged or altered cache gives one :class:`FeatureCacheWarning` naming the file.
         """
         inputs = _inputs(backbone, world.fingerprint(), world.templates)
-        path = Path(cache_dir if cache_dir is not None else DEFAULT_CACHE_DIR) / _key(inputs)
-        bank = cls._try_load(path, inputs)
-        if bank is None:
-            bank = cls.build(backbone, world, progress, batch_size)
-            bank.save(path)
-        return bank
+        return cls._load_or_build(cache_dir, inputs, lambda: (backbone, world), progress, batch_size, device)
 
 
 def load_embedded_bank(cache_dir: str | Path | None = None, shift: float | None = None, seed: int = 0,
-                       progress: bool = True) -> FeatureBank:
+                       progress: bool = True, device: str = "cpu") -> FeatureBank:
     """The default backbone (shipped tiny CLIP) on the shapes target world, cached.
 
     A warm cache is read without rendering the world (about a second); a cold one renders and
@@ -280,6 +383,8 @@ def load_embedded_bank(cache_dir: str | Path | None = None, shift: float | None 
         World seed.
     progress : bool
         Show progress bars when encoding.
+    device : {"cpu", "cuda", "auto"}
+        Where the backbone encodes a cold cache (``"auto"``: CUDA when available).
 
     Returns
     -------
@@ -287,13 +392,8 @@ def load_embedded_bank(cache_dir: str | Path | None = None, shift: float | None 
     """
     from fedpurel_lite.worlds import shapes
 
-    t0 = time.time()
-    backbone = load_backbone()
+    backbone = load_backbone(device=device)
     shift = shapes.DEFAULT_SHIFT if shift is None else shift
     inputs = _inputs(backbone, shapes.shapes_fingerprint("target", shift, seed), shapes.TEMPLATES)
-    cache_dir = Path(cache_dir if cache_dir is not None else DEFAULT_CACHE_DIR)
-    bank = FeatureBank._try_load(cache_dir / _key(inputs), inputs)
-    if bank is None:
-        bank = FeatureBank.load_or_build(backbone, shapes.load_shapes("target", shift, seed), cache_dir, progress)
-    log.info("embedded bank ready in %.1fs", time.time() - t0)
-    return bank
+    world = lambda: (backbone, shapes.load_shapes("target", shift, seed))  # noqa: E731 - rendered only if needed
+    return FeatureBank._load_or_build(cache_dir, inputs, world, progress, 500, None)

@@ -1,9 +1,11 @@
 """Registry of named methods: what stage 1 trains and what stage 2 personalizes, as data.
 
-A :class:`Method` names the stage-1 objective of the shared PEFT (``None`` = no federated
-training: the global model stays zero-shot), the stage-2 personalization kind (``None`` = the
-personal model *is* the global model) and optional config overrides. ``get_method`` resolves a
-name; an unknown name raises a ``ValueError`` listing the valid ones.
+A :class:`Method` names the stage-1 objective of the shared PEFT (a name in
+:data:`fedpurel_lite.local.OBJECTIVES`; ``None`` = no federated training: the global model stays
+zero-shot), the stage-2 personalization kind (a name in
+:data:`fedpurel_lite.personalize.PERSONALIZATIONS`; ``None`` = the personal model *is* the global
+model) and optional config overrides. ``get_method`` resolves a name; an unknown name raises a
+:class:`~fedpurel_lite.errors.ConfigError` listing the valid ones.
 """
 
 from __future__ import annotations
@@ -11,8 +13,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from .personalize import PERSONAL_KINDS
-from .purify import STAGE1_MODES
+from .local import OBJECTIVES
+from .personalize import PERSONALIZATIONS
+from .registry import Registry
 
 
 @dataclass(frozen=True)
@@ -24,14 +27,14 @@ class Method:
     name : str
         Registry key.
     stage1 : str or None
-        Stage-1 mode of :func:`fedpurel_lite.purify.local_train` (``"ce"``, ``"prox"``, ``"la"``,
-        ``"purify"``, ``"purify-kl"``), or ``None`` for no federated training.
+        Stage-1 objective (:data:`~fedpurel_lite.local.OBJECTIVES`), or ``None`` for no federated
+        training.
     personal : str or None
-        Personalization kind of :mod:`fedpurel_lite.personalize`, or ``None``.
+        Personalization kind (:data:`~fedpurel_lite.personalize.PERSONALIZATIONS`), or ``None``.
     description : str
         One line for tables and the CLI.
     overrides : dict
-        Config fields this method forces (e.g. ``{"peft": "prompt"}``).
+        Config keys this method forces (e.g. ``{"method.peft": "prompt"}``).
     """
 
     name: str
@@ -41,17 +44,22 @@ class Method:
     overrides: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.stage1 is not None and self.stage1 not in STAGE1_MODES:
-            raise ValueError(f"method {self.name!r}: unknown stage1 {self.stage1!r}")
-        if self.personal is not None and self.personal not in PERSONAL_KINDS:
-            raise ValueError(f"method {self.name!r}: unknown personalization {self.personal!r}")
+        if self.stage1 is not None:
+            OBJECTIVES.get(self.stage1)
+        if self.personal is not None:
+            PERSONALIZATIONS.get(self.personal)
+
+    @property
+    def needs_teacher(self) -> bool:
+        """Its stage-1 objective uses the zero-shot teacher's logits."""
+        return self.stage1 is not None and OBJECTIVES.get(self.stage1).needs_teacher
 
 
 _ALL = [
     Method("zero-shot", None, None, "zero-shot CLIP, no training (GM = PM)"),
     Method("fedavg", "ce", None, "FedAvg of the shared PEFT with CE (PromptFL with peft='prompt'); "
            "also the no-projection ablation of FedPuReL-global"),
-    Method("promptfl", "ce", None, "PromptFL: FedAvg over a shared CoOp context", {"peft": "prompt"}),
+    Method("promptfl", "ce", None, "PromptFL: FedAvg over a shared CoOp context", {"method.peft": "prompt"}),
     Method("fedprox", "prox", None, "FedProx: CE + prox_mu/2 ||phi - phi_G||^2"),
     Method("fedavg-la", "la", None, "FedAvg with logit-adjusted CE (la_tau, global class prior)"),
     Method("fedpurel-global", "purify", None, "FedPuReL stage 1: CE purified against the TKL gradient"),
@@ -70,7 +78,10 @@ _ALL = [
     Method("local-only", None, "local-only", "each client trains alone from zero-shot (floor)"),
 ]
 
-METHODS: dict[str, Method] = {m.name: m for m in _ALL}
+#: every registered method
+METHODS: Registry[Method] = Registry("method", "method.name")
+for _m in _ALL:
+    METHODS.add(_m.name, _m)
 
 #: fusion baselines whose bias transfer the paper criticises (claim ii)
 FUSION_BASELINES: tuple[str, ...] = ("local-ft", "fedrep", "interp", "folio")
@@ -81,15 +92,12 @@ def get_method(name: str) -> Method:
 
     Raises
     ------
-    ValueError
+    ConfigError
         For an unknown name, listing the valid ones.
     """
-    try:
-        return METHODS[name]
-    except KeyError:
-        raise ValueError(f"unknown method {name!r}; valid: {sorted(METHODS)}") from None
+    return METHODS.get(name)
 
 
 def method_names() -> list[str]:
     """All registered method names, in registry order."""
-    return list(METHODS)
+    return list(METHODS.names())

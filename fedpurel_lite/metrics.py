@@ -16,12 +16,20 @@ name. The balance measures are named for what they compute.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 from scipy.stats import spearmanr
 from sklearn.metrics import balanced_accuracy_score, confusion_matrix, f1_score
 
 from .longtail import GROUP_NAMES
+
+#: the scalar metrics of the global model on the balanced test set, recorded every round
+SCALAR_KEYS: tuple[str, ...] = ("accuracy", "balanced_accuracy", "macro_f1", "head", "medium", "tail", "acc_std",
+                                "head_tail_gap", "spearman_logcount", "pred_kl")
+#: the per-client metrics of a model on the client test splits
+CLIENT_KEYS: tuple[str, ...] = ("accuracy", "balanced_accuracy", "macro_f1", "head", "medium", "tail")
 
 
 def per_class_accuracy(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> np.ndarray:
@@ -112,3 +120,103 @@ def _balanced_accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # "y_pred contains classes not in y_true"
         return float(balanced_accuracy_score(y_true, y_pred) * 100.0)
+
+
+def client_metrics(truths: Sequence[np.ndarray], preds: Sequence[np.ndarray], num_classes: int,
+                   groups: np.ndarray) -> dict[str, np.ndarray]:
+    """Per-client metrics of many small test splits at once (one bincount, no per-client sklearn call).
+
+    Same definitions as :func:`fedpurel_lite.metrics.evaluate_predictions` (tested equal):
+    accuracy, balanced accuracy (mean recall over present classes), macro-F1 over present classes
+    with ``zero_division=0``, per-class recall (NaN for absent classes) and head/medium/tail means
+    of the present classes; all in percent. Calling scikit-learn 41 times per round would cost
+    about as much as the training itself.
+
+    Returns
+    -------
+    dict
+        ``accuracy``, ``balanced_accuracy``, ``macro_f1``, ``head``, ``medium``, ``tail`` (``[K]``)
+        and ``per_class`` (``[K, C]``).
+    """
+    k, c = len(truths), num_classes
+    sizes = np.array([len(t) for t in truths])
+    client = np.repeat(np.arange(k), sizes)
+    yt = np.concatenate(truths).astype(np.int64)
+    yp = np.concatenate(preds).astype(np.int64)
+    cm = np.bincount((client * c + yt) * c + yp, minlength=k * c * c).reshape(k, c, c)
+    tp = cm[:, np.arange(c), np.arange(c)].astype(np.float64)
+    support = cm.sum(axis=2).astype(np.float64)
+    predicted = cm.sum(axis=1).astype(np.float64)
+    present = support > 0
+    with np.errstate(invalid="ignore", divide="ignore"):
+        recall = np.where(present, tp / np.maximum(support, 1), np.nan) * 100.0
+        f1 = np.where(present, 2 * tp / np.maximum(support + predicted, 1), np.nan) * 100.0
+        out = {"accuracy": tp.sum(1) / np.maximum(sizes, 1) * 100.0,
+               "balanced_accuracy": np.nanmean(recall, axis=1),
+               "macro_f1": np.nanmean(f1, axis=1), "per_class": recall}
+    groups = np.asarray(groups)
+    for g, name in enumerate(("head", "medium", "tail")):
+        sub = recall[:, groups == g]
+        valid = ~np.isnan(sub)
+        out[name] = np.where(valid.any(1), np.nansum(sub, axis=1) / np.maximum(valid.sum(1), 1), np.nan)
+    return out
+
+
+def evaluate_clients(preds: Sequence[np.ndarray], truths: Sequence[np.ndarray], num_classes: int,
+                     groups: np.ndarray) -> dict[str, Any]:
+    """Means over clients of the per-client metrics, plus the same metrics pooled over all splits.
+
+    Returns
+    -------
+    dict
+        The :data:`CLIENT_KEYS` means over clients (``NaN`` where no client has a value),
+        ``per_client_accuracy`` ``[K]`` and ``pooled`` (the same keys over all splits together,
+        with its ``per_class`` accuracy and ``acc_std``).
+    """
+    per = client_metrics(truths, preds, num_classes, groups)
+    block: dict[str, Any] = {}
+    for key in CLIENT_KEYS:
+        vals = per[key]
+        block[key] = float(np.nanmean(vals)) if np.isfinite(vals).any() else float("nan")
+    block["per_client_accuracy"] = per["accuracy"]
+    pooled = client_metrics([np.concatenate(truths)], [np.concatenate(preds)], num_classes, groups)
+    block["pooled"] = {key: float(pooled[key][0]) for key in CLIENT_KEYS}
+    block["pooled"]["per_class"] = pooled["per_class"][0]
+    block["pooled"]["acc_std"] = float(np.nanstd(pooled["per_class"][0]))
+    return block
+
+
+def local_head_lean(client_counts: np.ndarray, y_true: Sequence[np.ndarray], y_pred: Sequence[np.ndarray],
+                    mass: float = 0.5) -> np.ndarray:
+    """How far each client's predictions lean to its own head classes, in percentage points.
+
+    A client's *local head* is the smallest set of its most frequent training classes holding
+    ``mass`` of its training images. The lean is the share of its test predictions that fall in
+    the local head minus the share of its test labels that do: 0 for an unbiased model, positive
+    when predictions pile onto the classes the client saw most.
+
+    Parameters
+    ----------
+    client_counts : numpy.ndarray
+        Client × class training counts (``partition.count_matrix``).
+    y_true, y_pred : sequence of numpy.ndarray
+        Each client's test labels and predictions.
+    mass : float
+        Share of the client's training images its local head covers (0 < mass <= 1).
+
+    Returns
+    -------
+    numpy.ndarray
+        One value per client.
+    """
+    if not 0 < mass <= 1:
+        raise ValueError(f"mass must lie in (0, 1], got {mass!r}")
+    out = []
+    for counts, yt, yp in zip(np.asarray(client_counts), y_true, y_pred, strict=True):
+        order = np.argsort(-counts, kind="stable")
+        cum = np.cumsum(counts[order]) / max(counts.sum(), 1)
+        head = order[: int(np.searchsorted(cum, mass - 1e-12)) + 1]
+        in_pred = np.isin(np.asarray(yp), head).mean() if len(yp) else np.nan
+        in_true = np.isin(np.asarray(yt), head).mean() if len(yt) else np.nan
+        out.append(100.0 * (in_pred - in_true))
+    return np.asarray(out, dtype=float)

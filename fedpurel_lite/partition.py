@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from .config import RunConfig
+from .errors import ConfigError
 from .longtail import assign_groups, longtail_subsample
 
 
@@ -191,24 +192,36 @@ def build_federation(
     class_order : numpy.ndarray, optional
         Class ids from head to tail (label order when ``None``).
     config : RunConfig
-        Uses ``imbalance_ratio``, ``profile``, ``group_convention``, ``num_clients``,
-        ``dirichlet_alpha``, ``min_client_size``, ``test_split`` and ``seed``.
+        Its ``longtail`` and ``federation`` sections and ``run.seed``.
     """
+    lt, fc, seed = config.longtail, config.federation, config.run.seed
     train_labels = np.asarray(train_labels)
     test_labels = np.asarray(test_labels)
     num_classes = int(train_labels.max()) + 1
-    train_idx = longtail_subsample(train_labels, config.imbalance_ratio, class_order, config.profile, config.seed)
+    train_idx = longtail_subsample(train_labels, lt.imbalance_ratio, class_order, lt.profile, seed)
     lt_labels = train_labels[train_idx]
-    config.validate(num_train_samples=len(train_idx))
-    shares = dirichlet_shares(lt_labels, config.num_clients, config.dirichlet_alpha, config.seed + 1,
-                              config.min_client_size)
-    client_train = [train_idx[p] for p in split_by_shares(lt_labels, shares, config.seed + 2)]
-    if config.test_split == "shares":
-        client_test = split_by_shares(test_labels, shares, config.seed + 3)
+    check_client_count(fc.num_clients, fc.min_client_size, len(train_idx))
+    shares = dirichlet_shares(lt_labels, fc.num_clients, fc.dirichlet_alpha, seed + 1, fc.min_client_size)
+    client_train = [train_idx[p] for p in split_by_shares(lt_labels, shares, seed + 2)]
+    if fc.test_split == "shares":
+        client_test = split_by_shares(test_labels, shares, seed + 3)
     else:
-        size = len(test_labels) // config.num_clients
-        client_test = matched_test_splits([train_labels[p] for p in client_train], test_labels, size,
-                                          config.seed + 3)
+        size = len(test_labels) // fc.num_clients
+        client_test = matched_test_splits([train_labels[p] for p in client_train], test_labels, size, seed + 3)
     counts = np.bincount(lt_labels, minlength=num_classes)
-    return Federation(train_idx, client_train, client_test, counts,
-                      assign_groups(counts, config.group_convention), shares)
+    return Federation(train_idx, client_train, client_test, counts, assign_groups(counts, lt.group_convention),
+                      shares)
+
+
+def check_client_count(num_clients: int, min_client_size: int, num_train_samples: int) -> None:
+    """Every client must be able to hold ``min_client_size`` of the long-tailed training samples.
+
+    Raises
+    ------
+    ConfigError
+        Naming ``federation.num_clients`` and the largest count allowed.
+    """
+    if num_clients * min_client_size > num_train_samples:
+        raise ConfigError(f"federation.num_clients={num_clients}: allowed <= {num_train_samples // min_client_size} "
+                          f"(the long-tailed training set has {num_train_samples} samples and every client needs "
+                          f"federation.min_client_size={min_client_size})")

@@ -26,6 +26,7 @@ Kinds
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -33,16 +34,76 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from .peft import PEFTModule, ResidualHead, TextAnchoredHead
-from .purify import batches, make_optimizer
-
-PERSONAL_KINDS: tuple[str, ...] = ("residual", "residual-peft", "local-ft", "fedrep", "interp", "folio",
-                                   "local-only")
+from .local import batches, make_optimizer
+from .peft import PEFTModule, TextAnchoredHead
+from .registry import Registry
 
 
-def _check_kind(kind: str) -> None:
-    if kind not in PERSONAL_KINDS:
-        raise ValueError(f"unknown personalization {kind!r}; valid: {list(PERSONAL_KINDS)}")
+@dataclass(frozen=True)
+class PersonalSpec:
+    """A registered personalization kind.
+
+    Attributes
+    ----------
+    name : str
+        Registry key (a method's ``personal``).
+    residual : bool
+        The personal logits are ``l_G + l_L`` and the loss is the residual loss.
+    start : {"global-each-round", "zero-shot", "global", "new"}
+        What a client trains from: the new global model at every participation, then its own
+        state (``global`` / ``zero-shot`` / a ``new`` module at the first participation).
+    description : str
+        One line.
+    """
+
+    name: str
+    residual: bool
+    start: str
+    description: str
+
+
+#: every registered personalization kind
+PERSONALIZATIONS: Registry[PersonalSpec] = Registry("personalization kind", "personalization")
+for _spec in (
+    PersonalSpec("residual", True, "new", "zero-initialised linear residual head on the image features"),
+    PersonalSpec("residual-peft", True, "zero-shot", "a private PEFT from zero-shot whose logits add to the global's"),
+    PersonalSpec("local-ft", False, "global-each-round", "fine-tune a copy of the new global PEFT"),
+    PersonalSpec("fedrep", False, "new", "a personal cosine classifier on the global image features"),
+    PersonalSpec("interp", False, "global", "global/local parameter interpolation"),
+    PersonalSpec("folio", False, "global", "global/local feature mix (PromptFolio-style)"),
+    PersonalSpec("local-only", False, "zero-shot", "the client alone, from zero-shot"),
+):
+    PERSONALIZATIONS.add(_spec.name, _spec)
+PERSONAL_KINDS: tuple[str, ...] = PERSONALIZATIONS.names()
+
+
+class ResidualHead(nn.Module):
+    """Personal branch: zero-initialised linear map image features -> logit residual ``l_L``.
+
+    ``l_L = scale * x @ W.T`` (``+ scale * b`` with ``bias=True``), zero at init, so
+    ``l_G + l_L = l_G`` and the personal model starts equal to the global one. No bias by default:
+    a bias learns the client's (long-tailed) label prior directly and pushes the tail down.
+
+    Parameters
+    ----------
+    dim, num_classes : int
+        Feature dimension ``D`` and number of classes ``C``.
+    scale : float
+        Fixed output scale (the backbone's logit scale keeps weights in cosine-classifier units).
+    bias : bool
+        Learn a per-class bias too.
+    """
+
+    def __init__(self, dim: int, num_classes: int, scale: float = 1.0, bias: bool = False) -> None:
+        super().__init__()
+        self.linear = nn.Linear(dim, num_classes, bias=bias)
+        nn.init.zeros_(self.linear.weight)
+        if bias:
+            nn.init.zeros_(self.linear.bias)
+        self.scale = float(scale)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.scale * self.linear(x)
 
 
 def new_personal_module(kind: str, global_peft: PEFTModule, config: Any) -> nn.Module:
@@ -55,15 +116,14 @@ def new_personal_module(kind: str, global_peft: PEFTModule, config: Any) -> nn.M
     global_peft : PEFTModule
         The shared PEFT (for shapes, the logit scale and the frozen backbone pieces).
     config : RunConfig
-        ``extra["residual_scale"]`` (default: the backbone's logit scale) scales the residual head,
-        ``extra["residual_bias"]`` (default False) adds a per-class bias to it.
+        ``personalization.residual_scale`` (0: the backbone's logit scale) scales the residual head,
+        ``personalization.residual_bias`` adds a per-class bias to it.
     """
-    _check_kind(kind)
+    PERSONALIZATIONS.get(kind)
     if kind == "residual":
         cls = global_peft.class_features().detach()
-        extra = dict(getattr(config, "extra", {}) or {})
-        scale = float(extra.get("residual_scale", global_peft.logit_scale))
-        return ResidualHead(cls.shape[1], cls.shape[0], scale, bool(extra.get("residual_bias", False)))
+        scale = config.personalization.residual_scale or global_peft.logit_scale
+        return ResidualHead(cls.shape[1], cls.shape[0], scale, config.personalization.residual_bias)
     if kind == "fedrep":
         return TextAnchoredHead(global_peft.class_features().detach(), global_peft.logit_scale)
     return global_peft.clone()
@@ -107,14 +167,14 @@ def start_state(
     config : RunConfig
         Passed to :func:`new_personal_module`.
     """
-    _check_kind(kind)
-    if kind == "local-ft":
+    start = PERSONALIZATIONS.get(kind).start
+    if start == "global-each-round":
         return global_peft.shared_state()
     if previous is not None:
         return {n: t.clone() for n, t in previous.items()}
-    if kind in ("local-only", "residual-peft"):
+    if start == "zero-shot":
         return {n: t.clone() for n, t in initial_state.items()}
-    if kind in ("interp", "folio"):
+    if start == "global":
         return global_peft.shared_state()
     return module_state(new_personal_module(kind, global_peft, config))
 
@@ -132,8 +192,7 @@ def personal_logits(
     ``global_logits`` (the frozen global model's logits of ``features``) is used by the residual
     kinds and computed when omitted.
     """
-    _check_kind(kind)
-    if kind in ("residual", "residual-peft"):
+    if PERSONALIZATIONS.get(kind).residual:
         if global_logits is None:
             global_logits = global_peft.predict_logits(features)
         return global_logits + personal(features)
@@ -144,13 +203,13 @@ def personal_logits(
             img = global_peft.image_features(features)
         return personal(img)
     if kind == "interp":
-        beta = float(getattr(config, "interp_beta", 0.5))
+        beta = config.baselines.interp_beta
         g_state = global_peft.shared_state()
         mixed = {n: beta * g_state[n] + (1.0 - beta) * p for n, p in personal.named_parameters()
                  if p.requires_grad}
         return functional_call(personal, mixed, (features,), strict=False)
     # folio
-    theta = float(getattr(config, "folio_theta", 0.2))
+    theta = config.baselines.folio_theta
     with torch.no_grad():
         g_cls = global_peft.class_features()
         g_img = global_peft.image_features(features)
@@ -164,10 +223,10 @@ def personal_loss(kind: str, logits: Tensor, labels: Tensor, config: Any,
     """Training loss of a personal model.
 
     Residual kinds: ``alpha CE(l_L, y) + (1 - alpha) CE(l_G + l_L, y)`` with ``logits = l_G + l_L``
-    and ``local_logits = l_L``, ``alpha = config.personal_alpha``. Others: ``CE(logits, y)``.
+    and ``local_logits = l_L``, ``alpha = personalization.personal_alpha``. Others: ``CE(logits, y)``.
     """
-    if kind in ("residual", "residual-peft"):
-        alpha = float(config.personal_alpha)
+    if PERSONALIZATIONS.get(kind).residual:
+        alpha = config.personalization.personal_alpha
         return alpha * F.cross_entropy(local_logits, labels) + (1.0 - alpha) * F.cross_entropy(logits, labels)
     return F.cross_entropy(logits, labels)
 
@@ -184,30 +243,29 @@ def train_personal(
 ) -> dict[str, float]:
     """Stage-2 training of one client's personal module, in place, with the global model frozen.
 
-    A fresh SGD per client-round (``personal_lr``, momentum ``extra["personal_momentum"]``
-    (default 0, as the reference), no weight decay), ``personal_epochs`` passes over the client's
-    data in ``batch_size`` batches.
+    A fresh SGD per client-round (``personal_lr``, momentum ``personal_momentum`` (default 0, as
+    the reference), no weight decay), ``personal_epochs`` passes over the client's data in
+    ``stage1.batch_size`` batches.
 
     Returns
     -------
     dict
         ``steps`` and the mean ``loss``.
     """
-    _check_kind(kind)
-    extra = dict(getattr(config, "extra", {}) or {})
+    pc = config.personalization
     params = [p for p in personal.parameters() if p.requires_grad]
-    opt = make_optimizer(params, config.personal_lr, float(extra.get("personal_momentum", 0.0)), 0.0)
-    residual = kind in ("residual", "residual-peft")
+    opt = make_optimizer(params, pc.personal_lr, pc.personal_momentum, 0.0)
+    residual = PERSONALIZATIONS.get(kind).residual
     if residual and global_logits is None:
         global_logits = global_peft.predict_logits(features)
     steps, total = 0, 0.0
     personal.train()
     closed = kind == "residual" and isinstance(personal, ResidualHead)
-    for _ in range(int(config.personal_epochs)):
-        for idx in batches(features.shape[0], int(config.batch_size), generator):
+    for _ in range(pc.personal_epochs):
+        for idx in batches(features.shape[0], config.stage1.batch_size, generator):
             x, y = features[idx], labels[idx]
             if closed:
-                loss, grads = _residual_step(personal, global_logits[idx], x, y, float(config.personal_alpha))
+                loss, grads = _residual_step(personal, global_logits[idx], x, y, pc.personal_alpha)
             elif residual:
                 local = personal(x)
                 loss = personal_loss(kind, global_logits[idx] + local, y, config, local)

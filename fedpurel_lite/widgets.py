@@ -37,8 +37,9 @@ def partition_view(train_labels: np.ndarray, test_labels: np.ndarray, class_orde
                    imbalance_ratio: float, dirichlet_alpha: float, num_clients: int = 20,
                    seed: int = 1) -> dict[str, Any]:
     """Client × class table, per-client head/medium/tail shares and label entropy of a federation."""
-    cfg = RunConfig(imbalance_ratio=imbalance_ratio, dirichlet_alpha=dirichlet_alpha, num_clients=num_clients,
-                    min_client_size=5, seed=seed)
+    cfg = RunConfig().with_overrides({"imbalance_ratio": float(imbalance_ratio), "min_client_size": 5,
+                                      "dirichlet_alpha": float(dirichlet_alpha), "num_clients": num_clients,
+                                      "seed": seed})
     fed = build_federation(train_labels, test_labels, class_order, cfg)
     table = count_matrix(fed.client_train, train_labels, fed.num_classes)
     by_group = np.stack([table[:, fed.groups == g].sum(axis=1) for g in range(3)], axis=1)
@@ -70,17 +71,18 @@ def federation_view(bank: Any, config: RunConfig, imbalance_ratio: float, dirich
     Returns
     -------
     dict
-        ``config`` (the reduced config), ``table`` (:func:`fedpurel_lite.plots.summary_table` of the
+        ``config`` (the reduced config), ``table`` (:func:`fedpurel_lite.results.summary_table` of the
         last round), ``curves`` (method → GM accuracy per round), ``tail_curves`` (method → GM tail
         accuracy per round), ``results`` (method → RunResult).
     """
+    from .results import summary_table
     from .simulate import compare
 
     cfg = config.with_overrides({"imbalance_ratio": float(imbalance_ratio), "dirichlet_alpha": float(dirichlet_alpha),
                                  "rounds": int(rounds)})
     table = compare(cfg, list(methods), bank=bank, progress=False, last="last")
     results = table.attrs["results"]
-    return {"config": cfg, "table": plots.summary_table(table),
+    return {"config": cfg, "table": summary_table(table),
             "curves": {m: r.frame("gm")["accuracy"].tolist() for m, r in results.items()},
             "tail_curves": {m: r.frame("gm")["tail"].tolist() for m, r in results.items()},
             "results": results}
@@ -181,8 +183,8 @@ class FederationExplorer(_Explorer):
                  rounds: int = 5, imbalance_ratio: float | None = None, dirichlet_alpha: float | None = None,
                  draw: bool = True) -> None:
         self.bank, self.config, self.methods, self.rounds = bank, config, tuple(methods), int(rounds)
-        self.ratio = _ratio_slider(config.imbalance_ratio if imbalance_ratio is None else imbalance_ratio)
-        alpha = config.dirichlet_alpha if dirichlet_alpha is None else dirichlet_alpha
+        self.ratio = _ratio_slider(config.longtail.imbalance_ratio if imbalance_ratio is None else imbalance_ratio)
+        alpha = config.federation.dirichlet_alpha if dirichlet_alpha is None else dirichlet_alpha
         options = sorted({0.05, 0.1, 0.3, 0.5, 1.0, 3.0, 10.0, float(alpha)})
         self.alpha = w.SelectionSlider(options=options, value=float(alpha), description="Dirichlet α",
                                        continuous_update=False)

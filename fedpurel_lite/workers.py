@@ -35,17 +35,18 @@ def available_cores() -> int:
         return max(os.cpu_count() or 1, 1)
 
 
-def resolve_workers(workers: int, device: torch.device, peft: str) -> int:
+def resolve_workers(workers: int, device: torch.device, concurrent_clients: bool) -> int:
     """Concurrent clients of a run: ``workers`` if set (> 0), else automatic.
 
-    Automatic: one per available core for the prompt learner on the CPU (a step runs ``C``
-    prompts through the text tower: 1.9x with 2 workers on 2 cores); 1 for the head and the
-    adapter, whose steps are microseconds of work where threads only add contention
-    (``bench/bench_protocol.py``: 12.2 s with 1 worker, 13.7 s with 2), and 1 on a GPU.
+    Automatic: one per available core on the CPU for a PEFT whose registry entry declares
+    ``concurrent_clients`` (the prompt learner: a step runs ``C`` prompts through the text tower,
+    1.9x with 2 workers on 2 cores); 1 for light PEFTs such as the head and the adapter, whose
+    steps are microseconds of work where threads only add contention (``bench/bench_protocol.py``:
+    12.2 s with 1 worker, 13.7 s with 2), and 1 on a GPU.
     """
     if workers:
         return int(workers)
-    return available_cores() if device.type == "cpu" and peft == "prompt" else 1
+    return available_cores() if device.type == "cpu" and concurrent_clients else 1
 
 
 class IntraOpThreads:

@@ -40,7 +40,7 @@ def core_claim_world():
         bank = load_embedded_bank(progress=False)
     except (BackboneUnavailableError, FileNotFoundError) as exc:  # pragma: no cover - environment dependent
         pytest.skip(f"embedded world unavailable: {exc}")
-    config = RunConfig(rounds=CLAIM_ROUNDS, **TUNED)
+    config = RunConfig().with_overrides(dict(rounds=CLAIM_ROUNDS, **TUNED))
     fed = build_federation(np.asarray(bank.train_labels), np.asarray(bank.test_labels), bank.class_order, config)
     return bank, fed, config
 

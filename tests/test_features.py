@@ -24,7 +24,7 @@ def features_tiny(tmp_path_factory: pytest.TempPathFactory):
     """A random-init tiny backbone and a 300/200-image shapes world."""
     register_tiny_clip(tmp_path_factory.mktemp("features_cfg"), FEATURES_TINY, patch_size=8)
     torch.manual_seed(0)
-    backbone = load_backbone(FEATURES_TINY)
+    backbone = load_backbone(FEATURES_TINY, pretrained="random")
     world = shapes.load_shapes("target", shift=0.6, seed=0, n_train=3, n_test=2)
     return backbone, world
 
@@ -90,8 +90,11 @@ def test_stale_cache_is_rebuilt(features_tiny, tmp_path) -> None:
     manifest = bank.path.with_suffix(".json")
     doctored = json.loads(manifest.read_text())
     doctored["inputs"]["world"] = "shapes:something-else"
+    doctored["manifest_sha256"] = fb._manifest_digest(doctored)  # intact but stale: rebuilt without a warning
     manifest.write_text(json.dumps(doctored))
-    rebuilt = fb.FeatureBank.load_or_build(backbone, world, cache_dir=tmp_path, progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        rebuilt = fb.FeatureBank.load_or_build(backbone, world, cache_dir=tmp_path, progress=False)
     assert rebuilt.manifest["inputs"]["world"] == world.fingerprint()
     assert json.loads(manifest.read_text())["inputs"]["world"] == world.fingerprint()
     # a different world (another shift) never reads this cache: it gets its own file

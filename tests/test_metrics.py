@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from fedpurel_lite.metrics import evaluate_predictions, per_class_accuracy, prediction_kl
+from fedpurel_lite.metrics import evaluate_predictions, local_head_lean, per_class_accuracy, prediction_kl
 
 # 4 classes: 0 head, 1 head, 2 medium, 3 tail. Class 3 is never predicted right (0 %).
 Y_TRUE = np.array([0, 0, 0, 0, 1, 1, 2, 2, 3, 3])
@@ -46,3 +46,18 @@ def test_prediction_kl():
     half = prediction_kl(y, np.array([0, 0, 2, 2]), 4)
     assert collapsed == pytest.approx(np.log(4), abs=1e-4)  # all mass on one of 4 classes
     assert half == pytest.approx(np.log(2), abs=1e-4)
+
+
+def test_local_head_lean_by_hand():
+    counts = np.array([[60, 30, 10, 0], [0, 0, 5, 95]])
+    y_true = [np.array([0, 1, 2, 3]), np.array([0, 1, 2, 3])]
+    # client 0: local head at mass 0.5 = {0} (60 %); predictions all class 0 -> 100 % vs 25 % true
+    # client 1: local head = {3}; predictions match the labels -> no lean
+    lean = local_head_lean(counts, y_true, [np.zeros(4, int), np.array([0, 1, 2, 3])], mass=0.5)
+    np.testing.assert_allclose(lean, [75.0, 0.0])
+    # a larger mass widens the local head: {0, 1} -> predictions 100 % in head vs 50 % true
+    np.testing.assert_allclose(local_head_lean(counts[:1], y_true[:1], [np.zeros(4, int)], mass=0.8), [50.0])
+    # leaning away from the head is negative
+    np.testing.assert_allclose(local_head_lean(counts[:1], y_true[:1], [np.full(4, 3)]), [-25.0])
+    with pytest.raises(ValueError, match="mass"):
+        local_head_lean(counts, y_true, y_true, mass=0)

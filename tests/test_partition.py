@@ -18,7 +18,7 @@ TEST = np.repeat(np.arange(C), 100)
 
 
 def _fed(**kw):
-    return build_federation(TRAIN, TEST, None, RunConfig(**kw))
+    return build_federation(TRAIN, TEST, None, RunConfig().with_overrides(kw))
 
 
 def test_every_index_used_exactly_once_and_minimum_size():

@@ -6,7 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fedpurel_lite.peft import FeatureAdapter, PromptLearner, ResidualHead, TextAnchoredHead, build_peft
+from fedpurel_lite.peft import FeatureAdapter, PromptLearner, TextAnchoredHead, build_peft
+from fedpurel_lite.personalize import ResidualHead
 
 pytestmark = pytest.mark.usefixtures("core_one_thread")
 
@@ -72,7 +73,7 @@ def test_text_anchored_head_uses_logit_scale(core_bank):
 
 
 def test_build_peft_errors(core_bank):
-    with pytest.raises(ValueError, match="valid"):
+    with pytest.raises(ValueError, match="unknown PEFT; allowed one of"):
         build_peft("lora", core_bank)
     with pytest.raises(ValueError, match="backbone"):
         build_peft("prompt", core_bank)

@@ -7,9 +7,10 @@ import torch
 import torch.nn.functional as F
 
 from fedpurel_lite.config import RunConfig
-from fedpurel_lite.peft import ResidualHead, build_peft
+from fedpurel_lite.peft import build_peft
 from fedpurel_lite.personalize import (
     PERSONAL_KINDS,
+    ResidualHead,
     load_state,
     module_state,
     new_personal_module,
@@ -24,7 +25,7 @@ pytestmark = pytest.mark.usefixtures("core_one_thread")
 
 
 def _setup(bank, kind="head"):
-    cfg = RunConfig(personal_lr=0.5, batch_size=16, personal_epochs=2)
+    cfg = RunConfig().with_overrides(dict(personal_lr=0.5, batch_size=16, personal_epochs=2))
     glob = build_peft(kind, bank)
     init = glob.shared_state()
     with torch.no_grad():  # a 'trained' global model different from zero-shot
@@ -38,11 +39,11 @@ def test_residual_loss_formula():
     torch.manual_seed(0)
     lg, ll = torch.randn(8, 5), torch.randn(8, 5)
     y = torch.randint(0, 5, (8,))
-    cfg = RunConfig(personal_alpha=0.9)
+    cfg = RunConfig().with_overrides(dict(personal_alpha=0.9))
     got = personal_loss("residual", lg + ll, y, cfg, ll)
     want = 0.9 * F.cross_entropy(ll, y) + 0.1 * F.cross_entropy(lg + ll, y)
     torch.testing.assert_close(got, want)
-    cfg0 = RunConfig(personal_alpha=0.0)
+    cfg0 = RunConfig().with_overrides(dict(personal_alpha=0.0))
     torch.testing.assert_close(personal_loss("residual", lg + ll, y, cfg0, ll), F.cross_entropy(lg + ll, y))
 
 
@@ -101,7 +102,7 @@ def test_start_state_rules(core_bank):
         assert torch.equal(start_state(kind, prev, glob, init, cfg)["weight"], prev["weight"])
     # a copy, never the stored tensor itself
     assert start_state("interp", prev, glob, init, cfg)["weight"] is not prev["weight"]
-    with pytest.raises(ValueError, match="valid"):
+    with pytest.raises(ValueError, match="unknown personalization kind; allowed one of residual"):
         start_state("fedbn", None, glob, init, cfg)
 
 
@@ -131,7 +132,7 @@ def test_residual_closed_form_equals_autograd(core_bank):
         x, y = core_bank.train_features[:24], core_bank.train_labels[:24]
         lg = 18.0 * torch.randn(24, 20)
         loss, grads = _residual_step(head, lg, x, y, 0.9)
-        ref = personal_loss("residual", lg + head(x), y, RunConfig(personal_alpha=0.9), head(x))
+        ref = personal_loss("residual", lg + head(x), y, RunConfig().with_overrides(dict(personal_alpha=0.9)), head(x))
         want = torch.autograd.grad(ref, list(head.parameters()))
         torch.testing.assert_close(loss, ref.detach())
         assert len(grads) == (2 if bias else 1)

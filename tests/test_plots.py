@@ -31,59 +31,6 @@ def test_saved_png_is_byte_identical_on_rerun(tmp_path):
     assert b"Software" not in a.read_bytes() and not list(tmp_path.rglob("*.tmp"))
 
 
-# ----------------------------------------------------------------------------- series figures and figure data
-def test_local_head_lean_by_hand():
-    counts = np.array([[60, 30, 10, 0], [0, 0, 5, 95]])
-    y_true = [np.array([0, 1, 2, 3]), np.array([0, 1, 2, 3])]
-    # client 0: local head at mass 0.5 = {0} (60 %); predictions all class 0 -> 100 % vs 25 % true
-    # client 1: local head = {3}; predictions match the labels -> no lean
-    lean = plots.local_head_lean(counts, y_true, [np.zeros(4, int), np.array([0, 1, 2, 3])], mass=0.5)
-    np.testing.assert_allclose(lean, [75.0, 0.0])
-    # a larger mass widens the local head: {0, 1} -> predictions 100 % in head vs 50 % true
-    np.testing.assert_allclose(plots.local_head_lean(counts[:1], y_true[:1], [np.zeros(4, int)], mass=0.8), [50.0])
-    # leaning away from the head is negative
-    np.testing.assert_allclose(plots.local_head_lean(counts[:1], y_true[:1], [np.full(4, 3)]), [-25.0])
-    import pytest
-
-    with pytest.raises(ValueError, match="mass"):
-        plots.local_head_lean(counts, y_true, y_true, mass=0)
-
-
-def test_personal_predictions_match_the_simulator(core_one_thread):
-    from conftest import core_make_bank
-
-    from fedpurel_lite.config import RunConfig
-    from fedpurel_lite.partition import build_federation
-    from fedpurel_lite.simulate import run
-
-    cfg = RunConfig(num_clients=5, participation=0.4, rounds=3, imbalance_ratio=10, min_client_size=5, lr=0.2,
-                    personal_lr=0.5, batch_size=16, seed=3)
-    core_bank = core_make_bank(noise=2.0, text_noise=2.0)  # hard enough that models disagree
-    fed = build_federation(np.asarray(core_bank.train_labels), np.asarray(core_bank.test_labels),
-                           core_bank.class_order, cfg)
-    for method in ("fedpurel", "folio", "fedavg"):
-        res = run(cfg.with_overrides({"method": method}), bank=core_bank, progress=False)
-        preds = plots.personal_predictions(res, core_bank)
-        accs = [100 * np.mean(p == np.asarray(core_bank.test_labels)[t]) for p, t in zip(preds, fed.client_test,
-                                                                                         strict=True)]
-        np.testing.assert_allclose(accs, res.history[-1]["pm"]["per_client_accuracy"], atol=1e-9)
-        gm_acc = res.history[-1]["gm"]["accuracy"]
-        logits = plots.global_model(res, core_bank).predict_logits(core_bank.test_features)
-        assert 30 < gm_acc < 95
-        assert abs(100 * np.mean(logits.argmax(1).numpy() == core_bank.test_labels.numpy()) - gm_acc) < 1e-9
-        if method != "fedavg":  # the personal models differ from the global one
-            assert accs != res.history[-1]["gm_clients"]["per_client_accuracy"]
-
-
-def test_summary_table_selects_and_rounds():
-    import pandas as pd
-
-    df = pd.DataFrame({k: [1.234, 5.678] for k in plots.SUMMARY_COLUMNS} | {"time_s": [1.0, 2.0]},
-                      index=pd.Index(["a", "b"], name="method"))
-    out = plots.summary_table(df)
-    assert list(out.columns) == list(plots.SUMMARY_COLUMNS.values()) and "time_s" not in out
-    assert out.loc["a", "GM all"] == 1.2 and out.loc["b", "PM tail"] == 5.7
-
 
 def _draw_series(seed):
     import pandas as pd

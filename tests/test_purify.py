@@ -9,18 +9,9 @@ import torch
 import torch.nn.functional as F
 
 from fedpurel_lite.config import RunConfig
+from fedpurel_lite.local import SGD, local_train, merge_telemetry
 from fedpurel_lite.peft import build_peft
-from fedpurel_lite.purify import (
-    SGD,
-    aligned_kl,
-    entropy,
-    find_temperature,
-    local_train,
-    logit_gradients,
-    merge_telemetry,
-    project,
-    project_gradients,
-)
+from fedpurel_lite.purify import aligned_kl, entropy, find_temperature, logit_gradients, project, project_gradients
 
 pytestmark = pytest.mark.usefixtures("core_one_thread")
 
@@ -128,7 +119,7 @@ def test_aligned_kl_matches_entropies_and_has_student_grad_only():
 def _cfg(**kw):
     base = dict(lr=0.5, momentum=0.9, weight_decay=5e-4, batch_size=16, local_epochs=1)
     base.update(kw)
-    return RunConfig(**base)
+    return RunConfig().with_overrides(base)
 
 
 def _client(bank, n=96):
@@ -180,12 +171,12 @@ def test_purify_per_tensor_option_and_lambda_zero(core_bank):
 
 def test_track_cos_and_errors(core_bank):
     x, y, z = _client(core_bank)
-    tele = local_train(build_peft("head", core_bank), x, y, z, _cfg(extra={"track_cos": True}),
+    tele = local_train(build_peft("head", core_bank), x, y, z, _cfg(track_cos=True),
                        torch.Generator().manual_seed(0), "ce")
     assert tele["projected"] == 0 and math.isfinite(tele["mean_cos"])
     with pytest.raises(ValueError, match="teacher"):
         local_train(build_peft("head", core_bank), x, y, None, _cfg(), torch.Generator(), "purify")
-    with pytest.raises(ValueError, match="valid"):
+    with pytest.raises(ValueError, match="unknown stage-1 objective; allowed one of ce, prox"):
         local_train(build_peft("head", core_bank), x, y, z, _cfg(), torch.Generator(), "sgd")
 
 

@@ -8,10 +8,12 @@ import numpy as np
 import pytest
 import torch
 
+from fedpurel_lite.checkpoint import find_resume_point
 from fedpurel_lite.client import client_generator
 from fedpurel_lite.config import RunConfig
 from fedpurel_lite.methods import FUSION_BASELINES, METHODS, get_method
-from fedpurel_lite.simulate import RunResult, compare, load_checkpoint, run
+from fedpurel_lite.results import RunResult
+from fedpurel_lite.simulate import compare, run
 
 pytestmark = pytest.mark.usefixtures("core_one_thread")
 
@@ -20,7 +22,7 @@ def _cfg(**kw):
     base = dict(num_clients=5, participation=0.4, rounds=4, imbalance_ratio=10, min_client_size=5, lr=0.2,
                 personal_lr=0.2, batch_size=16, seed=3)
     base.update(kw)
-    return RunConfig(**base)
+    return RunConfig().with_overrides(base)
 
 
 def _strip(history):
@@ -34,9 +36,9 @@ def test_registry():
     assert get_method("fedpurel").stage1 == "purify" and get_method("fedpurel").personal == "residual-peft"
     assert get_method("fedpurel-global-kl").stage1 == "purify-kl"
     assert get_method("fedpurel-global-noproj").stage1 == get_method("fedavg").stage1 == "ce"
-    assert get_method("promptfl").overrides == {"peft": "prompt"}
+    assert get_method("promptfl").overrides == {"method.peft": "prompt"}
     assert all(get_method(m).stage1 == "ce" for m in FUSION_BASELINES)
-    with pytest.raises(ValueError, match="valid: .*fedpurel"):
+    with pytest.raises(ValueError, match="method.name='fedpurell': unknown method; allowed one of .*fedpurel"):
         get_method("fedpurell")
 
 
@@ -102,9 +104,10 @@ def test_resume_after_kill_gives_identical_numbers(core_bank, tmp_path, method):
 
     with pytest.raises(_Killed):
         run(cfg, bank=core_bank, progress=False, checkpoint_dir=tmp_path, on_round_end=kill_after_2)
-    meta, tensors = load_checkpoint(tmp_path)
-    assert meta["round"] == 2 and len(meta["history"]) == 3
-    assert len(list(tmp_path.glob("round_*.safetensors"))) == 1 and not list(tmp_path.glob("*.tmp"))
+    point = find_resume_point(tmp_path)
+    assert point.round == 2 and len(point.history) == 3
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["round_00001.json", "round_00001.safetensors",
+                                                          "round_00002.json", "round_00002.safetensors"]
     resumed = run(cfg, bank=core_bank, progress=False, checkpoint_dir=tmp_path, resume=True)
     assert _strip(resumed.history) == _strip(full.history)
     assert all(torch.equal(resumed.final_state[k], full.final_state[k]) for k in full.final_state)
@@ -113,7 +116,7 @@ def test_resume_after_kill_gives_identical_numbers(core_bank, tmp_path, method):
 
 def test_resume_rejects_other_config(core_bank, tmp_path):
     run(_cfg(method="fedavg", rounds=2), bank=core_bank, progress=False, checkpoint_dir=tmp_path)
-    with pytest.raises(ValueError, match="lr"):
+    with pytest.raises(ValueError, match=r"stage1.lr: 0.2 there, 0.3 now"):
         run(_cfg(method="fedavg", rounds=3, lr=0.3), bank=core_bank, progress=False, checkpoint_dir=tmp_path,
             resume=True)
     # more rounds (and another worker count) on the same config continue the run
@@ -142,7 +145,7 @@ def test_compare_runs_methods_on_one_federation(core_bank):
     assert {"gm_accuracy", "gm_tail", "pm_accuracy", "pm_tail", "gm_clients_accuracy", "time_s"} <= set(df.columns)
     # same federation: the fedavg PM *is* its global model on the client splits
     assert df.loc["fedavg", "pm_accuracy"] == df.loc["fedavg", "gm_clients_accuracy"]
-    with pytest.raises(ValueError, match="valid"):
+    with pytest.raises(ValueError, match="unknown method"):
         compare(_cfg(rounds=1), ["nope"], bank=core_bank, progress=False)
 
 
@@ -167,7 +170,7 @@ def test_prompt_method_on_tiny_clip(core_tiny_clip):
     bb.model, bb.tokenizer = model, tok
     cfg = _cfg(method="promptfl", rounds=2, num_clients=3, n_ctx=2)
     res = run(cfg, bank=bank, backbone=bb, progress=False)
-    assert res.config["peft"] == "prompt" and list(res.final_state) == ["global/ctx"]
+    assert res.config["method"]["peft"] == "prompt" and list(res.final_state) == ["global/ctx"]
     res2 = run(cfg.with_overrides({"method": "fedpurel", "peft": "prompt"}), bank=bank, backbone=bb, progress=False)
     assert res2.history[-1]["telemetry"]["steps"] > 0
     # two clients at once on the prompt learner (shared frozen text tower): the same numbers
@@ -177,8 +180,7 @@ def test_prompt_method_on_tiny_clip(core_tiny_clip):
 
 
 def test_client_metrics_equal_evaluate_predictions():
-    from fedpurel_lite.metrics import evaluate_predictions
-    from fedpurel_lite.simulate import client_metrics
+    from fedpurel_lite.metrics import client_metrics, evaluate_predictions
 
     rng = np.random.default_rng(0)
     c = 12

@@ -42,7 +42,7 @@ def _fed_config(**kw):
     base = dict(num_clients=5, participation=0.4, rounds=50, imbalance_ratio=10, min_client_size=5, lr=0.2,
                 personal_lr=0.2, batch_size=16, seed=3)
     base.update(kw)
-    return RunConfig(**base)
+    return RunConfig().with_overrides(base)
 
 
 def test_federation_view_runs_a_reduced_federation(core_bank, core_one_thread):
@@ -51,7 +51,7 @@ def test_federation_view_runs_a_reduced_federation(core_bank, core_one_thread):
     view = federation_view(core_bank, _fed_config(), imbalance_ratio=20, dirichlet_alpha=0.5,
                            methods=("zero-shot", "fedavg"), rounds=2)
     cfg = view["config"]
-    assert (cfg.rounds, cfg.imbalance_ratio, cfg.dirichlet_alpha) == (2, 20.0, 0.5)
+    assert (cfg.federation.rounds, cfg.longtail.imbalance_ratio, cfg.federation.dirichlet_alpha) == (2, 20.0, 0.5)
     assert list(view["table"].index) == ["zero-shot", "fedavg"]
     assert {"GM all", "GM tail", "PM all"} <= set(view["table"].columns)
     assert all(len(v) == 2 for v in view["curves"].values())
@@ -65,14 +65,14 @@ def test_federation_sliders_rerun_the_federation(core_bank, core_one_thread):
     from fedpurel_lite.widgets import FederationExplorer
 
     ex = FederationExplorer(core_bank, _fed_config(), methods=("zero-shot", "fedpurel"), rounds=2, draw=False)
-    assert ex.data["config"].imbalance_ratio == 10 and ex.data["config"].rounds == 2
+    assert ex.data["config"].longtail.imbalance_ratio == 10 and ex.data["config"].federation.rounds == 2
     sizes_before = ex.data["results"]["fedpurel"].federation["client_train_sizes"]
     ex.alpha.value = 0.1  # a user's drag: the observer re-runs the reduced federation
-    assert ex.data["config"].dirichlet_alpha == 0.1
+    assert ex.data["config"].federation.dirichlet_alpha == 0.1
     sizes_after = ex.data["results"]["fedpurel"].federation["client_train_sizes"]
     assert sizes_after != sizes_before and sum(sizes_after) == sum(sizes_before)
     ex.ratio.value = 2
-    assert ex.data["config"].imbalance_ratio == 2
+    assert ex.data["config"].longtail.imbalance_ratio == 2
     assert sum(ex.data["results"]["fedpurel"].federation["client_train_sizes"]) > sum(sizes_after)
     assert np.isnan(ex.data["table"].loc["zero-shot", "GM tail"])  # no tail group at IF = 2 (60 -> 30 images)
 
@@ -82,4 +82,4 @@ def test_federation_explorer_draws_headless(core_bank, core_one_thread):
 
     ex = FederationExplorer(core_bank, _fed_config(), methods=("zero-shot", "fedavg"), rounds=1)
     ex.ratio.value = 5
-    assert ex.data["config"].imbalance_ratio == 5 and len(ex.table.outputs) <= 1
+    assert ex.data["config"].longtail.imbalance_ratio == 5 and len(ex.table.outputs) <= 1

@@ -8,7 +8,8 @@ import time
 import pytest
 import torch
 
-from fedpurel_lite.workers import ClientPool, IntraOpThreads, resolve_workers
+from fedpurel_lite.peft import PEFTS
+from fedpurel_lite.workers import ClientPool, IntraOpThreads, available_cores, resolve_workers
 
 
 def test_map_keeps_order_and_never_shares_a_slot():
@@ -56,9 +57,11 @@ def test_single_worker_runs_on_the_calling_thread_and_errors_surface():
 
 def test_resolve_workers():
     cpu, gpu = torch.device("cpu"), torch.device("cuda")
-    assert resolve_workers(3, cpu, "head") == 3
-    assert resolve_workers(0, cpu, "head") == 1 and resolve_workers(0, cpu, "adapter") == 1
-    assert resolve_workers(0, cpu, "prompt") >= 1 and resolve_workers(0, gpu, "prompt") == 1
+    light, heavy = (PEFTS.get(k).concurrent_clients for k in ("head", "prompt"))
+    assert not light and not PEFTS.get("adapter").concurrent_clients and heavy
+    assert resolve_workers(3, cpu, light) == 3
+    assert resolve_workers(0, cpu, light) == 1
+    assert resolve_workers(0, cpu, heavy) == available_cores() and resolve_workers(0, gpu, heavy) == 1
 
 
 def test_intra_op_threads_restores():

@@ -15,19 +15,17 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-import numpy as np
 import torch
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from safetensors.torch import load_file, save_file
 
+from ..assembly import assemble
 from ..client import ClientData, make_clients, predict_private, train_private, train_shared
 from ..config import RunConfig
-from ..methods import Method, get_method
-from ..partition import Federation, build_federation
-from ..peft import PEFTModule, build_peft
-from ..personalize import new_personal_module
-from ..simulate import load_bank_for, resolve_device
+from ..errors import ConfigError
+from ..methods import Method
+from ..peft import PEFTModule
 
 #: ``fault(partition_id, server_round, stage)`` is called before each step; tests use it to make a client fail.
 FaultHook = Callable[[int, int, str], None]
@@ -39,11 +37,6 @@ def config_from_context(context: Context) -> RunConfig:
     cfg = RunConfig.load(rc["config"]) if rc.get("config") else RunConfig()
     overrides = str(rc.get("overrides", "")).split()
     return cfg.with_overrides(overrides) if overrides else cfg
-
-
-def federation_for(config: RunConfig, bank: Any) -> Federation:
-    """The federation every node and the server rebuild identically from the config."""
-    return build_federation(np.asarray(bank.train_labels), np.asarray(bank.test_labels), bank.class_order, config)
 
 
 @dataclass
@@ -60,29 +53,21 @@ class ClientRuntime:
 
 
 def _build_runtime(config: RunConfig, node_config: dict[str, Any]) -> ClientRuntime:
-    method = get_method(config.method)
-    if method.overrides:
-        config = config.with_overrides(method.overrides)
+    """Assemble the node's run (received and sent arrays stay on the CPU; the work runs on the device)."""
     if node_config.get("client-data"):
         data, bank = load_client_data(str(node_config["client-data"]))
-        prior = torch.as_tensor(bank.train_counts, dtype=torch.float32)
+        parts = assemble(config, bank=bank, progress=False, with_federation=False)
+        prior = torch.as_tensor(bank.train_counts, dtype=torch.float32, device=parts.device)
     else:
-        bank = load_bank_for(config)
-        fed = federation_for(config, bank)
+        parts = assemble(config, progress=False)
         pid = int(node_config["partition-id"])
-        if not 0 <= pid < fed.num_clients:
-            raise ValueError(f"partition-id {pid} outside 0..{fed.num_clients - 1} (num_clients={fed.num_clients})")
-        data = make_clients(bank, fed)[pid]
-        prior = torch.as_tensor(fed.train_counts, dtype=torch.float32)
-    backbone = None
-    if config.peft == "prompt":
-        from ..backbone import load_backbone
-
-        backbone = load_backbone(config.backbone, config.pretrained or None)
-    device = resolve_device(config.device)  # received and sent arrays stay on the CPU; the work runs here
-    peft = build_peft(config.peft, bank, backbone, config).to(device)
-    personal = new_personal_module(method.personal, peft, config).to(device) if method.personal else None
-    return ClientRuntime(config, method, data.to(device), peft, peft.shared_state(), personal, prior.to(device))
+        k = parts.federation.num_clients
+        if not 0 <= pid < k:
+            raise ConfigError(f"partition-id {pid} outside 0..{k - 1} (federation.num_clients={k})")
+        data = parts.clients()[pid]
+        prior = parts.class_prior()
+    return ClientRuntime(parts.config, parts.method, data.to(parts.device), parts.peft, parts.peft.shared_state(),
+                         parts.new_personal(), prior)
 
 
 _RUNTIMES: dict[str, ClientRuntime] = {}
@@ -119,7 +104,7 @@ def evaluate_step(msg: Message, context: Context, rt: ClientRuntime) -> Message:
                                        rt.method, int(cfg["round-idx"]))
         context.state["personal"] = ArrayRecord({k: v.detach().cpu().contiguous() for k, v in previous.items()})
     with torch.no_grad():
-        global_logits = rt.peft.predict_logits(rt.data.x_test, rt.config.eval_batch_size)
+        global_logits = rt.peft.predict_logits(rt.data.x_test, rt.config.run.eval_batch_size)
     gm_pred = global_logits.argmax(dim=1).cpu().numpy()
     pm_pred = gm_pred if rt.personal is None else predict_private(
         rt.personal, rt.peft, previous, rt.initial_state, rt.data.x_test, global_logits, rt.config, rt.method)
@@ -177,8 +162,8 @@ def export_client_data(config: RunConfig, out_dir: str | Path, bank: Any = None)
     the shared context a node needs to build its PEFT (zero-shot text features, logit scale, the
     global class counts) -- no other client's data.
     """
-    bank = bank if bank is not None else load_bank_for(config)
-    fed = federation_for(config, bank)
+    parts = assemble(config, bank=bank)
+    bank, fed = parts.bank, parts.federation
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = []

@@ -2,13 +2,12 @@
 
 :func:`run_flower` starts Flower's Simulation Runtime in this process (the ServerApp in a thread,
 ClientApps in Ray workers, one virtual SuperNode per client, each given its ``partition-id``),
-returns the same :class:`~fedpurel_lite.simulate.RunResult` as the simulator (plus the failures it
+returns the same :class:`~fedpurel_lite.results.RunResult` as the simulator (plus the failures it
 saw), and shuts Ray down again, so no background process outlives the call.
 """
 
 from __future__ import annotations
 
-import argparse
 import logging
 import warnings
 from dataclasses import dataclass, field
@@ -16,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import RunConfig
-from ..simulate import RunResult, clean_json, summarise
+from ..results import RunResult, federation_info, summarise
 from . import require_flwr
 from .client_app import FaultHook, build_client_app
 from .server_app import build_server_app
@@ -33,7 +32,7 @@ class FlowerResult:
 
 def run_flower(config: RunConfig, min_replies: int = 1, num_cpus: int = 2, fault: FaultHook | None = None,
                verbose: bool = False) -> FlowerResult:
-    """Run ``config`` as a Flower simulation with ``config.num_clients`` virtual SuperNodes.
+    """Run ``config`` as a Flower simulation with ``federation.num_clients`` virtual SuperNodes.
 
     Parameters
     ----------
@@ -52,8 +51,8 @@ def run_flower(config: RunConfig, min_replies: int = 1, num_cpus: int = 2, fault
     import ray
     from flwr.simulation import run_simulation
 
-    if config.cache_dir:  # Ray workers' working directory differs from ours
-        config = config.with_overrides({"cache_dir": str(Path(config.cache_dir).resolve())})
+    if config.world.cache_dir:  # Ray workers' working directory differs from ours
+        config = config.with_overrides({"world.cache_dir": str(Path(config.world.cache_dir).resolve())})
     sink: dict[str, Any] = {}
     backend = {"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
                "init_args": {"num_cpus": int(num_cpus), "num_gpus": 0, "include_dashboard": False,
@@ -65,7 +64,8 @@ def run_flower(config: RunConfig, min_replies: int = 1, num_cpus: int = 2, fault
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)
             run_simulation(build_server_app(config, min_replies, sink), build_client_app(config, fault),
-                           num_supernodes=config.num_clients, backend_config=backend, verbose_logging=verbose)
+                           num_supernodes=config.federation.num_clients, backend_config=backend,
+                           verbose_logging=verbose)
     except Exception as exc:
         if isinstance(sink.get("error"), Exception):
             raise sink["error"] from None
@@ -77,12 +77,9 @@ def run_flower(config: RunConfig, min_replies: int = 1, num_cpus: int = 2, fault
         raise sink["error"]
     if "history" not in sink:
         raise FlowerRunError("the Flower simulation ended without a result (see the log above)")
-    fed = sink["federation"]
-    info = clean_json({"client_train_sizes": [len(p) for p in fed.client_train],
-                       "client_test_sizes": [len(p) for p in fed.client_test],
-                       "train_counts": fed.train_counts, "groups": fed.groups, "engine": "flower"})
-    result = RunResult(sink["config"].method, sink["config"].to_dict(), sink["history"], summarise(sink["history"]),
-                       info, {f"global/{k}": v for k, v in sink["final"].items()})
+    info = {**federation_info(sink["federation"]), "engine": "flower"}
+    result = RunResult(sink["config"].method.name, sink["config"].to_dict(), sink["history"],
+                       summarise(sink["history"]), info, {f"global/{k}": v for k, v in sink["final"].items()})
     return FlowerResult(result, sink["failures"])
 
 
@@ -107,16 +104,21 @@ def _start_ray(ray: Any, init_args: dict[str, Any], attempts: int = 3) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m fedpurel_lite flower --config configs/embedded.toml [--set k=v ...]``."""
-    parser = argparse.ArgumentParser(prog="python -m fedpurel_lite flower", description=__doc__)
-    parser.add_argument("--config", default="configs/embedded.toml", help="TOML preset")
-    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides")
+    from ..cli import load_config
+    from ..cli import parser as cli_parser
+
+    parser = cli_parser("flower", __doc__ or "")
     parser.add_argument("--min-replies", type=int, default=1, help="successful replies needed per step")
     parser.add_argument("--out", default=None, help="write result.json + final_state.safetensors here")
     parser.add_argument("--verbose", action="store_true", help="Flower/Ray INFO logs")
     parser.add_argument("--export-clients", default=None, metavar="DIR",
                         help="write one client_<k>.safetensors per client (for deployed nodes) and exit")
     args = parser.parse_args(argv)
-    config = RunConfig.load(args.config).with_overrides(args.set)
+    config = load_config(args)
+    from ..preflight import preflight
+
+    outputs = [("--export-clients", args.export_clients)] if args.export_clients else []
+    preflight(config, outputs=outputs + ([("--out", args.out)] if args.out else []))
     if args.export_clients:
         from .client_app import export_client_data
 

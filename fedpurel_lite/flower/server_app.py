@@ -10,12 +10,12 @@ import torch
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
+from ..assembly import assemble, with_method
 from ..config import RunConfig
-from ..methods import get_method
+from ..errors import ConfigError
 from ..metrics import evaluate_predictions
-from ..peft import build_peft
-from ..simulate import clean_json, load_bank_for
-from .client_app import config_from_context, federation_for
+from ..results import clean_json
+from .client_app import config_from_context
 from .strategy import FedPuReLStrategy, FlowerRunError
 
 
@@ -44,20 +44,13 @@ def serve(grid: Grid, config: RunConfig, min_replies: int = 1, sink: dict[str, A
     out of that step.
     """
     sink = {} if sink is None else sink
-    method = get_method(config.method)
-    if method.stage1 is None:
-        raise ValueError(f"method {method.name!r} trains nothing federated; run it with simulate.run")
-    if method.overrides:
-        config = config.with_overrides(method.overrides)
-    bank = load_bank_for(config)
-    fed = federation_for(config, bank)
-    backbone = None
-    if config.peft == "prompt":
-        from ..backbone import load_backbone
-
-        backbone = load_backbone(config.backbone, config.pretrained or None)
-    peft = build_peft(config.peft, bank, backbone, config)
-    strategy = FedPuReLStrategy(fed, np.asarray(bank.test_labels), config.participation, config.seed, min_replies)
+    if with_method(config)[1].stage1 is None:
+        raise ConfigError(f"method.name={config.method.name!r} trains nothing federated; run it with "
+                          "`python -m fedpurel_lite run`")
+    parts = assemble(config, progress=False)
+    config, bank, fed, peft = parts.config, parts.bank, parts.federation, parts.peft.cpu()
+    strategy = FedPuReLStrategy(fed, np.asarray(bank.test_labels), config.federation.participation, config.run.seed,
+                                min_replies)
     sink["strategy"] = strategy
     strategy.register_nodes(discover_partitions(grid, fed.num_clients))
     x_test = torch.as_tensor(bank.test_features).float()
@@ -69,7 +62,7 @@ def serve(grid: Grid, config: RunConfig, min_replies: int = 1, sink: dict[str, A
             return None
         peft.load_shared_state(arrays.to_torch_state_dict())
         with torch.no_grad():
-            pred = peft.predict_logits(x_test, config.eval_batch_size).argmax(dim=1).numpy()
+            pred = peft.predict_logits(x_test, config.run.eval_batch_size).argmax(dim=1).numpy()
         gm = evaluate_predictions(y_test, pred, fed.num_classes, fed.groups, fed.train_counts)
         entry = strategy.entries[server_round]
         entry["gm"] = clean_json(gm)
@@ -79,8 +72,8 @@ def serve(grid: Grid, config: RunConfig, min_replies: int = 1, sink: dict[str, A
         return MetricRecord({k: float(gm[k]) for k in ("accuracy", "head", "medium", "tail")})
 
     torch.set_num_threads(1)
-    result = strategy.start(grid=grid, initial_arrays=ArrayRecord(peft.shared_state()), num_rounds=config.rounds,
-                            timeout=step_timeout, evaluate_fn=evaluate_fn)
+    result = strategy.start(grid=grid, initial_arrays=ArrayRecord(peft.shared_state()),
+                            num_rounds=config.federation.rounds, timeout=step_timeout, evaluate_fn=evaluate_fn)
     sink["history"] = [clean_json(strategy.entries[r]) for r in sorted(strategy.entries)]
     sink["final"] = result.arrays.to_torch_state_dict()
     sink["failures"] = list(strategy.failures)

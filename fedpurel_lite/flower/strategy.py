@@ -27,9 +27,10 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
 from ..aggregate import ClientSampler, fedavg
+from ..local import merge_telemetry
+from ..metrics import evaluate_clients
 from ..partition import Federation
-from ..purify import merge_telemetry
-from ..simulate import evaluate_clients
+from ..results import clean_json
 
 log = logging.getLogger("fedpurel_lite.flower")
 TELEMETRY_KEYS = ("steps", "decisions", "projected", "cos_sum", "cos_count", "task_loss", "align_loss")
@@ -145,6 +146,7 @@ class FedPuReLStrategy(FedAvg):
         entry["personal"] = {"loss": float(np.nanmean(losses)) if np.isfinite(losses).any() else float("nan")}
         for part in ("gm", "pm"):
             preds = [np.asarray(m.content["metrics"][f"{part}-pred"], dtype=np.int64) for m in ok]
-            entry["gm_clients" if part == "gm" else "pm"] = evaluate_clients(preds, truths, self.federation)
+            entry["gm_clients" if part == "gm" else "pm"] = clean_json(evaluate_clients(
+                preds, truths, self.federation.num_classes, self.federation.groups))
         return MetricRecord({"pm-accuracy": float(entry["pm"]["accuracy"]),
                              "gm-clients-accuracy": float(entry["gm_clients"]["accuracy"])})

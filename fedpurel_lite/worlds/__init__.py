@@ -1,14 +1,100 @@
-"""Worlds (FLamby-style, one shape for all): ``load_world("shapes" | "cifar10" | "cifar100" | "folder")``."""
+"""Worlds (FLamby-style, one shape for all): ``load_world("shapes" | "cifar10" | "cifar100" | "folder")``.
+
+:func:`describe_world` is the cheap pre-flight: class count and per-class training-pool sizes from
+constants, file listings or a split file, without rendering or reading any image.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from pathlib import PurePosixPath
 from typing import Any
 
+import numpy as np
+
+from fedpurel_lite.errors import ConfigError
 from fedpurel_lite.worlds.base import World
 
 WORLDS = ("shapes", "cifar10", "cifar100", "folder")
 
-__all__ = ["WORLDS", "World", "load_world"]
+__all__ = ["WORLDS", "World", "WorldInfo", "describe_world", "load_world"]
+
+
+def _unknown(name: str) -> ConfigError:
+    return ConfigError(f"unknown world {name!r} (setting world); choose from {', '.join(WORLDS)}")
+
+
+@dataclass(frozen=True, eq=False)
+class WorldInfo:
+    """What a config needs to know about a world before loading it.
+
+    Attributes
+    ----------
+    name : str
+        Registry name.
+    num_classes : int
+        Number of classes.
+    train_counts_per_class : numpy.ndarray
+        ``int64 [num_classes]`` training-pool images per class id (read-only).
+    """
+
+    name: str
+    num_classes: int
+    train_counts_per_class: np.ndarray
+
+    def __post_init__(self) -> None:
+        counts = np.array(self.train_counts_per_class, dtype=np.int64)
+        counts.setflags(write=False)
+        object.__setattr__(self, "train_counts_per_class", counts)
+        if counts.shape != (self.num_classes,):
+            raise ValueError(f"world {self.name!r}: {counts.shape[0]} counts for {self.num_classes} classes")
+
+
+def describe_world(name: str, root: str | None = None, split_file: str | None = None) -> WorldInfo:
+    """Describe a world cheaply (no image is rendered or read), for config validation.
+
+    Parameters
+    ----------
+    name : {"shapes", "cifar10", "cifar100", "folder"}
+    root : str, optional
+        Dataset folder: CIFAR (default ``$FEDPUREL_DATA/cifar`` or ``data/cifar``) or the image
+        folder (required for ``"folder"``).
+    split_file : str, optional
+        Folder world's split file (``None`` / ``""``: ``split.json``, else ``train/`` + ``test/``).
+
+    Returns
+    -------
+    WorldInfo
+
+    Raises
+    ------
+    ConfigError
+        Unknown world name, or ``"folder"`` without ``root``.
+    ResourceMissingError
+        Dataset files or folder missing (CIFAR without download allowed, folder, listed images).
+    IntegrityError
+        A malformed or unsafe split file.
+    """
+    if name == "shapes":
+        from fedpurel_lite.worlds import shapes
+
+        n = len(shapes.CLASS_NAMES)
+        return WorldInfo(name, n, np.full(n, shapes.N_TRAIN_PER_CLASS, dtype=np.int64))
+    if name in ("cifar10", "cifar100"):
+        from fedpurel_lite.worlds.cifar import SIZES, check_cifar_files
+
+        check_cifar_files(name, root)
+        n, per_class = SIZES[name]
+        return WorldInfo(name, n, np.full(n, per_class, dtype=np.int64))
+    if name == "folder":
+        from fedpurel_lite.worlds.folder import resolve_split, split_classes
+
+        split, _ = resolve_split(root, split_file)
+        classes = split_classes(split)
+        index = {c: i for i, c in enumerate(classes)}
+        labels = [index[PurePosixPath(p).parts[0]] for p in split["train"]]
+        return WorldInfo(name, len(classes), np.bincount(np.asarray(labels, dtype=np.int64), minlength=len(classes)))
+    raise _unknown(name)
 
 
 def load_world(name: str, **kwargs: Any) -> World:
@@ -25,6 +111,15 @@ def load_world(name: str, **kwargs: Any) -> World:
     Returns
     -------
     World
+
+    Raises
+    ------
+    ConfigError
+        Unknown world name.
+    ResourceMissingError
+        Dataset files missing (see the loaders).
+    IntegrityError
+        Damaged dataset files or a malformed split file.
     """
     if name == "shapes":
         from fedpurel_lite.worlds.shapes import load_shapes
@@ -38,4 +133,4 @@ def load_world(name: str, **kwargs: Any) -> World:
         from fedpurel_lite.worlds.folder import load_folder
 
         return load_folder(**kwargs)
-    raise ValueError(f"unknown world {name!r}; choose from {WORLDS}")
+    raise _unknown(name)

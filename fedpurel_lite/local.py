@@ -1,0 +1,226 @@
+"""Local training of the shared PEFT (stage 1): the registered objectives and the local epoch loop.
+
+An objective is a named stage-1 loss with its declared needs (:class:`Objective`): plain CE
+(FedAvg, and PromptFL with prompts), FedProx's proximal term, logit-adjusted CE, and FedPuReL's
+CE purified against the temperature-aligned KL to the zero-shot teacher (or the plain KL at
+``T = 1`` as an ablation). :func:`local_train` runs the local epoch(s) of one client with a
+fresh SGD optimizer (momentum, weight decay applied inside ``step()``, i.e. after the
+projection), fp32, and returns telemetry. It is a pure function of the module, tensors, config
+and generator, so the simulator and a Flower ClientApp share it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .purify import logit_gradients, project_gradients
+from .registry import Registry
+
+
+@dataclass(frozen=True)
+class Objective:
+    """A registered stage-1 objective.
+
+    Attributes
+    ----------
+    name : str
+        Registry key (a method's ``stage1``).
+    needs_teacher : bool
+        Uses the zero-shot teacher's logits.
+    purify : bool
+        Projects the CE gradient against the alignment gradient when they conflict.
+    aligned : bool
+        The alignment loss is the temperature-aligned KL (else the plain KL at ``T = 1``).
+    proximal : bool
+        Adds FedProx's ``prox_mu / 2 ||phi - phi_G||^2``.
+    logit_adjusted : bool
+        Logit-adjusted CE with ``la_tau`` times the log class prior.
+    description : str
+        One line.
+    """
+
+    name: str
+    needs_teacher: bool = False
+    purify: bool = False
+    aligned: bool = True
+    proximal: bool = False
+    logit_adjusted: bool = False
+    description: str = ""
+
+
+#: every registered stage-1 objective
+OBJECTIVES: Registry[Objective] = Registry("stage-1 objective", "stage1")
+for _obj in (
+    Objective("ce", description="cross-entropy"),
+    Objective("prox", proximal=True, description="cross-entropy + FedProx proximal term"),
+    Objective("la", logit_adjusted=True, description="logit-adjusted cross-entropy"),
+    Objective("purify", needs_teacher=True, purify=True, description="CE purified against the TKL gradient"),
+    Objective("purify-kl", needs_teacher=True, purify=True, aligned=False,
+              description="CE purified against the plain KL (T = 1) gradient"),
+):
+    OBJECTIVES.add(_obj.name, _obj)
+
+
+class SGD:
+    """Minimal SGD taking the gradients as an argument (no ``.grad`` bookkeeping, no torch.optim import).
+
+    Same update as ``torch.optim.SGD(params, lr, momentum, weight_decay=wd)`` with dampening 0
+    and no Nesterov: ``d = g + wd * p``; ``buf = d`` on the first step, else ``momentum * buf + d``;
+    ``p -= lr * buf``. Weight decay is therefore applied after any projection of ``g``.
+    """
+
+    def __init__(self, params: list[nn.Parameter], lr: float, momentum: float = 0.0,
+                 weight_decay: float = 0.0) -> None:
+        self.params = list(params)
+        self.lr, self.momentum, self.weight_decay = float(lr), float(momentum), float(weight_decay)
+        self.buffers: list[Tensor | None] = [None] * len(self.params)
+
+    @torch.no_grad()
+    def step(self, grads: list[Tensor]) -> None:
+        """Apply one update with ``grads`` (one per parameter, same order)."""
+        for i, (p, g) in enumerate(zip(self.params, grads, strict=True)):
+            d = g.add(p, alpha=self.weight_decay) if self.weight_decay else g
+            if self.momentum:
+                buf = self.buffers[i]
+                if buf is None:
+                    buf = self.buffers[i] = d.clone()
+                else:
+                    buf.mul_(self.momentum).add_(d)
+                d = buf
+            p.add_(d, alpha=-self.lr)
+
+
+def make_optimizer(params: list[nn.Parameter], lr: float, momentum: float = 0.0, weight_decay: float = 0.0) -> SGD:
+    """Fresh SGD for one client-round (weight decay is applied inside ``step()``)."""
+    return SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+
+
+def batches(n: int, batch_size: int, generator: torch.Generator) -> list[Tensor]:
+    """Shuffled index batches covering ``0..n-1`` once (the last batch may be smaller)."""
+    perm = torch.randperm(n, generator=generator)
+    return list(perm.split(batch_size))
+
+
+def local_train(
+    peft: nn.Module,
+    features: Tensor,
+    labels: Tensor,
+    teacher_logits: Tensor | None,
+    config: Any,
+    generator: torch.Generator,
+    objective: str = "purify",
+    class_prior: Tensor | None = None,
+) -> dict[str, float]:
+    """Local epoch(s) of the shared PEFT on one client (stage 1), in place.
+
+    Per step the student logits are computed once; the task and alignment gradients with respect
+    to the logits are formed in closed form (:func:`logit_gradients`) and pulled back to the
+    trainable tensors in one batched pass (:meth:`PEFTModule.forward_with_pullback`), then projected
+    and applied by a fresh SGD.
+
+    Parameters
+    ----------
+    peft : PEFTModule
+        Loaded with the current global state; trained in place.
+    features, labels : Tensor
+        The client's cached normalised image features ``[n, D]`` and labels ``[n]``.
+    teacher_logits : Tensor, optional
+        Zero-shot logits ``[n, C]``; needed by ``purify`` / ``purify-kl`` (and ``track_cos``).
+    config : RunConfig
+        Its ``stage1`` section, ``purification`` (``projection``, ``lambda_proj``,
+        ``bisection_iters``, ``track_cos``: the task/alignment cosine also when not purifying) and
+        ``baselines`` (``prox_mu``, ``la_tau``).
+    generator : torch.Generator
+        Source of the batch order.
+    objective : str
+        A name in :data:`OBJECTIVES`: plain CE (FedAvg / no-projection ablation), FedProx,
+        logit-adjusted CE, purified CE with the TKL, purified CE with the plain KL at T=1.
+    class_prior : Tensor, optional
+        Class prior ``[C]`` for ``la`` (the global long-tailed prior in the simulator); the
+        client's own label frequencies when omitted.
+
+    Returns
+    -------
+    dict
+        ``steps``, ``decisions``, ``projected`` (count), ``cos_sum``, ``cos_count``,
+        ``task_loss``, ``align_loss`` (means), ``projected_share``, ``mean_cos``.
+    """
+    spec = OBJECTIVES.get(objective)
+    s1, pc, bc = config.stage1, config.purification, config.baselines
+    purify = spec.purify
+    track = purify or pc.track_cos
+    if track and teacher_logits is None:
+        raise ValueError(f"objective {objective!r} needs teacher_logits")
+    params = [p for p in peft.parameters() if p.requires_grad]
+    opt = make_optimizer(params, s1.lr, s1.momentum, s1.weight_decay)
+    anchor = [p.detach().clone() for p in params] if spec.proximal else None
+    la_bias = None
+    if spec.logit_adjusted:
+        num_classes = teacher_logits.shape[1] if teacher_logits is not None else int(labels.max()) + 1
+        prior = (class_prior if class_prior is not None
+                 else torch.bincount(labels, minlength=num_classes).float())
+        prior = prior.float() / prior.sum()
+        la_bias = bc.la_tau * torch.log(prior.clamp_min(1e-12))
+    iters = pc.bisection_iters
+    tele = {"steps": 0, "decisions": 0, "projected": 0, "cos_sum": 0.0, "cos_count": 0,
+            "task_loss": 0.0, "align_loss": 0.0}
+    peft.train()
+    for _ in range(s1.local_epochs):
+        for idx in batches(features.shape[0], s1.batch_size, generator):
+            logits, pullback = peft.forward_with_pullback(features[idx])
+            task, g_task, align, g_align = logit_gradients(
+                logits, labels[idx], teacher_logits[idx] if track else None, spec.aligned, la_bias, iters)
+            if track:
+                both = pullback(torch.stack([g_task, g_align]))
+                grads, aligns = [g[0] for g in both], [g[1] for g in both]
+            else:
+                grads = [g[0] for g in pullback(g_task.unsqueeze(0))]
+            if anchor is not None:
+                grads = [g + bc.prox_mu * (p.detach() - a) for g, p, a in zip(grads, params, anchor, strict=True)]
+                task = task + 0.5 * bc.prox_mu * sum(((p.detach() - a) ** 2).sum()
+                                                         for p, a in zip(params, anchor, strict=True))
+            if track:
+                lam = pc.lambda_proj if purify else 0.0
+                projected, cosines, fired = project_gradients(grads, aligns, lam, pc.projection)
+                if purify:
+                    grads = projected
+                else:
+                    fired = [False] * len(cosines)
+                tele["align_loss"] += float(align)
+                tele["decisions"] += len(fired)
+                tele["projected"] += int(sum(fired))
+                finite = [c for c in cosines if not math.isnan(c)]
+                tele["cos_sum"] += float(sum(finite))
+                tele["cos_count"] += len(finite)
+            opt.step(grads)
+            tele["steps"] += 1
+            tele["task_loss"] += float(task)
+    return finish_telemetry(tele)
+
+
+def finish_telemetry(tele: dict[str, float]) -> dict[str, float]:
+    """Turn summed counters into means (``projected_share``, ``mean_cos``, mean losses)."""
+    out = dict(tele)
+    steps = max(tele["steps"], 1)
+    out["task_loss"] = tele["task_loss"] / steps
+    out["align_loss"] = tele["align_loss"] / steps
+    out["projected_share"] = tele["projected"] / tele["decisions"] if tele["decisions"] else float("nan")
+    out["mean_cos"] = tele["cos_sum"] / tele["cos_count"] if tele["cos_count"] else float("nan")
+    return out
+
+
+def merge_telemetry(items: list[dict[str, float]]) -> dict[str, float]:
+    """Combine the telemetry of several clients of one round (counts summed, means step-weighted)."""
+    if not items:
+        return finish_telemetry({"steps": 0, "decisions": 0, "projected": 0, "cos_sum": 0.0, "cos_count": 0,
+                                 "task_loss": 0.0, "align_loss": 0.0})
+    total = {k: sum(float(t[k]) for t in items) for k in ("steps", "decisions", "projected", "cos_sum",
+                                                           "cos_count")}
+    total["task_loss"] = sum(t["task_loss"] * t["steps"] for t in items)
+    total["align_loss"] = sum(t["align_loss"] * t["steps"] for t in items)
+    return finish_telemetry(total)

@@ -1,0 +1,55 @@
+"""CLIP-Adapter: a residual MLP on the image features, cosine logits against the frozen text features."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .base import PEFTModule, register_peft
+
+
+class FeatureAdapter(PEFTModule):
+    """CLIP-Adapter-style residual MLP on the image features, cosine logits against frozen text.
+
+    ``x' = normalise((1 - r) * x + r * up(relu(down(x))))`` with ``up`` zero-initialised, so the
+    adapter starts exactly at zero-shot (a final ReLU as in CLIP-Adapter is dropped: with a zero
+    output layer it would block every gradient).
+
+    Parameters
+    ----------
+    text_features : Tensor
+        ``[C, D]`` frozen zero-shot classifier.
+    logit_scale : float
+        The backbone's logit scale.
+    reduction : int
+        Bottleneck ``D // reduction``.
+    ratio : float
+        Residual ratio ``r`` (CLIP-Adapter uses 0.2).
+    """
+
+    def __init__(self, text_features: Tensor, logit_scale: float, reduction: int = 4, ratio: float = 0.2) -> None:
+        super().__init__()
+        dim = text_features.shape[1]
+        hidden = max(dim // reduction, 1)
+        self.register_buffer("text", F.normalize(text_features.detach().float().clone(), dim=-1))
+        self.down = nn.Linear(dim, hidden, bias=False)
+        self.up = nn.Linear(hidden, dim, bias=False)
+        nn.init.zeros_(self.up.weight)
+        self.ratio = float(ratio)
+        self.logit_scale = float(logit_scale)
+
+    def image_features(self, x: Tensor) -> Tensor:
+        return F.normalize((1.0 - self.ratio) * x + self.ratio * self.up(F.relu(self.down(x))), dim=-1)
+
+    def class_features(self) -> Tensor:
+        return self.text
+
+
+@register_peft("adapter", description="CLIP-Adapter residual MLP on the image features")
+def build_adapter(bank: Any, backbone: Any, config: Any) -> FeatureAdapter:
+    """A :class:`FeatureAdapter` with ``method.adapter_reduction`` and ``method.adapter_ratio``."""
+    return FeatureAdapter(torch.as_tensor(bank.text_features).float(), float(bank.logit_scale),
+                          config.method.adapter_reduction, config.method.adapter_ratio)
