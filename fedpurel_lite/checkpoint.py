@@ -219,7 +219,8 @@ def check_output_dir(out_dir: str | Path, config: dict[str, Any], method: str, r
 
     The folder's run is read from its ``result.json`` or, for an unfinished run, from the newest
     manifest in ``checkpoint/``. Re-running the same finished config may rewrite its own
-    (identical) result; ``overwrite`` allows replacing anything.
+    (identical) result; ``overwrite`` allows replacing anything. A resumed run is checked against
+    its checkpoint instead (:func:`check_resumable`).
 
     Raises
     ------
@@ -228,26 +229,24 @@ def check_output_dir(out_dir: str | Path, config: dict[str, Any], method: str, r
         ``resume`` nor ``overwrite`` was asked for.
     """
     out = Path(out_dir)
-    if overwrite or not out.is_dir():
+    if overwrite or resume or not out.is_dir():
         return
     ckpt = out / "checkpoint"
     rounds = _rounds(ckpt) if ckpt.is_dir() else []
-    source = out / RESULT_JSON if (out / RESULT_JSON).exists() else (ckpt / f"{_stem(rounds[-1])}.json" if rounds
-                                                                      else None)
-    if source is None:
+    finished = (out / RESULT_JSON).exists()
+    if not finished and not rounds:
         return
     try:
-        saved = read_json(source)
+        saved = read_json(out / RESULT_JSON if finished else ckpt / f"{_stem(rounds[-1])}.json")
     except IntegrityError:
         saved = {}
-    ignore = RUNTIME_KEYS + (("federation.rounds",) if resume else ())
-    diff = config_differences(saved.get("config", {}), config, ignore)
+    diff = config_differences(saved.get("config", {}), config, RUNTIME_KEYS)
     if saved.get("method") != method:
         diff.insert(0, f"method.name: {saved.get('method')!r} there, {method!r} now")
     if diff:
         raise UserError(f"output folder {out} holds a different run ({'; '.join(diff[:3])}); choose another "
                         "--out, or pass --overwrite to replace it")
-    if rounds and source.name != RESULT_JSON and not resume:
+    if not finished:
         raise UserError(f"output folder {out} holds an unfinished run of this config (round {rounds[-1] + 1} of "
                         f"{config['federation']['rounds']}); pass --resume to continue it, or --overwrite to start "
                         "over")

@@ -233,6 +233,10 @@ class RunConfig:
         ConfigError
             An unknown table or key, a value of the wrong type or out of range.
         """
+        names = {sec.name for sec in fields(cls)}
+        for key, value in data.items():
+            if key not in names and not isinstance(value, Mapping) and len(_BARE.get(key, [])) == 1:
+                raise ConfigError(f"{source}: {key} = {value!r} belongs in its table: [{_BARE[key][0].split('.')[0]}]")
         sections = {}
         for sec in fields(cls):
             given = data.get(sec.name, {})

@@ -1,0 +1,265 @@
+"""Every bad input gives one clear ``error:`` line before any work, and nothing already written is lost.
+
+Each case runs the real command line (``python -m fedpurel_lite run ...``, in this process so
+loading the data or training can be trapped) from a folder holding files that must survive:
+the run's output folder with a file in it, and for the resume cases a checkpoint of a finished
+two-round run. Categories: config values and types through ``--set`` and through a TOML file,
+the machine and the files (device, weights, datasets, folders), split files, checkpoints and
+output folders.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from fedpurel_lite.__main__ import main
+
+ROOT = Path(__file__).resolve().parents[1]
+EMBEDDED = ROOT / "configs" / "embedded.toml"
+WORLD_TABLE = '[world]\nname = "shapes"\nbackbone = "fedpurel-tiny"\n'
+
+# (id, extra --set pairs, TOML text replacing the preset or None, expected message regex)
+SET_CASES = [
+    ("lr-inf", ["lr=inf", "rounds=2"], "stage1.lr=inf: allowed a finite number"),
+    ("lr-nan", ["lr=nan"], "stage1.lr=nan: allowed a finite number"),
+    ("lr-zero", ["lr=0"], "stage1.lr=0.0: allowed > 0"),
+    ("weight-decay-inf", ["weight_decay=inf"], "stage1.weight_decay=inf: allowed a finite number"),
+    ("lambda-inf", ["lambda_proj=inf"], "purification.lambda_proj=inf: allowed a finite number"),
+    ("la-tau-inf", ["la_tau=inf"], "baselines.la_tau=inf: allowed a finite number"),
+    ("rounds-float", ["rounds=1.5"], "federation.rounds='1.5': allowed an integer"),
+    ("rounds-bool", ["rounds=true"], "federation.rounds='true': allowed an integer"),
+    ("rounds-zero", ["rounds=0"], r"federation.rounds=0: allowed \[1, 1000000\]"),
+    ("clients-float", ["num_clients=1.5"], "federation.num_clients='1.5': allowed an integer"),
+    ("batch-float", ["batch_size=2.7"], "stage1.batch_size='2.7': allowed an integer"),
+    ("seed-negative", ["seed=-1"], r"run.seed=-1: allowed \[0, 4294967295\]"),
+    ("seed-too-big", ["seed=4294967296"], r"run.seed=4294967296: allowed \[0, 4294967295\]"),
+    ("participation-zero", ["participation=0"], r"federation.participation=0.0: allowed \(0, 1\]"),
+    ("participation-big", ["participation=1.5"], r"federation.participation=1.5: allowed \(0, 1\]"),
+    ("alpha-zero", ["dirichlet_alpha=0"], "federation.dirichlet_alpha=0.0: allowed > 0"),
+    ("ratio-fraction", ["imbalance_ratio=0.01"], "longtail.imbalance_ratio=0.01: allowed >= 1"),
+    ("personal-alpha", ["personal_alpha=1.2"], r"personalization.personal_alpha=1.2: allowed \[0, 1\]"),
+    ("bool-capital", ["class_specific=False"], "method.class_specific='False': allowed true or false"),
+    ("bool-yes", ["track_cos=yes"], "purification.track_cos='yes': allowed true or false"),
+    ("device-name", ["device=gpu"], "world.device='gpu': allowed one of cpu, cuda, auto"),
+    ("profile-name", ["profile=linear"], "longtail.profile='linear': allowed one of exp, step"),
+    ("projection-name", ["projection=both"], "purification.projection='both': allowed one of global, tensor"),
+    ("workers-negative", ["workers=-1"], r"run.workers=-1: allowed \[0, 1024\]"),
+    ("unknown-key", ["lrr=0.1"], "unknown config key 'lrr'; did you mean lr"),
+    ("ambiguous-key", ["name=fedavg"], "ambiguous: write one of world.name, method.name"),
+    ("key-twice", ["lr=0.1", "stage1.lr=0.2"], "stage1.lr is given twice"),
+    ("no-equals", ["rounds"], "override 'rounds' must look like key=value"),
+    ("unknown-method", ["method=fedavgg"], "method.name='fedavgg': unknown method; allowed one of"),
+    ("unknown-peft", ["peft=lora"], "method.peft='lora': unknown PEFT; allowed one of"),
+    ("too-many-clients", ["num_clients=100000"], r"federation.num_clients=100000: allowed <= \d+"),
+    ("unknown-backbone", ["backbone=ViT-Q-99"], "ViT-Q-99"),
+    ("backbone-without-weights", ["backbone=ViT-B-32"], r"needs weights: .*--set pretrained="),
+    ("missing-weights-file", ["backbone=ViT-B-32", "pretrained=/nonexistent/w.safetensors"],
+     "/nonexistent/w.safetensors"),
+    ("unknown-world", ["world=imagenet"], "unknown world 'imagenet'"),
+    ("folder-without-root", ["world=folder"], "folder"),
+    ("cifar-missing", ["world=cifar100", "world.root=/nonexistent/cifar"], "/nonexistent/cifar"),
+]
+
+TOML_CASES = [
+    ("toml-rounds-float", "[federation]\nrounds = 1.5\n", "federation.rounds=1.5 is a float; allowed an integer"),
+    ("toml-clients-float", "[federation]\nnum_clients = 1.5\n", "federation.num_clients=1.5 is a float"),
+    ("toml-batch-float", "[stage1]\nbatch_size = 2.7\n", "stage1.batch_size=2.7 is a float"),
+    ("toml-rounds-bool", "[federation]\nrounds = true\n", "federation.rounds=True is a bool"),
+    ("toml-lr-string", '[stage1]\nlr = "0.1"\n', "stage1.lr='0.1' is a str; allowed a finite number"),
+    ("toml-lr-nan", "[stage1]\nlr = nan\n", "stage1.lr=nan: allowed a finite number"),
+    ("toml-unknown-table", "[optimisation]\nlr = 0.1\n", r"unknown table\(s\) \[optimisation\]"),
+    ("toml-unknown-key", "[stage1]\nlearning_rate = 0.1\n", r"unknown key\(s\) stage1.learning_rate"),
+    ("toml-duplicate-key", "[stage1]\nlr = 0.1\nlr = 0.2\n", "is not valid TOML"),
+    ("toml-garbage", "this is not toml\n", "is not valid TOML"),
+    ("toml-flat-key", "rounds = 3\n", r"rounds = 3 belongs in its table: \[federation\]"),
+]
+
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture
+def trapped(monkeypatch):
+    """Fail the test if any data is loaded or any training starts."""
+    import fedpurel_lite.assembly as assembly
+    import fedpurel_lite.simulate as simulate
+
+    def work(*args, **kwargs):
+        raise AssertionError("work started before the bad input was reported")
+
+    monkeypatch.setattr(assembly, "load_bank", work)
+    monkeypatch.setattr(simulate, "run", work)
+
+
+def _cli(args: list[str], capsys) -> tuple[int, str]:
+    code = main(["run", *args])
+    err = capsys.readouterr().err
+    return code, err
+
+
+def _assert_one_error_line(code: int, err: str, pattern: str) -> None:
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2, err
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    assert "Traceback" not in err
+    import re
+
+    assert re.search(pattern, lines[0]), lines[0]
+
+
+@pytest.mark.parametrize(("pairs", "pattern"), [c[1:] for c in SET_CASES], ids=[c[0] for c in SET_CASES])
+def test_bad_set_values(pairs, pattern, tmp_path, capsys, trapped):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    before = _snapshot(tmp_path)
+    code, err = _cli(["--config", str(EMBEDDED), "--out", str(out), "--set", *pairs], capsys)
+    _assert_one_error_line(code, err, pattern)
+    assert _snapshot(tmp_path) == before
+
+
+@pytest.mark.parametrize(("text", "pattern"), [c[1:] for c in TOML_CASES], ids=[c[0] for c in TOML_CASES])
+def test_bad_toml_files(text, pattern, tmp_path, capsys, trapped):
+    cfg = tmp_path / "bad.toml"
+    cfg.write_text(WORLD_TABLE + text if text.startswith("[") and "[world]" not in text else text)
+    before = _snapshot(tmp_path)
+    code, err = _cli(["--config", str(cfg), "--out", str(tmp_path / "out")], capsys)
+    _assert_one_error_line(code, err, pattern)
+    assert _snapshot(tmp_path) == before
+
+
+def test_missing_config_file(tmp_path, capsys, trapped):
+    code, err = _cli(["--config", str(tmp_path / "nope.toml")], capsys)
+    _assert_one_error_line(code, err, "nope.toml'?: file not found")
+
+
+def _blocked_folder(tmp_path: Path) -> Path:
+    """A folder path that cannot be created (its parent is a file), even for root."""
+    (tmp_path / "a-file").write_text("x")
+    return tmp_path / "a-file" / "sub"
+
+
+@pytest.mark.parametrize("which", ["cache", "out"])
+def test_unwritable_folders(which, tmp_path, capsys, trapped):
+    blocked = _blocked_folder(tmp_path)
+    args = (["--set", f"cache_dir={blocked}", "--out", str(tmp_path / "out")] if which == "cache"
+            else ["--out", str(blocked)])
+    code, err = _cli(["--config", str(EMBEDDED), *args], capsys)
+    key = "world.cache_dir" if which == "cache" else "--out"
+    _assert_one_error_line(code, err, f"{key}=.*not writable")
+
+
+def test_cuda_without_a_gpu(tmp_path, capsys, trapped):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    code, err = _cli(["--config", str(EMBEDDED), "--out", str(tmp_path / "o"), "--set", "device=cuda"], capsys)
+    _assert_one_error_line(code, err, "world.device='cuda': this machine has no CUDA device")
+
+
+# ----------------------------------------------------------------------------- split files
+def _image_tree(root: Path, split: object) -> None:
+    from PIL import Image
+
+    for cls in ("cat", "dog"):
+        (root / cls).mkdir(parents=True)
+        for i in range(3):
+            Image.new("RGB", (8, 8), (i * 40, 0, 0)).save(root / cls / f"{i}.png")
+    (root / "split.json").write_text(split if isinstance(split, str) else json.dumps(split))
+
+
+@pytest.mark.parametrize(("split", "pattern"), [
+    ('{"train": ["cat/0.png",', r"split.json.*line 1"),
+    ({"train": ["../../etc/passwd"], "test": ["cat/1.png"]}, r"\.\./\.\./etc/passwd"),
+    ({"train": ["/etc/passwd"], "test": ["cat/1.png"]}, "/etc/passwd"),
+    ({"train": ["cat/0.png", "cat/9.png"], "test": ["dog/0.png"]}, "cat/9.png"),
+    ({"train": "cat/0.png", "test": []}, "split.json"),
+], ids=["malformed-json", "escapes-root", "absolute-path", "missing-image", "not-a-list"])
+def test_bad_split_files(split, pattern, tmp_path, capsys, trapped):
+    root = tmp_path / "imgs"
+    _image_tree(root, split)
+    before = _snapshot(tmp_path)
+    code, err = _cli(["--config", str(EMBEDDED), "--out", str(tmp_path / "out"), "--set", "world=folder",
+                      f"world.root={root}", "backbone=fedpurel-tiny"], capsys)
+    _assert_one_error_line(code, err, pattern)
+    assert _snapshot(tmp_path) == before
+
+
+# ----------------------------------------------------------------------------- checkpoints and output folders
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory) -> Path:
+    """A finished two-round run of the embedded preset (result.json + checkpoint/)."""
+    out = tmp_path_factory.mktemp("finished") / "run"
+    assert main(["run", "--config", str(EMBEDDED), "--quiet", "--out", str(out), "--set", "rounds=2"]) == 0
+    return out
+
+
+def _tamper_tensors(ckpt: Path) -> None:
+    path = sorted(ckpt.glob("round_*.safetensors"))[-1]
+    data = bytearray(path.read_bytes())
+    data[-5] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def _truncate_manifest(ckpt: Path) -> None:
+    path = sorted(ckpt.glob("round_*.json"))[-1]
+    path.write_bytes(path.read_bytes()[:100])
+
+
+@pytest.mark.parametrize(("prepare", "args", "pattern"), [
+    (lambda out: shutil.rmtree(out / "checkpoint"), ["--resume"], "no checkpoint in .*checkpoint to resume from"),
+    (lambda out: _tamper_tensors(out / "checkpoint"), ["--resume"],
+     r"round_00001.safetensors: content does not match its recorded SHA-256.*last complete round is 0"),
+    (lambda out: _truncate_manifest(out / "checkpoint"), ["--resume"],
+     r"round_00001.json: not readable JSON.*last complete round is 0: pass --resume-round 0"),
+    (None, ["--resume", "--set", "rounds=3", "lr=0.02"], r"other settings \(stage1.lr: 0.01 there, 0.02 now\)"),
+    (None, ["--resume", "--set", "rounds=1"], "federation.rounds=1 is below the 2 rounds the checkpoint has"),
+    (None, ["--resume-round", "0"], "--resume-round needs --resume"),
+    (None, ["--set", "rounds=2", "method=fedavg"], "holds a different run .*method.name: 'fedpurel' there"),
+    (None, ["--set", "rounds=3"], r"holds a different run \(federation.rounds: 2 there, 3 now\)"),
+    (lambda out: (out / "result.json").unlink(), ["--set", "rounds=2"], "holds an unfinished run of this config"),
+], ids=["no-checkpoint", "altered-tensors", "truncated-manifest", "changed-setting", "fewer-rounds",
+        "round-without-resume", "other-method", "other-rounds", "unfinished-without-resume"])
+def test_bad_resumes_and_output_folders(prepare, args, pattern, finished_run, tmp_path, capsys, trapped):
+    out = tmp_path / "run"
+    shutil.copytree(finished_run, out)
+    if prepare is not None:
+        prepare(out)
+    before = _snapshot(tmp_path)
+    code, err = _cli(["--config", str(EMBEDDED), "--out", str(out), *args], capsys)
+    _assert_one_error_line(code, err, pattern)
+    assert _snapshot(tmp_path) == before
+
+
+def test_damaged_newest_round_resumes_from_the_offered_round(finished_run, tmp_path, capsys):
+    out = tmp_path / "run"
+    shutil.copytree(finished_run, out)
+    (out / "result.json").unlink()
+    _tamper_tensors(out / "checkpoint")
+    assert main(["run", "--config", str(EMBEDDED), "--quiet", "--out", str(out), "--set", "rounds=2", "--resume",
+                 "--resume-round", "0"]) == 0
+    capsys.readouterr()
+    fresh = json.loads((finished_run / "result.json").read_text())
+    again = json.loads((out / "result.json").read_text())
+    strip = [[{k: v for k, v in h.items() if k != "time_s"} for h in r["history"]] for r in (fresh, again)]
+    assert strip[0] == strip[1]
+    assert list((out / "checkpoint").glob("round_00001.safetensors.damaged-*"))  # set aside, not deleted
+
+
+def test_debug_shows_the_traceback_and_a_subprocess_prints_one_line(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "fedpurel_lite", "run", "--config", str(EMBEDDED), "--set",
+                           "lr=inf"], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert proc.returncode == 2 and proc.stderr.strip() == "error: stage1.lr=inf: allowed a finite number"
+    assert proc.stdout == ""
+    debug = subprocess.run([sys.executable, "-m", "fedpurel_lite", "run", "--config", str(EMBEDDED), "--debug",
+                            "--set", "lr=inf"], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert debug.returncode != 0 and "Traceback" in debug.stderr and "ConfigError" in debug.stderr
+
