@@ -150,37 +150,18 @@ class RunCfg:
     num_threads: int = 0  # torch threads per client step; 0 = automatic (1 on the CPU)
 
 
-#: ranges of the numeric fields: (low, high, low inclusive, high inclusive)
-_RANGES: dict[str, tuple[float, float, bool, bool]] = {
-    "longtail.imbalance_ratio": (1, math.inf, True, False),
-    "federation.num_clients": (1, math.inf, True, False),
-    "federation.participation": (0, 1, False, True),
-    "federation.rounds": (1, 1_000_000, True, True),
-    "federation.dirichlet_alpha": (0, math.inf, False, False),
-    "federation.min_client_size": (1, math.inf, True, False),
-    "method.n_ctx": (1, 64, True, True),
-    "method.adapter_reduction": (1, math.inf, True, False),
-    "method.adapter_ratio": (0, 1, True, True),
-    "stage1.lr": (0, math.inf, False, False),
-    "stage1.momentum": (0, 1, True, False),
-    "stage1.weight_decay": (0, math.inf, True, False),
-    "stage1.batch_size": (1, math.inf, True, False),
-    "stage1.local_epochs": (1, 1000, True, True),
-    "purification.lambda_proj": (0, math.inf, True, False),
-    "purification.bisection_iters": (1, 100, True, True),
-    "personalization.personal_alpha": (0, 1, True, True),
-    "personalization.personal_lr": (0, math.inf, False, False),
-    "personalization.personal_epochs": (1, 1000, True, True),
-    "personalization.personal_momentum": (0, 1, True, False),
-    "personalization.residual_scale": (0, math.inf, True, False),
-    "baselines.prox_mu": (0, math.inf, True, False),
-    "baselines.la_tau": (0, math.inf, True, False),
-    "baselines.interp_beta": (0, 1, True, True),
-    "baselines.folio_theta": (0, 1, True, True),
-    "run.seed": (0, MAX_SEED, True, True),
-    "run.eval_batch_size": (1, math.inf, True, False),
-    "run.workers": (0, 1024, True, True),
-    "run.num_threads": (0, 1024, True, True),
+#: allowed ranges of the numeric fields, as shown in messages: ">= a", "> a", or an interval "[a, b)"
+_RANGES: dict[str, str] = {
+    "longtail.imbalance_ratio": ">= 1", "federation.num_clients": ">= 1", "federation.participation": "(0, 1]",
+    "federation.rounds": "[1, 1000000]", "federation.dirichlet_alpha": "> 0", "federation.min_client_size": ">= 1",
+    "method.n_ctx": "[1, 64]", "method.adapter_reduction": ">= 1", "method.adapter_ratio": "[0, 1]",
+    "stage1.lr": "> 0", "stage1.momentum": "[0, 1)", "stage1.weight_decay": ">= 0", "stage1.batch_size": ">= 1",
+    "stage1.local_epochs": "[1, 1000]", "purification.lambda_proj": ">= 0", "purification.bisection_iters": "[1, 100]",
+    "personalization.personal_alpha": "[0, 1]", "personalization.personal_lr": "> 0",
+    "personalization.personal_epochs": "[1, 1000]", "personalization.personal_momentum": "[0, 1)",
+    "personalization.residual_scale": ">= 0", "baselines.prox_mu": ">= 0", "baselines.la_tau": ">= 0",
+    "baselines.interp_beta": "[0, 1]", "baselines.folio_theta": "[0, 1]", "run.seed": f"[0, {MAX_SEED}]",
+    "run.eval_batch_size": ">= 1", "run.workers": "[0, 1024]", "run.num_threads": "[0, 1024]",
 }
 
 
@@ -402,17 +383,14 @@ def _check_value(key: str, value: Any) -> None:
     _typed(key, _FIELD_TYPES[key], value)
     if key in CHOICES and value not in CHOICES[key]:
         raise ConfigError(f"{key}={value!r}: allowed one of {', '.join(CHOICES[key])}")
-    if key in _RANGES:
-        low, high, low_in, high_in = _RANGES[key]
-        ok = (value >= low if low_in else value > low) and (value <= high if high_in else value < high)
-        if not ok:
-            raise ConfigError(f"{key}={value!r}: allowed {_range_text(low, high, low_in, high_in)}")
+    if key in _RANGES and not _in_range(value, _RANGES[key]):
+        raise ConfigError(f"{key}={value!r}: allowed {_RANGES[key]}")
 
 
-def _range_text(low: float, high: float, low_in: bool, high_in: bool) -> str:
-    def num(v: float) -> str:
-        return f"{v:g}" if isinstance(v, float) else str(v)
-
-    if math.isinf(high):
-        return f"{'>=' if low_in else '>'} {num(low)}"
-    return f"{'[' if low_in else '('}{num(low)}, {num(high)}{']' if high_in else ')'}"
+def _in_range(value: float, spec: str) -> bool:
+    """``value`` lies in ``spec`` (``">= a"``, ``"> a"`` or an interval such as ``"(0, 1]"``)."""
+    if spec.startswith(">"):
+        low = float(spec.split()[-1])
+        return value >= low if spec.startswith(">=") else value > low
+    low, high = (float(v) for v in spec[1:-1].split(","))
+    return (value >= low if spec[0] == "[" else value > low) and (value <= high if spec[-1] == "]" else value < high)

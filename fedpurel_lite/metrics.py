@@ -220,3 +220,180 @@ def local_head_lean(client_counts: np.ndarray, y_true: Sequence[np.ndarray], y_p
         in_true = np.isin(np.asarray(yt), head).mean() if len(yt) else np.nan
         out.append(100.0 * (in_pred - in_true))
     return np.asarray(out, dtype=float)
+
+
+# ----------------------------------------------------------------------------- bias-transfer analysis
+#: rows and columns of :func:`bias_transfer_grid`
+GRID_ROWS: tuple[str, str] = ("global head", "global tail")
+GRID_COLUMNS: tuple[str, str] = ("local head", "local tail")
+
+
+def accuracy_change(per_class: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """Per-class accuracy change against a reference model, ``Δ_c = a_c − a_c^ref`` (``NaN`` kept)."""
+    return np.asarray(per_class, dtype=float) - np.asarray(reference, dtype=float)
+
+
+def spearman_change_logcount(change: np.ndarray, train_counts: np.ndarray) -> float:
+    """The erosion slope: Spearman ``ρ(Δ_c, log n_c)`` over classes with a finite change and ``n_c > 0``.
+
+    Average ranks for ties; ``NaN`` with fewer than 3 classes. Positive: accuracy moved to the frequent classes.
+    """
+    change, counts = np.asarray(change, dtype=float), np.asarray(train_counts, dtype=float)
+    ok = np.isfinite(change) & (counts > 0)
+    return float(spearmanr(change[ok], np.log(counts[ok])).statistic) if ok.sum() >= 3 else float("nan")
+
+
+def _finite(per_class: np.ndarray) -> np.ndarray:
+    values = np.asarray(per_class, dtype=float)
+    return values[np.isfinite(values)]
+
+
+def worst_class_accuracy(per_class: np.ndarray) -> float:
+    """``min_c a_c`` over the classes with test samples (``NaN`` when none)."""
+    a = _finite(per_class)
+    return float(a.min()) if a.size else float("nan")
+
+
+def harmonic_mean_accuracy(per_class: np.ndarray) -> float:
+    """``C / Σ_c 1/a_c`` over the classes with test samples; 0 when any of them is at 0."""
+    a = _finite(per_class)
+    return float("nan") if not a.size else 0.0 if (a <= 0).any() else float(a.size / np.sum(1.0 / a))
+
+
+def geometric_mean_accuracy(per_class: np.ndarray) -> float:
+    """``exp(mean_c log a_c)`` over the classes with test samples; 0 when any of them is at 0."""
+    a = _finite(per_class)
+    return float("nan") if not a.size else 0.0 if (a <= 0).any() else float(np.exp(np.mean(np.log(a))))
+
+
+def head_tail_gap(per_class: np.ndarray, groups: np.ndarray) -> float:
+    """``mean_{c ∈ head} a_c − mean_{c ∈ tail} a_c`` over the classes with test samples."""
+    means = group_means(np.asarray(per_class, dtype=float), groups)
+    return means["head"] - means["tail"]
+
+
+def per_class_accuracy_std(per_class: np.ndarray) -> float:
+    """Population std ``sqrt(mean_c (a_c − ā)²)`` of per-class accuracy (``ddof = 0``, as ``acc_std``)."""
+    a = _finite(per_class)
+    return float(a.std()) if a.size else float("nan")
+
+
+def per_class_spread(per_class: np.ndarray, groups: np.ndarray) -> dict[str, float]:
+    """``mean``, ``worst_class``, ``harmonic_mean``, ``geometric_mean``, ``head_tail_gap``, ``per_class_std``."""
+    a = _finite(per_class)
+    return {"mean": float(a.mean()) if a.size else float("nan"), "worst_class": worst_class_accuracy(per_class),
+            "harmonic_mean": harmonic_mean_accuracy(per_class), "geometric_mean": geometric_mean_accuracy(per_class),
+            "head_tail_gap": head_tail_gap(per_class, groups), "per_class_std": per_class_accuracy_std(per_class)}
+
+
+def reliability_bins(confidence: np.ndarray, correct: np.ndarray, n_bins: int = 15) -> dict[str, np.ndarray]:
+    """Reliability-diagram data over equal-width bins ``B_b = (b/B, (b+1)/B]`` (confidence 0 in the first).
+
+    Returns
+    -------
+    dict
+        ``edges`` ``[B+1]``, ``count`` ``[B]``, and per bin the mean ``confidence`` and the
+        ``accuracy`` (share correct), as fractions, ``NaN`` for an empty bin.
+    """
+    conf, hit = np.asarray(confidence, dtype=float), np.asarray(correct, dtype=float)
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    idx = np.searchsorted(edges[1:-1], conf, side="left")
+    count = np.bincount(idx, minlength=n_bins)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return {"edges": edges, "count": count,
+                "confidence": np.where(count > 0, np.bincount(idx, conf, n_bins) / count, np.nan),
+                "accuracy": np.where(count > 0, np.bincount(idx, hit, n_bins) / count, np.nan)}
+
+
+def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray, n_bins: int = 15) -> float:
+    """``ECE = 100 · Σ_b (|B_b| / N) · |acc(B_b) − conf(B_b)|`` over :func:`reliability_bins`, in points."""
+    bins = reliability_bins(confidence, correct, n_bins)
+    n = bins["count"].sum()
+    gap = np.abs(np.nan_to_num(bins["accuracy"]) - np.nan_to_num(bins["confidence"]))
+    return float(100.0 * np.sum(bins["count"] / n * gap)) if n else float("nan")
+
+
+def calibration_by_group(confidence: np.ndarray, correct: np.ndarray, labels: np.ndarray, groups: np.ndarray,
+                         n_bins: int = 15) -> dict[str, float]:
+    """ECE of all samples (``overall``) and of the samples whose true class is head / medium / tail (points)."""
+    conf, hit = np.asarray(confidence, dtype=float), np.asarray(correct, dtype=bool)
+    sample_group = np.asarray(groups)[np.asarray(labels, dtype=np.int64)]
+    out = {"overall": expected_calibration_error(conf, hit, n_bins)}
+    for g, name in enumerate(GROUP_NAMES):
+        out[name] = expected_calibration_error(conf[sample_group == g], hit[sample_group == g], n_bins)
+    return out
+
+
+def local_head_mask(counts: np.ndarray, mass: float = 0.5) -> np.ndarray:
+    """A client's local head as a class mask: its fewest most frequent classes holding ``mass`` of its images.
+
+    The rule of :func:`local_head_lean` (ties in count broken by class id).
+    """
+    if not 0 < mass <= 1:
+        raise ValueError(f"mass must lie in (0, 1], got {mass!r}")
+    counts = np.asarray(counts)
+    order = np.argsort(-counts, kind="stable")
+    cum = np.cumsum(counts[order]) / max(counts.sum(), 1)
+    mask = np.zeros(counts.size, dtype=bool)
+    mask[order[: int(np.searchsorted(cum, mass - 1e-12)) + 1]] = True
+    return mask
+
+
+def bias_transfer_grid(client_counts: np.ndarray, groups: np.ndarray, y_true: Sequence[np.ndarray],
+                       y_pred: Sequence[np.ndarray], mass: float = 0.5) -> dict[str, np.ndarray]:
+    """Client-split accuracy split four ways: global head / tail class × the client's local head / tail.
+
+    Rows :data:`GRID_ROWS`: the sample's class is in the global head (group 0) or tail (group 2);
+    medium classes are left out. Columns :data:`GRID_COLUMNS`: the class is in the client's local
+    head (:func:`local_head_mask` of its training counts) or not (unseen classes included). A cell
+    pools the clients, ``A[g, l] = 100 · Σ_k #{i ∈ S_k(g, l): ŷ_i = y_i} / Σ_k |S_k(g, l)|``.
+
+    Returns
+    -------
+    dict
+        ``accuracy`` (pooled ``[2, 2]``, ``NaN`` for an empty cell), ``client_mean`` (mean over
+        the clients with samples in the cell), ``samples`` and ``clients`` (counts per cell).
+    """
+    groups = np.asarray(groups)
+    hits, samples = np.zeros((2, 2)), np.zeros((2, 2), dtype=np.int64)
+    per_client = []
+    for counts, yt, yp in zip(np.asarray(client_counts), y_true, y_pred, strict=True):
+        yt, yp = np.asarray(yt, dtype=np.int64), np.asarray(yp, dtype=np.int64)
+        cell = np.full(yt.size, -1)
+        cell[groups[yt] == 0], cell[groups[yt] == 2] = 0, 2
+        cell = np.where(cell >= 0, cell + (~local_head_mask(counts, mass)[yt]), -1)  # 0, 1, 2, 3 or -1
+        n = np.bincount(cell[cell >= 0], minlength=4)
+        h = np.bincount(cell[cell >= 0], (yt == yp)[cell >= 0], minlength=4)
+        samples += n.reshape(2, 2)
+        hits += h.reshape(2, 2)
+        per_client.append(np.where(n > 0, 100.0 * h / np.maximum(n, 1), np.nan).reshape(2, 2))
+    stack = np.stack(per_client)
+    with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # mean of an empty cell
+        return {"accuracy": np.where(samples > 0, 100.0 * hits / np.maximum(samples, 1), np.nan),
+                "client_mean": np.nanmean(stack, axis=0), "samples": samples,
+                "clients": np.isfinite(stack).sum(axis=0)}
+
+
+def purification_per_round(history: Sequence[dict]) -> dict[str, np.ndarray]:
+    """The recorded purification telemetry per round, and its run totals.
+
+    Per round: ``projected_share = projected / decisions`` (share of purification decisions that
+    projected the task gradient) and ``mean_cos = Σ cos / #cos`` (task vs alignment gradient),
+    ``NaN`` where nothing was decided; totals ``total_projected_share = Σ_t projected_t / Σ_t
+    decisions_t`` and ``total_mean_cos = Σ_t cos_sum_t / Σ_t cos_count_t`` (0-d arrays).
+    """
+    tele = [h.get("telemetry") or {} for h in history]
+
+    def col(key: str) -> np.ndarray:
+        return np.array([np.nan if t.get(key) is None else float(t[key]) for t in tele], dtype=float)
+
+    sums = {k: np.nansum(col(k)) for k in ("decisions", "projected", "cos_sum", "cos_count")}
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return {"round": np.array([int(h["round"]) for h in history], dtype=np.int64),
+                "projected_share": col("projected_share"), "mean_cos": col("mean_cos"),
+                "decisions": np.nan_to_num(col("decisions")), "task_loss": col("task_loss"),
+                "align_loss": col("align_loss"),
+                "total_projected_share": np.array(sums["projected"] / sums["decisions"] if sums["decisions"]
+                                                  else np.nan),
+                "total_mean_cos": np.array(sums["cos_sum"] / sums["cos_count"] if sums["cos_count"] else np.nan)}

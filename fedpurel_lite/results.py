@@ -1,9 +1,10 @@
 """What a run leaves behind: per-round records, their summary, and the result folder.
 
 A run's output folder holds ``result.json`` (method, the full config, the per-round history, the
-summary, the federation) and ``final_state.safetensors`` (the global and personal tensors), both
-written atomically; ``result.json`` carries the SHA-256 of the tensor file, so a result read back
-is checked whole.
+summary, the federation), ``final_state.safetensors`` (the global and personal tensors) and, for a
+simulated run, ``analysis.safetensors`` (the final predictions and counts behind the bias-transfer
+report), all written atomically; ``result.json`` carries the SHA-256 of each tensor file, so a
+result read back is checked whole.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from .errors import IntegrityError
 FORMAT_VERSION = 2
 RESULT_JSON = "result.json"
 FINAL_STATE = "final_state.safetensors"
+ANALYSIS = "analysis.safetensors"
 #: keys that may differ between two runs that give the same numbers
 RUNTIME_KEYS: tuple[str, ...] = ("run.workers", "run.num_threads")
 
@@ -130,6 +132,9 @@ class RunResult:
         Client train/test sizes, class counts and groups.
     final_state : dict of Tensor
         ``global/<name>`` shared tensors and ``personal/<client>/<name>`` personal tensors.
+    analysis : dict of Tensor
+        The final-state arrays of the bias-transfer analysis
+        (:func:`fedpurel_lite.simulate.final_analysis`); empty when the run did not record them.
     """
 
     method: str
@@ -138,6 +143,7 @@ class RunResult:
     summary: dict
     federation: dict
     final_state: dict[str, Tensor] = field(default_factory=dict, repr=False)
+    analysis: dict[str, Tensor] = field(default_factory=dict, repr=False)
 
     def to_json(self) -> dict:
         """JSON-ready dict (everything except the tensors)."""
@@ -145,12 +151,18 @@ class RunResult:
                            "history": self.history, "summary": self.summary, "federation": self.federation})
 
     def save(self, out_dir: str | Path) -> Path:
-        """Write ``result.json`` and ``final_state.safetensors`` into ``out_dir`` (atomically)."""
+        """Write ``result.json``, ``final_state.safetensors`` and (if recorded) ``analysis.safetensors`` atomically."""
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         data = tensor_bytes(self.final_state)
         atomic_write(out / FINAL_STATE, data)
         meta = {**self.to_json(), "final_state_sha256": sha256_bytes(data)}
+        if self.analysis:
+            extra = tensor_bytes(self.analysis)
+            atomic_write(out / ANALYSIS, extra)
+            meta["analysis_sha256"] = sha256_bytes(extra)
+        elif (out / ANALYSIS).exists():
+            (out / ANALYSIS).unlink()  # an older run's arrays must not sit beside this result
         atomic_write(out / RESULT_JSON, json.dumps(meta, indent=1).encode())
         return out
 
@@ -167,7 +179,9 @@ class RunResult:
         data = read_json(out / RESULT_JSON)
         try:
             tensors = read_tensors(out / FINAL_STATE, data["final_state_sha256"])
-            return cls(data["method"], data["config"], data["history"], data["summary"], data["federation"], tensors)
+            analysis = read_tensors(out / ANALYSIS, data["analysis_sha256"]) if "analysis_sha256" in data else {}
+            return cls(data["method"], data["config"], data["history"], data["summary"], data["federation"], tensors,
+                       analysis)
         except KeyError as exc:
             raise IntegrityError(f"{out / RESULT_JSON}: missing field {exc}") from None
 

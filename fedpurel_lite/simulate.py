@@ -12,6 +12,10 @@ One round ``t`` (the reference loop):
    client's test split (``gm_clients``, the FedAvg-style baseline of the bias-transfer claim) and
    every client's personal model on its split (``pm``).
 
+After the last round, :func:`final_analysis` records the arrays of the bias-transfer analysis
+(predictions, confidences, zero-shot per-class accuracy, client training counts) in
+``RunResult.analysis``.
+
 Randomness: every client-round draws its batches from its own generator seeded by
 ``(seed, round, client, stage)``, and client sampling is stateless, so the same seed gives the
 same history, and a resumed run continues bit-for-bit (no global RNG state is used or needed).
@@ -37,9 +41,10 @@ from .client import ClientData, predict_private, train_private, train_shared
 from .config import RunConfig
 from .local import merge_telemetry
 from .methods import Method, get_method
-from .metrics import evaluate_clients, evaluate_predictions
-from .partition import Federation
+from .metrics import evaluate_clients, evaluate_predictions, per_class_accuracy
+from .partition import Federation, count_matrix
 from .peft import PEFTS, PEFTModule
+from .personalize import load_state, predict_personal, start_state
 from .results import RunResult, clean_json, federation_info, summarise
 from .workers import ClientPool, IntraOpThreads, resolve_workers
 
@@ -179,8 +184,9 @@ def _run(parts: Assembly, progress: bool, checkpoint_dir: str | Path | None, poi
             if on_round_end is not None:
                 on_round_end(r, entry)
         bar.close()
+        analysis = final_analysis(parts, pool, personal_states, initial_state, x_test)
     return RunResult(method.name, config.to_dict(), history, summarise(history), federation_info(fed),
-                     {k: v.cpu() for k, v in _pack_state(peft, personal_states).items()})
+                     {k: v.cpu() for k, v in _pack_state(peft, personal_states).items()}, analysis)
 
 
 def _one_round(r: int, chosen: np.ndarray, config: RunConfig, method: Method, peft: PEFTModule, pool: ClientPool,
@@ -234,6 +240,54 @@ def _evaluate(config: RunConfig, method: Method, peft: PEFTModule, pool: ClientP
     preds = pool.map(predict, range(fed.num_clients))
     out["pm"] = clean_json(evaluate_clients(preds, test_y_clients, fed.num_classes, fed.groups))
     return out
+
+
+@torch.no_grad()
+def final_analysis(parts: Assembly, pool: ClientPool, personal_states: dict[int, dict[str, Tensor]],
+                   initial_state: dict[str, Tensor], x_test: Tensor) -> dict[str, Tensor]:
+    """The arrays of the bias-transfer analysis, from the run's final state (``RunResult.analysis``).
+
+    On the balanced test set, for the global model (``gm_``) and zero-shot CLIP (``zs_``: the
+    bank's text features at its logit scale, the teacher of the alignment loss): ``pred``,
+    ``confidence`` (max softmax probability) and ``correct`` per sample; ``zs_per_class``
+    (zero-shot per-class accuracy, %). On the client test splits, concatenated in client order
+    (``client_test_index`` into the test set, client ``k`` at ``client_test_offsets[k]:[k + 1]``),
+    the personal models' ``pm_pred`` / ``pm_confidence`` / ``pm_correct`` (the global model's for
+    a method without a personal stage). ``test_labels`` and ``client_counts`` (client × class
+    training images) complete it. A pure function of the final state, so a resumed run gives the
+    same arrays.
+    """
+    config, method, peft, fed, bank = parts.config, parts.method, parts.peft, parts.federation, parts.bank
+    y_test = torch.as_tensor(np.asarray(bank.test_labels), dtype=torch.long)
+    text = torch.as_tensor(bank.text_features).float().to(x_test.device)
+    logits = peft.predict_logits(x_test, config.run.eval_batch_size)
+    zs_logits = torch.cat([x_test[i:i + config.run.eval_batch_size] @ text.t() * float(bank.logit_scale)
+                           for i in range(0, x_test.shape[0], config.run.eval_batch_size)])
+    index = [torch.as_tensor(t, dtype=torch.long) for t in fed.client_test]
+
+    def personal(slot: tuple[PEFTModule, torch.nn.Module], k: int) -> Tensor:
+        idx = index[k].to(x_test.device)
+        if method.personal is None:
+            return logits[idx]
+        state = personal_states.get(k)
+        load_state(slot[1], state if state is not None else start_state(method.personal, None, peft, initial_state,
+                                                                         config))
+        return predict_personal(method.personal, slot[1], peft, x_test[idx], logits[idx], config,
+                                config.run.eval_batch_size)
+
+    pm_logits = torch.cat(pool.map(personal, range(fed.num_clients)))
+    flat = torch.cat(index) if index else torch.zeros(0, dtype=torch.long)
+    out = {"test_labels": y_test, "client_test_index": flat,
+           "client_test_offsets": torch.as_tensor(np.cumsum([0] + [len(t) for t in fed.client_test]), dtype=torch.long),
+           "client_counts": torch.as_tensor(count_matrix(fed.client_train, np.asarray(bank.train_labels),
+                                                         fed.num_classes))}
+    for prefix, lg, y in (("gm", logits, y_test), ("zs", zs_logits, y_test), ("pm", pm_logits, y_test[flat])):
+        lg = lg.float().cpu()
+        pred, conf = lg.argmax(dim=1), torch.softmax(lg, dim=1).amax(dim=1)
+        out.update({f"{prefix}_pred": pred, f"{prefix}_confidence": conf, f"{prefix}_correct": pred == y})
+    zs_acc = per_class_accuracy(y_test.numpy(), out["zs_pred"].numpy(), fed.num_classes) * 100.0
+    out["zs_per_class"] = torch.as_tensor(zs_acc, dtype=torch.float64)
+    return {k: v.contiguous() for k, v in out.items()}
 
 
 # ----------------------------------------------------------------------------- compare

@@ -13,30 +13,16 @@ def test_personal_predictions_match_the_simulator(core_one_thread):
     from fedpurel_lite.partition import build_federation
     from fedpurel_lite.simulate import run
 
-    cfg = RunConfig().with_overrides(
-        dict(
-            num_clients=5,
-            participation=0.4,
-            rounds=3,
-            imbalance_ratio=10,
-            min_client_size=5,
-            lr=0.2,
-            personal_lr=0.5,
-            batch_size=16,
-            seed=3,
-        )
-    )
+    cfg = RunConfig().with_overrides(dict(num_clients=5, participation=0.4, rounds=3, imbalance_ratio=10,
+                                          min_client_size=5, lr=0.2, personal_lr=0.5, batch_size=16, seed=3))
     core_bank = core_make_bank(noise=2.0, text_noise=2.0)  # hard enough that models disagree
-    fed = build_federation(
-        np.asarray(core_bank.train_labels), np.asarray(core_bank.test_labels), core_bank.class_order, cfg
-    )
+    fed = build_federation(np.asarray(core_bank.train_labels), np.asarray(core_bank.test_labels),
+                           core_bank.class_order, cfg)
     for method in ("fedpurel", "folio", "fedavg"):
         res = run(cfg.with_overrides({"method": method}), bank=core_bank, progress=False)
         preds = personal_predictions(res, core_bank)
-        accs = [
-            100 * np.mean(p == np.asarray(core_bank.test_labels)[t])
-            for p, t in zip(preds, fed.client_test, strict=True)
-        ]
+        accs = [100 * np.mean(p == np.asarray(core_bank.test_labels)[t])
+                for p, t in zip(preds, fed.client_test, strict=True)]
         np.testing.assert_allclose(accs, res.history[-1]["pm"]["per_client_accuracy"], atol=1e-9)
         gm_acc = res.history[-1]["gm"]["accuracy"]
         logits = rebuild_global_model(res, core_bank).predict_logits(core_bank.test_features)
@@ -56,3 +42,42 @@ def test_summary_table_selects_and_rounds():
     out = summary_table(df)
     assert list(out.columns) == list(SUMMARY_COLUMNS.values()) and "time_s" not in out
     assert out.loc["a", "GM all"] == 1.2 and out.loc["b", "PM tail"] == 5.7
+
+
+def test_assemble_loads_the_backbone_only_when_the_peft_needs_it(core_bank, monkeypatch):
+    import torch
+
+    import fedpurel_lite.assembly as assembly
+    from fedpurel_lite.config import RunConfig
+    from fedpurel_lite.peft import PEFTS, TextAnchoredHead, register_peft
+
+    loaded = []
+    monkeypatch.setattr(assembly, "load_backbone_for", lambda cfg: loaded.append(cfg.world.backbone) or "towers")
+    cfg = RunConfig().with_overrides({"num_clients": 5, "min_client_size": 5, "imbalance_ratio": 10})
+    parts = assembly.assemble(cfg, bank=core_bank)
+    assert loaded == [] and parts.backbone is None and parts.federation.num_clients == 5
+    assert isinstance(parts.peft, TextAnchoredHead) and parts.device == torch.device("cpu")
+
+    seen = {}
+
+    @register_peft("needs-towers", needs_backbone=True)
+    def build(bank, backbone, config):  # a new PEFT: one decorated builder, nothing else names it
+        seen["backbone"] = backbone
+        return TextAnchoredHead(torch.as_tensor(bank.text_features), bank.logit_scale)
+
+    try:
+        parts = assembly.assemble(cfg.with_overrides({"peft": "needs-towers"}), bank=core_bank)
+        assert loaded == ["fedpurel-tiny"] and seen["backbone"] == "towers" and parts.backbone == "towers"
+    finally:
+        PEFTS._specs.pop("needs-towers")
+
+
+def test_load_bank_encodes_on_the_configured_device(monkeypatch, tmp_path):
+    import fedpurel_lite.features as features
+    from fedpurel_lite.assembly import load_bank
+    from fedpurel_lite.config import RunConfig
+
+    calls = {}
+    monkeypatch.setattr(features, "load_embedded_bank", lambda **kw: calls.update(kw) or "bank")
+    assert load_bank(RunConfig().with_overrides({"device": "auto", "cache_dir": str(tmp_path)})) == "bank"
+    assert calls["device"] in ("cpu", "cuda") and str(calls["cache_dir"]) == str(tmp_path)

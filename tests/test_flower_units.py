@@ -34,19 +34,8 @@ def _task_identity():
 
 @pytest.fixture
 def setup(core_bank):
-    cfg = RunConfig().with_overrides(
-        dict(
-            num_clients=K,
-            participation=0.5,
-            rounds=3,
-            imbalance_ratio=10,
-            min_client_size=5,
-            seed=3,
-            lr=0.05,
-            personal_lr=0.05,
-            batch_size=16,
-        )
-    )
+    cfg = RunConfig().with_overrides(dict(num_clients=K, participation=0.5, rounds=3, imbalance_ratio=10,
+                                          min_client_size=5, seed=3, lr=0.05, personal_lr=0.05, batch_size=16))
     fed = build_federation(core_bank.train_labels.numpy(), core_bank.test_labels.numpy(), core_bank.class_order, cfg)
     return cfg, fed, core_bank
 
@@ -59,15 +48,8 @@ def _strategy(setup, min_replies=1):
 
 
 def _reply(msg: Message, pid: int, state: dict, n: int) -> Message:
-    tele = {
-        "steps": 2.0,
-        "decisions": 2.0,
-        "projected": 1.0,
-        "cos_sum": -0.5,
-        "cos_count": 2.0,
-        "task_loss": 1.0,
-        "align_loss": 0.5,
-    }
+    tele = {"steps": 2.0, "decisions": 2.0, "projected": 1.0, "cos_sum": -0.5, "cos_count": 2.0, "task_loss": 1.0,
+            "align_loss": 0.5}
     metrics = MetricRecord({"num-examples": n, "partition-id": pid, **tele})
     return Message(RecordDict({"arrays": ArrayRecord(state), "metrics": metrics}), reply_to=msg)
 
@@ -90,16 +72,14 @@ def test_aggregate_train_is_weighted_fedavg_in_partition_order_and_records_failu
     states = {pid: {"w": torch.tensor([float(pid), 1.0])} for pid in range(K)}
     sizes = {pid: 10 * (pid + 1) for pid in range(K)}
     replies = [_reply(msgs[pid], pid, states[pid], sizes[pid]) for pid in reversed(range(K)) if pid != 2]
-    replies.append(
-        Message(Error(code=0, reason="ClientAppException\nException occurred. Message: disk full"), reply_to=msgs[2])
-    )
+    replies.append(Message(Error(code=0, reason="ClientAppException\nException occurred. Message: disk full"),
+                           reply_to=msgs[2]))
     arrays, metrics = s.aggregate_train(1, replies)
     ok = [p for p in range(K) if p != 2]
     want = fedavg([states[p] for p in ok], [sizes[p] for p in ok])
     torch.testing.assert_close(arrays.to_torch_state_dict()["w"], want["w"], rtol=0, atol=0)
-    assert s.failures == [
-        {"round": 0, "stage": "train", "partition": 2, "reason": "Exception occurred. Message: disk full"}
-    ]
+    assert s.failures == [{"round": 0, "stage": "train", "partition": 2, "reason": "Exception occurred. Message: "
+                           "disk full"}]
     assert metrics["projected_share"] == pytest.approx(0.5) and metrics["mean_cos"] == pytest.approx(-0.25)
 
 
@@ -119,25 +99,17 @@ def _runtime(setup, pid: int) -> ClientRuntime:
     cfg = cfg.with_overrides({"method": "fedpurel"})
     method = get_method("fedpurel")
     peft = build_peft(cfg.method.peft, bank, None, cfg)
-    return ClientRuntime(
-        cfg,
-        method,
-        make_clients(bank, fed)[pid],
-        peft,
-        peft.shared_state(),
-        new_personal_module(method.personal, peft, cfg),
-        torch.as_tensor(fed.train_counts, dtype=torch.float32),
-    )
+    return ClientRuntime(cfg, method, make_clients(bank, fed)[pid], peft, peft.shared_state(),
+                         new_personal_module(method.personal, peft, cfg),
+                         torch.as_tensor(fed.train_counts, dtype=torch.float32))
 
 
 def test_client_train_step_is_stage_one(setup):
     rt = _runtime(setup, 1)
     start = {k: v + 0.01 for k, v in rt.initial_state.items()}
-    msg = Message(
-        RecordDict({"arrays": ArrayRecord(start), "config": ConfigRecord({"round-idx": 4, "server-round": 5})}),
-        dst_node_id=NODE[1],
-        message_type="train",
-    )
+    msg = Message(RecordDict({"arrays": ArrayRecord(start), "config": ConfigRecord({"round-idx": 4,
+                                                                                  "server-round": 5})}),
+                  dst_node_id=NODE[1], message_type="train")
     reply = train_step(msg, rt)
     other = _runtime(setup, 1)
     want, _ = train_shared(other.peft, start, other.data, other.config, other.method, 4, other.prior)
@@ -154,16 +126,9 @@ def test_client_evaluate_keeps_the_residual_private(setup):
     ctx = Context(run_id=1, node_id=NODE[0], node_config={"partition-id": 0}, state=RecordDict(), run_config={})
 
     def evaluate(personalize: bool, r: int) -> Message:
-        msg = Message(
-            RecordDict(
-                {
-                    "arrays": ArrayRecord(glob),
-                    "config": ConfigRecord({"round-idx": r, "server-round": r + 1, "personalize": personalize}),
-                }
-            ),
-            dst_node_id=NODE[0],
-            message_type="evaluate",
-        )
+        msg = Message(RecordDict({"arrays": ArrayRecord(glob), "config": ConfigRecord(
+            {"round-idx": r, "server-round": r + 1, "personalize": personalize})}), dst_node_id=NODE[0],
+            message_type="evaluate")
         return evaluate_step(msg, ctx, rt)
 
     first = evaluate(False, 0)
@@ -172,16 +137,14 @@ def test_client_evaluate_keeps_the_residual_private(setup):
     evaluate(True, 1)
     stored = ctx.state["personal"].to_torch_state_dict()
     other = _runtime(setup, 0)
-    want, _ = train_private(
-        other.personal, other.peft, None, other.initial_state, other.data, other.config, other.method, 1
-    )
+    want, _ = train_private(other.personal, other.peft, None, other.initial_state, other.data, other.config,
+                            other.method, 1)
     for name in want:
         torch.testing.assert_close(stored[name], want[name], rtol=0, atol=0)
     third = evaluate(False, 2)  # evaluation uses the stored private state
     logits = other.peft.predict_logits(other.data.x_test)
-    pm = predict_private(
-        other.personal, other.peft, want, other.initial_state, other.data.x_test, logits, other.config, other.method
-    )
+    pm = predict_private(other.personal, other.peft, want, other.initial_state, other.data.x_test, logits,
+                         other.config, other.method)
     assert third.content["metrics"]["pm-pred"] == [int(v) for v in pm]
     assert "arrays" not in third.content  # the personal branch is never sent
     assert np.isnan(float(third.content["metrics"]["loss"]))
