@@ -6,6 +6,7 @@ pretrain   pretrain the embedded tiny CLIP on the shapes source domain
 features   build (or verify) the feature cache of a world
 run        one federated run from a TOML preset, ``--set key=value`` overrides
 compare    several methods on the same federation, one table
+report     bias-transfer report of run folders: HTML page + PNG figures
 demo       the main job: execute every notebook on the embedded default, write figures/
 """
 
@@ -25,6 +26,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "features": ("fedpurel_lite.cli", "features_main", "build or verify a world's feature cache"),
     "run": ("fedpurel_lite.cli", "run_main", "one federated run from a TOML preset"),
     "compare": ("fedpurel_lite.cli", "compare_main", "several methods on one federation"),
+    "report": ("fedpurel_lite.report", "main", "bias-transfer report (HTML + figures) of run folders"),
     "flower": ("fedpurel_lite.flower.run", "main", "the same run on the Flower engine"),
     "demo": ("fedpurel_lite.demo", "main", "execute all notebooks, write figures/"),
 }

@@ -62,10 +62,13 @@ def load_bank(config: RunConfig, backbone: Any = None, progress: bool = True) ->
     """
     from . import features
     from .worlds import load_world
+    from .worlds.base import SINGLE_TEMPLATE
 
     device = str(resolve_device(config.world.device))
+    single = [SINGLE_TEMPLATE] if config.world.templates == "single" else None
     if _is_embedded(config) and backbone is None:
-        return features.load_embedded_bank(cache_dir=cache_dir(config), progress=progress, device=device)
+        return features.load_embedded_bank(cache_dir=cache_dir(config), progress=progress, device=device,
+                                           templates=single)
     if backbone is None:
         backbone = load_backbone_for(config)
     kwargs: dict[str, Any] = {}
@@ -75,7 +78,11 @@ def load_bank(config: RunConfig, backbone: Any = None, progress: bool = True) ->
         if not config.world.root:
             raise ConfigError("world.name='folder' needs world.root, the image folder (--set world.root=PATH)")
         kwargs["split_file"] = config.world.split_file or "split.json"
+        kwargs["test_split_file"] = config.world.test_split_file or None
+        kwargs["class_names_file"] = config.world.class_names_file or None
     world = load_world(config.world.name, **kwargs)
+    if single:  # the world's text features from the one template (the cache key holds the templates)
+        world.templates = single
     return features.FeatureBank.load_or_build(backbone, world, cache_dir(config), progress=progress, device=device)
 
 

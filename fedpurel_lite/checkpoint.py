@@ -24,7 +24,7 @@ from typing import Any
 
 from torch import Tensor
 
-from .errors import IntegrityError, ResourceMissingError, UserError
+from .errors import ConfigError, IntegrityError, ResourceMissingError, UserError
 from .results import (
     RESULT_JSON,
     RUNTIME_KEYS,
@@ -191,8 +191,13 @@ def check_resumable(point: Checkpoint, config: dict[str, Any], method: str) -> N
     Raises
     ------
     UserError
-        Naming every key that differs (as ``section.key``) or the rounds already completed.
+        Naming every key that differs (as ``section.key``) or the rounds already completed; a
+        :class:`ConfigError` for ``stage1.optimizer_scope="shared"``, whose SGD state no checkpoint holds.
     """
+    if config.get("stage1", {}).get("optimizer_scope") == "shared":
+        raise ConfigError("stage1.optimizer_scope='shared' cannot be resumed: its SGD state (carried from client to "
+                          "client) is not in the round checkpoints, so a resumed run would silently differ; start "
+                          "the run again without resume, or use optimizer_scope='client-round'")
     diff = config_differences(point.config, config, RUNTIME_KEYS + ("federation.rounds",))
     if point.method != method:
         diff.insert(0, f"method.name: {point.method!r} there, {method!r} now")

@@ -102,24 +102,39 @@ def run_main(argv: Sequence[str]) -> int:
 
 
 def compare_main(argv: Sequence[str]) -> int:
-    """``compare --config FILE [--methods m1 m2 ...] [--set k=v ...] [--csv FILE]``."""
+    """``compare --config FILE [--methods m1 m2 ...] [--set k=v ...] [--csv FILE] [--report DIR]``.
+
+    ``--report DIR`` (off by default) also saves every method's run folder under ``DIR/runs/<method>``
+    and writes the bias-transfer report of them, ``DIR/report.html`` with its figures
+    (:mod:`fedpurel_lite.report`; ``python -m fedpurel_lite report DIR/runs/*`` rewrites it).
+    """
     p = parser("compare", "several methods on one federation")
     p.add_argument("--methods", nargs="*", default=list(DEFAULT_COMPARE), help="method names")
     p.add_argument("--csv", default=None, help="also write the table as CSV")
+    p.add_argument("--report", default=None, metavar="DIR",
+                   help="also save the runs under DIR/runs/ and write their bias-transfer report DIR/report.html")
     args = p.parse_args(argv)
     config = load_config(args)
     _check_methods(args.methods)
     from .preflight import preflight
 
     outputs = [("--csv", Path(args.csv).parent)] if args.csv else []
+    if args.report:
+        outputs.append(("--report", Path(args.report)))
     for name in args.methods:
         preflight(config.with_overrides({"method.name": name}), outputs=outputs)
     from .simulate import compare
 
     frame = compare(config, args.methods, progress=not args.quiet)
-    table = print_results(frame.attrs["results"])
+    results = frame.attrs["results"]
+    table = print_results(results)
     if args.csv:
         table.to_csv(args.csv)
+    if args.report:
+        from .report import views_of, write_report
+
+        sources = {name: str(res.save(Path(args.report) / "runs" / name)) for name, res in results.items()}
+        print(f"wrote {write_report(views_of(results, sources), args.report)}")
     return 0
 
 

@@ -2,12 +2,14 @@
 
 A preset (``configs/*.toml``) has one table per section::
 
-    [world]          name, backbone, pretrained, root, split_file, cache_dir, device
+    [world]          name, backbone, pretrained, root, split_file, test_split_file, class_names_file,
+                     templates, cache_dir, device
     [longtail]       imbalance_ratio, profile, group_convention
-    [federation]     num_clients, participation, rounds, dirichlet_alpha, min_client_size, test_split
+    [federation]     num_clients, participation, rounds, dirichlet_alpha, min_client_size, test_split,
+                     partition, superclass_beta
     [method]         name, peft, n_ctx, ctx_init, class_specific, adapter_reduction, adapter_ratio
-    [stage1]         lr, momentum, weight_decay, batch_size, local_epochs
-    [purification]   projection, lambda_proj, bisection_iters, track_cos
+    [stage1]         lr, momentum, weight_decay, batch_size, local_epochs, optimizer_scope, drop_last
+    [purification]   projection, lambda_proj, bisection_iters, track_cos, kl_log
     [personalization] personal_alpha, personal_lr, personal_epochs, personal_momentum, residual_scale, residual_bias
     [baselines]      prox_mu, la_tau, interp_beta, folio_theta
     [run]            seed, eval_batch_size, workers, num_threads
@@ -37,17 +39,11 @@ from typing import Any
 
 import tomli_w
 
+from .config_checks import CHOICES, MAX_SEED, RANGES, check_combinations, in_range
 from .errors import ConfigError
 
-#: the worlds, methods, PEFTs and objectives are checked against their registries in preflight
-CHOICES: dict[str, tuple[str, ...]] = {
-    "longtail.profile": ("exp", "step"),
-    "longtail.group_convention": ("reference", "oltr"),
-    "federation.test_split": ("shares", "matched"),
-    "purification.projection": ("global", "tensor"),
-    "world.device": ("cpu", "cuda", "auto"),
-}
-MAX_SEED = 2**32 - 1
+__all__ = ["CHOICES", "MAX_SEED", "RunConfig", "resolve_key"]
+
 
 
 @dataclass(frozen=True)
@@ -59,6 +55,9 @@ class WorldCfg:
     pretrained: str = ""  # "" = the embedded model's shipped weights; a file, tag or "random" otherwise
     root: str = ""  # dataset folder (cifar*, folder); "" = $FEDPUREL_DATA or data/
     split_file: str = ""  # folder world: split file relative to root; "" = split.json or train/ + test/
+    test_split_file: str = ""  # folder world, OLTR .txt lists: the test list; "" = split_file with train -> test
+    class_names_file: str = ""  # folder world, OLTR .txt lists: "<label or folder> <name>" lines; "" = folder names
+    templates: str = "ensemble"  # zero-shot text features: the world's template ensemble, or "a photo of a {}."
     cache_dir: str = ""  # "" = $FEDPUREL_CACHE or the repository's data/cache
     device: str = "cpu"  # cpu, cuda or auto (cuda when available)
 
@@ -68,7 +67,7 @@ class LongTailCfg:
     """The long-tailed training set."""
 
     imbalance_ratio: float = 100.0  # IF >= 1 ("ratio 100"); see longtail.ratio_from_fraction
-    profile: str = "exp"
+    profile: str = "exp"  # exp, step, or given (the world's training list is long-tailed already: kept whole)
     group_convention: str = "reference"  # tail <= 20 (reference) or < 20 (oltr)
 
 
@@ -82,6 +81,8 @@ class FederationCfg:
     dirichlet_alpha: float = 1.0
     min_client_size: int = 10
     test_split: str = "shares"
+    partition: str = "per-class"  # per-class Dirichlet shares, or superclass x fine-class draws (pooled train + test)
+    superclass_beta: float = 1.0  # partition="superclass": Dirichlet concentration over the coarse labels
 
 
 @dataclass(frozen=True)
@@ -99,13 +100,15 @@ class MethodCfg:
 
 @dataclass(frozen=True)
 class Stage1Cfg:
-    """Local training of the shared PEFT (fresh SGD per client-round)."""
+    """Local training of the shared PEFT (fresh SGD per client-round by default)."""
 
     lr: float = 0.01
     momentum: float = 0.9
     weight_decay: float = 5e-4
     batch_size: int = 32
     local_epochs: int = 1
+    optimizer_scope: str = "client-round"  # fresh SGD per client-round, or one SGD state for all (shared)
+    drop_last: bool = False  # drop a client's last partial batch (when it has at least one full batch)
 
 
 @dataclass(frozen=True)
@@ -116,6 +119,7 @@ class PurificationCfg:
     lambda_proj: float = 1.0
     bisection_iters: int = 16  # temperature search steps
     track_cos: bool = False  # record the CE/alignment cosine also for unpurified methods
+    kl_log: str = "exact"  # alignment KL: exact log_softmax, or log(p.clamp_min(1e-12))
 
 
 @dataclass(frozen=True)
@@ -150,19 +154,7 @@ class RunCfg:
     num_threads: int = 0  # torch threads per client step; 0 = automatic (1 on the CPU)
 
 
-#: allowed ranges of the numeric fields, as shown in messages: ">= a", "> a", or an interval "[a, b)"
-_RANGES: dict[str, str] = {
-    "longtail.imbalance_ratio": ">= 1", "federation.num_clients": ">= 1", "federation.participation": "(0, 1]",
-    "federation.rounds": "[1, 1000000]", "federation.dirichlet_alpha": "> 0", "federation.min_client_size": ">= 1",
-    "method.n_ctx": "[1, 64]", "method.adapter_reduction": ">= 1", "method.adapter_ratio": "[0, 1]",
-    "stage1.lr": "> 0", "stage1.momentum": "[0, 1)", "stage1.weight_decay": ">= 0", "stage1.batch_size": ">= 1",
-    "stage1.local_epochs": "[1, 1000]", "purification.lambda_proj": ">= 0", "purification.bisection_iters": "[1, 100]",
-    "personalization.personal_alpha": "[0, 1]", "personalization.personal_lr": "> 0",
-    "personalization.personal_epochs": "[1, 1000]", "personalization.personal_momentum": "[0, 1)",
-    "personalization.residual_scale": ">= 0", "baselines.prox_mu": ">= 0", "baselines.la_tau": ">= 0",
-    "baselines.interp_beta": "[0, 1]", "baselines.folio_theta": "[0, 1]", "run.seed": f"[0, {MAX_SEED}]",
-    "run.eval_batch_size": ">= 1", "run.workers": "[0, 1024]", "run.num_threads": "[0, 1024]",
-}
+_RANGES = RANGES  # the allowed ranges (kept under their old name)
 
 
 @dataclass(frozen=True)
@@ -186,6 +178,7 @@ class RunConfig:
     def __post_init__(self) -> None:
         for key, value in self.items():
             _check_value(key, value)
+        check_combinations(self)
 
     # ------------------------------------------------------------------ access
     def items(self) -> Iterable[tuple[str, Any]]:
@@ -383,14 +376,6 @@ def _check_value(key: str, value: Any) -> None:
     _typed(key, _FIELD_TYPES[key], value)
     if key in CHOICES and value not in CHOICES[key]:
         raise ConfigError(f"{key}={value!r}: allowed one of {', '.join(CHOICES[key])}")
-    if key in _RANGES and not _in_range(value, _RANGES[key]):
+    if key in _RANGES and not in_range(value, _RANGES[key]):
         raise ConfigError(f"{key}={value!r}: allowed {_RANGES[key]}")
 
-
-def _in_range(value: float, spec: str) -> bool:
-    """``value`` lies in ``spec`` (``">= a"``, ``"> a"`` or an interval such as ``"(0, 1]"``)."""
-    if spec.startswith(">"):
-        low = float(spec.split()[-1])
-        return value >= low if spec.startswith(">=") else value > low
-    low, high = (float(v) for v in spec[1:-1].split(","))
-    return (value >= low if spec[0] == "[" else value > low) and (value <= high if spec[-1] == "]" else value < high)

@@ -18,7 +18,7 @@ import secrets
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -367,11 +367,10 @@ class FeatureBank:
 
 
 def load_embedded_bank(cache_dir: str | Path | None = None, shift: float | None = None, seed: int = 0,
-                       progress: bool = True, device: str = "cpu") -> FeatureBank:
+                       progress: bool = True, device: str = "cpu", templates: list[str] | None = None) -> FeatureBank:
     """The default backbone (shipped tiny CLIP) on the shapes target world, cached.
 
-    A warm cache is read without rendering the world (about a second); a cold one renders and
-    encodes 60,000 images.
+    A warm cache is read without rendering the world (about a second); a cold one renders and encodes 60,000 images.
 
     Parameters
     ----------
@@ -385,15 +384,16 @@ def load_embedded_bank(cache_dir: str | Path | None = None, shift: float | None 
         Show progress bars when encoding.
     device : {"cpu", "cuda", "auto"}
         Where the backbone encodes a cold cache (``"auto"``: CUDA when available).
+    templates : list of str, optional
+        Zero-shot text templates (default: the world's 7; part of the cache key).
 
     Returns
     -------
     FeatureBank
     """
     from fedpurel_lite.worlds import shapes
-
-    backbone = load_backbone(device=device)
+    backbone, templates = load_backbone(device=device), list(templates or shapes.TEMPLATES)
     shift = shapes.DEFAULT_SHIFT if shift is None else shift
-    inputs = _inputs(backbone, shapes.shapes_fingerprint("target", shift, seed), shapes.TEMPLATES)
-    world = lambda: (backbone, shapes.load_shapes("target", shift, seed))  # noqa: E731 - rendered only if needed
+    inputs = _inputs(backbone, shapes.shapes_fingerprint("target", shift, seed), templates)
+    world = lambda: (backbone, replace(shapes.load_shapes("target", shift, seed), templates=templates))  # noqa: E731
     return FeatureBank._load_or_build(cache_dir, inputs, world, progress, 500, None)

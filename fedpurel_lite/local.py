@@ -7,6 +7,13 @@ CE purified against the temperature-aligned KL to the zero-shot teacher (or the 
 fresh SGD optimizer (momentum, weight decay applied inside ``step()``, i.e. after the
 projection), fp32, and returns telemetry. It is a pure function of the module, tensors, config
 and generator, so the simulator and a Flower ClientApp share it.
+
+``stage1.optimizer_scope = "shared"`` instead keeps one SGD state (the momentum buffers) with
+the module copy that trains and carries it from client to client and round to round, as one
+optimizer object that is never rebuilt does. The state then depends on the order the clients are
+trained in, so the configuration requires ``run.workers = 1``; it is not part of the round
+checkpoints, so a resumed run refuses it. ``stage1.drop_last`` drops a client's last partial
+batch of every epoch when it holds at least one full batch.
 """
 
 from __future__ import annotations
@@ -100,10 +107,42 @@ def make_optimizer(params: list[nn.Parameter], lr: float, momentum: float = 0.0,
     return SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
 
 
-def batches(n: int, batch_size: int, generator: torch.Generator) -> list[Tensor]:
-    """Shuffled index batches covering ``0..n-1`` once (the last batch may be smaller)."""
+#: attribute of the training module copy that holds the shared SGD state (``optimizer_scope="shared"``)
+SHARED_STATE_ATTR = "_stage1_shared_sgd_buffers"
+
+
+def stage1_optimizer(peft: nn.Module, params: list[nn.Parameter], stage1: Any) -> SGD:
+    """The stage-1 SGD of one client-round: fresh, or continuing the module's shared state.
+
+    Parameters
+    ----------
+    peft : nn.Module
+        The module copy that trains (holds the shared state between calls).
+    params : list of nn.Parameter
+        Its trainable tensors, in order.
+    stage1 : Stage1Cfg
+        ``lr``, ``momentum``, ``weight_decay`` and ``optimizer_scope``.
+    """
+    opt = make_optimizer(params, stage1.lr, stage1.momentum, stage1.weight_decay)
+    if stage1.optimizer_scope == "shared":
+        buffers = getattr(peft, SHARED_STATE_ATTR, None)
+        if buffers is not None and len(buffers) == len(params):
+            opt.buffers = buffers
+        setattr(peft, SHARED_STATE_ATTR, opt.buffers)  # the same list object: updated in place by step()
+    return opt
+
+
+def batches(n: int, batch_size: int, generator: torch.Generator, drop_last: bool = False) -> list[Tensor]:
+    """Shuffled index batches covering ``0..n-1`` once.
+
+    The last batch may be smaller; with ``drop_last`` it is dropped when at least one full batch
+    remains (so a client smaller than a batch still trains on one batch).
+    """
     perm = torch.randperm(n, generator=generator)
-    return list(perm.split(batch_size))
+    out = list(perm.split(batch_size))
+    if drop_last and n >= batch_size and n % batch_size:
+        out.pop()
+    return out
 
 
 def local_train(
@@ -121,7 +160,7 @@ def local_train(
     Per step the student logits are computed once; the task and alignment gradients with respect
     to the logits are formed in closed form (:func:`logit_gradients`) and pulled back to the
     trainable tensors in one batched pass (:meth:`PEFTModule.forward_with_pullback`), then projected
-    and applied by a fresh SGD.
+    and applied by SGD (fresh, or the module's shared state: see the module doc).
 
     Parameters
     ----------
@@ -132,8 +171,9 @@ def local_train(
     teacher_logits : Tensor, optional
         Zero-shot logits ``[n, C]``; needed by ``purify`` / ``purify-kl`` (and ``track_cos``).
     config : RunConfig
-        Its ``stage1`` section, ``purification`` (``projection``, ``lambda_proj``,
-        ``bisection_iters``, ``track_cos``: the task/alignment cosine also when not purifying) and
+        Its ``stage1`` section (``optimizer_scope``, ``drop_last`` included), ``purification``
+        (``projection``, ``lambda_proj``, ``bisection_iters``, ``kl_log``, ``track_cos``: the
+        task/alignment cosine also when not purifying) and
         ``baselines`` (``prox_mu``, ``la_tau``).
     generator : torch.Generator
         Source of the batch order.
@@ -157,7 +197,7 @@ def local_train(
     if track and teacher_logits is None:
         raise ValueError(f"objective {objective!r} needs teacher_logits")
     params = [p for p in peft.parameters() if p.requires_grad]
-    opt = make_optimizer(params, s1.lr, s1.momentum, s1.weight_decay)
+    opt = stage1_optimizer(peft, params, s1)
     anchor = [p.detach().clone() for p in params] if spec.proximal else None
     la_bias = None
     if spec.logit_adjusted:
@@ -171,10 +211,11 @@ def local_train(
             "task_loss": 0.0, "align_loss": 0.0}
     peft.train()
     for _ in range(s1.local_epochs):
-        for idx in batches(features.shape[0], s1.batch_size, generator):
+        for idx in batches(features.shape[0], s1.batch_size, generator, s1.drop_last):
             logits, pullback = peft.forward_with_pullback(features[idx])
             task, g_task, align, g_align = logit_gradients(
-                logits, labels[idx], teacher_logits[idx] if track else None, spec.aligned, la_bias, iters)
+                logits, labels[idx], teacher_logits[idx] if track else None, spec.aligned, la_bias, iters,
+                clamped=pc.kl_log == "clamped")
             if track:
                 both = pullback(torch.stack([g_task, g_align]))
                 grads, aligns = [g[0] for g in both], [g[1] for g in both]

@@ -236,11 +236,13 @@ def accuracy_change(per_class: np.ndarray, reference: np.ndarray) -> np.ndarray:
 def spearman_change_logcount(change: np.ndarray, train_counts: np.ndarray) -> float:
     """The erosion slope: Spearman ``ρ(Δ_c, log n_c)`` over classes with a finite change and ``n_c > 0``.
 
-    Average ranks for ties; ``NaN`` with fewer than 3 classes. Positive: accuracy moved to the frequent classes.
+    Average ranks for ties; ``NaN`` with < 3 classes or a constant input. Positive: accuracy moved to the head.
     """
     change, counts = np.asarray(change, dtype=float), np.asarray(train_counts, dtype=float)
     ok = np.isfinite(change) & (counts > 0)
-    return float(spearmanr(change[ok], np.log(counts[ok])).statistic) if ok.sum() >= 3 else float("nan")
+    if ok.sum() < 3 or np.ptp(change[ok]) == 0 or np.ptp(counts[ok]) == 0:
+        return float("nan")
+    return float(spearmanr(change[ok], np.log(counts[ok])).statistic)
 
 
 def _finite(per_class: np.ndarray) -> np.ndarray:
@@ -325,10 +327,7 @@ def calibration_by_group(confidence: np.ndarray, correct: np.ndarray, labels: np
 
 
 def local_head_mask(counts: np.ndarray, mass: float = 0.5) -> np.ndarray:
-    """A client's local head as a class mask: its fewest most frequent classes holding ``mass`` of its images.
-
-    The rule of :func:`local_head_lean` (ties in count broken by class id).
-    """
+    """Class mask of a client's local head: its fewest most frequent classes holding ``mass`` of its images."""
     if not 0 < mass <= 1:
         raise ValueError(f"mass must lie in (0, 1], got {mass!r}")
     counts = np.asarray(counts)

@@ -6,6 +6,15 @@ K clients with proportions drawn from ``Dirichlet(alpha)``; a draw whose smalles
 balanced test pool, split per class with the *same* shares (default, so each client's test
 labels follow its own preference while tail classes stay represented), or sampled to match each
 client's training label distribution (``"matched"``).
+
+``federation.partition = "superclass"`` is the reference code's CIFAR split instead: the
+long-tailed training set and the balanced test pool are pooled; every client draws
+``pool // K`` samples one at a time, a coarse label from its own ``Dirichlet(superclass_beta)``
+weights, then a fine class from its own ``Dirichlet(10)`` weights inside that coarse label, then a
+random remaining sample of that class (an exhausted class or coarse label leaves the draw and the
+weights are renormalised); the client order is shuffled and each client's pooled draw is split
+back into its training and test part. A client's test split therefore follows its own skew and is
+enriched in tail classes (a class's draws are training samples in proportion ``n_c / (n_c + test_c)``).
 """
 
 from __future__ import annotations
@@ -100,6 +109,116 @@ def split_by_shares(labels: np.ndarray, shares: np.ndarray, seed: int) -> list[n
     return [np.sort(np.concatenate(p)).astype(np.int64) for p in parts]
 
 
+#: Dirichlet concentration of the fine classes inside a coarse label (the reference code's constant)
+FINE_ALPHA = 10.0
+
+
+def _pick(weights: np.ndarray, rng: np.random.Generator) -> int:
+    """One index drawn with probabilities proportional to ``weights``."""
+    cum = np.cumsum(weights)
+    return min(int(np.searchsorted(cum, rng.random() * cum[-1], side="right")), len(weights) - 1)
+
+
+def superclass_draw(pool_labels: np.ndarray, coarse_labels: np.ndarray, num_clients: int, beta: float,
+                    rng: np.random.Generator, fine_alpha: float = FINE_ALPHA) -> list[np.ndarray]:
+    """One superclass draw: ``len(pool) // K`` pooled positions per client (see the module doc).
+
+    Parameters
+    ----------
+    pool_labels : numpy.ndarray
+        Fine labels of the pooled samples.
+    coarse_labels : numpy.ndarray
+        Coarse label of every fine class (``[C]``).
+    num_clients : int
+    beta : float
+        Dirichlet concentration over the coarse labels.
+    rng : numpy.random.Generator
+    fine_alpha : float
+        Dirichlet concentration over the fine classes inside a coarse label.
+
+    Returns
+    -------
+    list of numpy.ndarray
+        Sorted pooled positions per client, in the shuffled client order; no position twice.
+    """
+    coarse_labels = np.asarray(coarse_labels, dtype=np.int64)
+    queues = {int(c): list(rng.permutation(np.flatnonzero(pool_labels == c))) for c in np.unique(pool_labels)}
+    fines = {int(g): [c for c in np.flatnonzero(coarse_labels == g).tolist() if c in queues]
+             for g in np.unique(coarse_labels)}
+    fines = {g: f for g, f in fines.items() if f}
+    per_client = len(pool_labels) // num_clients
+    parts = []
+    for _ in range(num_clients):
+        groups = sorted(fines)
+        g_w = list(rng.dirichlet(np.full(len(groups), beta)))
+        f_w = {g: list(rng.dirichlet(np.full(len(fines[g]), fine_alpha))) for g in groups}
+        taken = []
+        for _ in range(per_client):
+            gi = _pick(np.asarray(g_w), rng)
+            g = groups[gi]
+            fi = _pick(np.asarray(f_w[g]), rng)
+            c = fines[g][fi]
+            taken.append(queues[c].pop())
+            if not queues[c]:
+                del fines[g][fi], f_w[g][fi]
+                if not fines[g]:
+                    del fines[g], groups[gi], g_w[gi]
+        parts.append(np.sort(np.asarray(taken, dtype=np.int64)))
+    return [parts[i] for i in rng.permutation(num_clients)]
+
+
+def superclass_split(lt_labels: np.ndarray, test_labels: np.ndarray, coarse_labels: np.ndarray, num_clients: int,
+                     beta: float, seed: int, min_size: int = 10, max_retries: int = 100
+                     ) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """The superclass split of the pooled training and test samples (see the module doc).
+
+    Parameters
+    ----------
+    lt_labels, test_labels : numpy.ndarray
+        Labels of the long-tailed training set and of the balanced test pool.
+    coarse_labels : numpy.ndarray
+        Coarse label of every fine class.
+    num_clients : int
+    beta : float
+        Dirichlet concentration over the coarse labels (> 0).
+    seed : int
+    min_size : int
+        Minimum training samples per client; a draw that misses it is redrawn.
+    max_retries : int
+        Draws tried before giving up.
+
+    Returns
+    -------
+    (client_train, client_test)
+        Per-client positions into ``lt_labels`` and into ``test_labels``.
+
+    Raises
+    ------
+    ValueError
+        A coarse table that does not cover the classes, or no draw met ``min_size``.
+    """
+    lt_labels, test_labels = np.asarray(lt_labels), np.asarray(test_labels)
+    coarse_labels = np.asarray(coarse_labels)
+    num_classes = int(max(lt_labels.max(), test_labels.max())) + 1
+    if coarse_labels.shape != (num_classes,):
+        raise ValueError(f"the coarse-label table has {coarse_labels.size} entries for {num_classes} classes")
+    if not beta > 0:
+        raise ValueError(f"superclass beta must be > 0, got {beta!r}")
+    pool = np.concatenate([lt_labels, test_labels])
+    n_train = len(lt_labels)
+    rng = np.random.default_rng(seed)
+    smallest = 0
+    for _ in range(max_retries):
+        parts = superclass_draw(pool, coarse_labels, num_clients, beta, rng)
+        train = [p[p < n_train] for p in parts]
+        smallest = min(len(t) for t in train)
+        if smallest >= min_size:
+            return train, [p[p >= n_train] - n_train for p in parts]
+    raise ValueError(f"no superclass split (beta={beta}) over K={num_clients} clients gave every client >= {min_size} "
+                     f"training samples in {max_retries} draws (smallest: {smallest}); raise "
+                     "federation.superclass_beta, lower num_clients or min_client_size")
+
+
 def matched_test_splits(
     client_train_labels: list[np.ndarray], test_labels: np.ndarray, size: int, seed: int
 ) -> list[np.ndarray]:
@@ -157,7 +276,8 @@ class Federation:
     groups : numpy.ndarray
         Head (0) / medium (1) / tail (2) group per class id.
     shares : numpy.ndarray
-        The Dirichlet shares ``[C, K]`` behind the split.
+        The Dirichlet shares ``[C, K]`` behind the split (``partition="superclass"``: each class's
+        training samples' shares over the clients, as drawn).
     """
 
     train_idx: np.ndarray
@@ -181,7 +301,8 @@ class Federation:
 
 
 def build_federation(
-    train_labels: np.ndarray, test_labels: np.ndarray, class_order: np.ndarray | None, config: RunConfig
+    train_labels: np.ndarray, test_labels: np.ndarray, class_order: np.ndarray | None, config: RunConfig,
+    coarse_labels: np.ndarray | None = None,
 ) -> Federation:
     """Long-tail the training pool, split it over clients and give each client a test split.
 
@@ -193,14 +314,40 @@ def build_federation(
         Class ids from head to tail (label order when ``None``).
     config : RunConfig
         Its ``longtail`` and ``federation`` sections and ``run.seed``.
+    coarse_labels : numpy.ndarray, optional
+        Coarse label per class for ``federation.partition="superclass"`` (default: the world's,
+        :func:`fedpurel_lite.worlds.coarse_labels_of`).
+
+    Raises
+    ------
+    ConfigError
+        Too many clients, or a superclass split of a world without coarse labels or with no valid draw.
     """
     lt, fc, seed = config.longtail, config.federation, config.run.seed
     train_labels = np.asarray(train_labels)
     test_labels = np.asarray(test_labels)
     num_classes = int(train_labels.max()) + 1
-    train_idx = longtail_subsample(train_labels, lt.imbalance_ratio, class_order, lt.profile, seed)
+    if lt.profile == "given":  # the world's training list is the long-tailed set (OLTR lists)
+        train_idx = np.arange(len(train_labels), dtype=np.int64)
+    else:
+        train_idx = longtail_subsample(train_labels, lt.imbalance_ratio, class_order, lt.profile, seed)
     lt_labels = train_labels[train_idx]
     check_client_count(fc.num_clients, fc.min_client_size, len(train_idx))
+    counts = np.bincount(lt_labels, minlength=num_classes)
+    groups = assign_groups(counts, lt.group_convention)
+    if fc.partition == "superclass":
+        if coarse_labels is None:
+            from .worlds import coarse_labels_of
+
+            coarse_labels = coarse_labels_of(config.world.name, config.world.root or None, num_classes)
+        try:
+            parts, client_test = superclass_split(lt_labels, test_labels, coarse_labels, fc.num_clients,
+                                                  fc.superclass_beta, seed + 1, fc.min_client_size)
+        except ValueError as exc:
+            raise ConfigError(f"federation.partition='superclass': {exc}") from None
+        table = count_matrix(parts, lt_labels, num_classes).T.astype(np.float64)
+        shares = table / np.clip(table.sum(axis=1, keepdims=True), 1, None)
+        return Federation(train_idx, [train_idx[p] for p in parts], client_test, counts, groups, shares)
     shares = dirichlet_shares(lt_labels, fc.num_clients, fc.dirichlet_alpha, seed + 1, fc.min_client_size)
     client_train = [train_idx[p] for p in split_by_shares(lt_labels, shares, seed + 2)]
     if fc.test_split == "shares":
@@ -208,9 +355,7 @@ def build_federation(
     else:
         size = len(test_labels) // fc.num_clients
         client_test = matched_test_splits([train_labels[p] for p in client_train], test_labels, size, seed + 3)
-    counts = np.bincount(lt_labels, minlength=num_classes)
-    return Federation(train_idx, client_train, client_test, counts, assign_groups(counts, lt.group_convention),
-                      shares)
+    return Federation(train_idx, client_train, client_test, counts, groups, shares)
 
 
 def check_client_count(num_clients: int, min_client_size: int, num_train_samples: int) -> None:

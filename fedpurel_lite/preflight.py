@@ -77,6 +77,8 @@ def longtail_size(pool_counts: np.ndarray, config: RunConfig) -> int:
     from .longtail import class_counts
 
     pool = np.asarray(pool_counts, dtype=np.int64)
+    if config.longtail.profile == "given":  # the pool is the long-tailed set
+        return int(pool.sum())
     targets = class_counts(int(pool.max()), len(pool), config.longtail.imbalance_ratio, config.longtail.profile)
     if (np.sort(targets)[::-1] > np.sort(pool)[::-1]).any():
         raise ConfigError(f"longtail.imbalance_ratio={config.longtail.imbalance_ratio:g}: the world's pool is too "
@@ -115,17 +117,18 @@ def preflight(config: RunConfig, outputs: Iterable[tuple[str, str | Path]] = (),
     check_device(config.world.device)
     if need_backbone is None:
         need_backbone = need_bank or peft.needs_backbone
-    if need_backbone:
-        from .backbone import check_backbone
-
-        check_backbone(config.world.backbone, config.world.pretrained or None)
     if need_bank:
         from .partition import check_client_count
         from .worlds import describe_world
 
-        info = describe_world(config.world.name, config.world.root or None, config.world.split_file or None)
+        info = describe_world(config.world.name, config.world.root or None, config.world.split_file or None,
+                              config.world.test_split_file or None)
         check_client_count(config.federation.num_clients, config.federation.min_client_size,
                            longtail_size(info.train_counts_per_class, config))
         check_writable(cache_dir(config), "world.cache_dir")
+    if need_backbone:  # after the dataset: a preset missing both names its data first
+        from .backbone import check_backbone
+
+        check_backbone(config.world.backbone, config.world.pretrained or None)
     for key, folder in outputs:
         check_writable(folder, key)

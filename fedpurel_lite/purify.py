@@ -5,7 +5,9 @@ zero-shot CLIP) give
 
 - the task loss ``L_task = CE(f, y)``;
 - the alignment loss ``L_align = KL(p_t || p_s)`` with ``p_t = softmax(z / tau_t)`` and
-  ``p_s = softmax(f / tau_s)``. The temperatures are found per sample, without gradient, by
+  ``p_s = softmax(f / tau_s)``, its logarithms exact (``log_softmax``, default) or, as the reference
+  code, ``log(p.clamp_min(1e-12))`` (``clamped``: an entry of ``p_s`` below ``1e-12`` then passes no
+  gradient). The temperatures are found per sample, without gradient, by
   vectorised bisection on ``[0.05, 20]`` so that both distributions reach the per-sample target
   entropy ``H* = (H(softmax z) + H(softmax f)) / 2`` (the "temperature-aligned KL", TKL). The
   ablation ``aligned=False`` is the plain KL at ``T = 1``;
@@ -28,6 +30,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 TAU_LO, TAU_HI = 0.05, 20.0
+#: the probability floor of the clamped KL log (the reference code's)
+P_FLOOR = 1e-12
 
 
 def entropy(logits: Tensor) -> Tensor:
@@ -100,7 +104,7 @@ def aligned_temperatures(student: Tensor, teacher: Tensor, iters: int = 16) -> t
 
 
 def aligned_kl(
-    student: Tensor, teacher: Tensor, aligned: bool = True, iters: int = 16
+    student: Tensor, teacher: Tensor, aligned: bool = True, iters: int = 16, clamped: bool = False
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Temperature-aligned KL(teacher || student), mean over the batch.
 
@@ -113,6 +117,8 @@ def aligned_kl(
         ``False``: plain KL at ``T = 1`` (ablation).
     iters : int
         Bisection steps.
+    clamped : bool
+        ``log(p.clamp_min(1e-12))`` of softmax probabilities instead of ``log_softmax``.
 
     Returns
     -------
@@ -124,6 +130,11 @@ def aligned_kl(
         tau_t, tau_s = aligned_temperatures(student, teacher, iters)
     else:
         tau_t = tau_s = torch.ones(teacher.shape[0], dtype=teacher.dtype)
+    if clamped:
+        p_t = F.softmax(teacher / tau_t.unsqueeze(-1), dim=-1)
+        p_s = F.softmax(student / tau_s.unsqueeze(-1), dim=-1)
+        loss = (p_t * (torch.log(p_t.clamp_min(P_FLOOR)) - torch.log(p_s.clamp_min(P_FLOOR)))).sum(dim=-1).mean()
+        return loss, tau_t, tau_s
     logp_t = F.log_softmax(teacher / tau_t.unsqueeze(-1), dim=-1)
     logp_s = F.log_softmax(student / tau_s.unsqueeze(-1), dim=-1)
     loss = (logp_t.exp() * (logp_t - logp_s)).sum(dim=-1).mean()
@@ -189,13 +200,16 @@ def project_gradients(
 
 def logit_gradients(
     logits: Tensor, labels: Tensor, teacher: Tensor | None = None, aligned: bool = True,
-    la_bias: Tensor | None = None, iters: int = 16,
+    la_bias: Tensor | None = None, iters: int = 16, clamped: bool = False,
 ) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
     """Losses and their gradients with respect to the student logits, in closed form (no autograd).
 
     ``L_task = CE(logits + la_bias, y)`` has gradient ``(softmax - onehot) / B``; the alignment
     loss ``KL(p_t || softmax(logits / tau_s))`` has gradient ``(p_s - p_t) / (tau_s B)`` with the
-    temperatures held constant. Both agree with autograd on :func:`aligned_kl` (tested).
+    temperatures held constant. With ``clamped`` (the reference code's ``log(p.clamp_min(1e-12))``)
+    the entries ``c`` with ``p_s,c < 1e-12`` pass no gradient: ``(m p_s - p_t [p_s >= 1e-12]) / (tau_s B)``
+    with ``m`` the teacher mass on the kept entries. Both agree with autograd on :func:`aligned_kl`
+    (tested).
 
     Returns
     -------
@@ -222,6 +236,14 @@ def logit_gradients(
             tau_s = torch.ones(b, 1, dtype=f.dtype, device=f.device)
             logp_t = F.log_softmax(teacher, dim=-1)
             logp_s = F.log_softmax(f, dim=-1)
+        if clamped:
+            p_t = F.softmax(teacher / tau_t, dim=-1) if aligned else F.softmax(teacher, dim=-1)
+            p_s = F.softmax(f / tau_s, dim=-1)
+            keep = (p_s >= P_FLOOR).to(f.dtype)
+            align_loss = (p_t * (torch.log(p_t.clamp_min(P_FLOOR)) - torch.log(p_s.clamp_min(P_FLOOR)))).sum(-1).mean()
+            kept = p_t * keep
+            g_align = (kept.sum(dim=-1, keepdim=True) * p_s - kept) / (tau_s * b)
+            return task_loss, g_task, align_loss, g_align
         p_t = logp_t.exp()
         align_loss = (p_t * (logp_t - logp_s)).sum(dim=-1).mean()
         g_align = (logp_s.exp() - p_t) / (tau_s * b)

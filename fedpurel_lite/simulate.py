@@ -251,7 +251,7 @@ def final_analysis(parts: Assembly, pool: ClientPool, personal_states: dict[int,
     bank's text features at its logit scale, the teacher of the alignment loss): ``pred``,
     ``confidence`` (max softmax probability) and ``correct`` per sample; ``zs_per_class``
     (zero-shot per-class accuracy, %). On the client test splits, concatenated in client order
-    (``client_test_index`` into the test set, client ``k`` at ``client_test_offsets[k]:[k + 1]``),
+    (``client_test_index`` into the test set; client ``k`` from ``client_test_offsets[k]`` to ``[k + 1]``),
     the personal models' ``pm_pred`` / ``pm_confidence`` / ``pm_correct`` (the global model's for
     a method without a personal stage). ``test_labels`` and ``client_counts`` (client × class
     training images) complete it. A pure function of the final state, so a resumed run gives the
@@ -277,14 +277,14 @@ def final_analysis(parts: Assembly, pool: ClientPool, personal_states: dict[int,
 
     pm_logits = torch.cat(pool.map(personal, range(fed.num_clients)))
     flat = torch.cat(index) if index else torch.zeros(0, dtype=torch.long)
-    out = {"test_labels": y_test, "client_test_index": flat,
+    out = {"test_labels": y_test.int(), "client_test_index": flat.int(),
            "client_test_offsets": torch.as_tensor(np.cumsum([0] + [len(t) for t in fed.client_test]), dtype=torch.long),
            "client_counts": torch.as_tensor(count_matrix(fed.client_train, np.asarray(bank.train_labels),
                                                          fed.num_classes))}
     for prefix, lg, y in (("gm", logits, y_test), ("zs", zs_logits, y_test), ("pm", pm_logits, y_test[flat])):
         lg = lg.float().cpu()
         pred, conf = lg.argmax(dim=1), torch.softmax(lg, dim=1).amax(dim=1)
-        out.update({f"{prefix}_pred": pred, f"{prefix}_confidence": conf, f"{prefix}_correct": pred == y})
+        out.update({f"{prefix}_pred": pred.int(), f"{prefix}_confidence": conf, f"{prefix}_correct": pred == y})
     zs_acc = per_class_accuracy(y_test.numpy(), out["zs_pred"].numpy(), fed.num_classes) * 100.0
     out["zs_per_class"] = torch.as_tensor(zs_acc, dtype=torch.float64)
     return {k: v.contiguous() for k, v in out.items()}

@@ -1,5 +1,7 @@
 """Run a FedPuReL federation on Flower's simulation engine: ``python -m fedpurel_lite flower``.
 
+``python -m fedpurel_lite flower deploy`` runs it on real processes instead (:mod:`.deploy`).
+
 :func:`run_flower` starts Flower's Simulation Runtime in this process (the ServerApp in a thread,
 ClientApps in Ray workers, one virtual SuperNode per client, each given its ``partition-id``),
 returns the same :class:`~fedpurel_lite.results.RunResult` as the simulator (plus the failures it
@@ -102,8 +104,22 @@ def _start_ray(ray: Any, init_args: dict[str, Any], attempts: int = 3) -> None:
                 raise
 
 
+#: ``python -m fedpurel_lite flower <mode> ...``: modes with their own options
+MODES = {"deploy": "fedpurel_lite.flower.deploy", "certs": "fedpurel_lite.flower.certs"}
+
+
 def main(argv: list[str] | None = None) -> int:
-    """``python -m fedpurel_lite flower --config configs/embedded.toml [--set k=v ...]``."""
+    """``python -m fedpurel_lite flower --config configs/embedded.toml [--set k=v ...]``.
+
+    ``flower deploy ...`` (real SuperLink and SuperNode processes on this machine, :mod:`.deploy`) and
+    ``flower certs DIR`` (TLS and SuperNode credentials, :mod:`.certs`) have options of their own.
+    """
+    import importlib
+    import sys
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in MODES:
+        return int(importlib.import_module(MODES[argv[0]]).main(argv[1:]) or 0)
     from ..cli import load_config
     from ..cli import parser as cli_parser
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -14,7 +16,7 @@ from ..assembly import assemble, with_method
 from ..config import RunConfig
 from ..errors import ConfigError
 from ..metrics import evaluate_predictions
-from ..results import clean_json
+from ..results import RunResult, atomic_write, clean_json, federation_info, summarise
 from .client_app import config_from_context
 from .strategy import FedPuReLStrategy, FlowerRunError
 
@@ -36,12 +38,31 @@ def discover_partitions(grid: Grid, num_clients: int, timeout: float = 120.0) ->
     return found
 
 
+STATUS_JSON = "status.json"
+
+
+def write_status(out: str | Path, state: str, **fields: Any) -> None:
+    """Write ``out/status.json``: ``state`` (running / finished / failed), rounds done, failures, error."""
+    path = Path(out)
+    path.mkdir(parents=True, exist_ok=True)
+    atomic_write(path / STATUS_JSON, json.dumps(clean_json({"state": state, **fields}), indent=1).encode())
+
+
+def result_of(sink: dict[str, Any], engine: str = "flower") -> RunResult:
+    """The :class:`RunResult` of a (possibly unfinished) :func:`serve`: its completed rounds and last arrays."""
+    info = {**federation_info(sink["federation"]), "engine": engine}
+    return RunResult(sink["config"].method.name, sink["config"].to_dict(), sink["history"],
+                     summarise(sink["history"]), info, {f"global/{k}": v for k, v in sink["final"].items()})
+
+
 def serve(grid: Grid, config: RunConfig, min_replies: int = 1, sink: dict[str, Any] | None = None,
-          step_timeout: float = 900.0) -> dict[str, Any]:
+          step_timeout: float = 900.0, out: str | Path | None = None) -> dict[str, Any]:
     """Run ``config`` on ``grid``; returns (and fills ``sink`` with) history, final arrays and failures.
 
     ``step_timeout`` bounds every wait for client replies; a client that does not reply in time is left
-    out of that step.
+    out of that step. With ``out`` (deployment: the ServerApp runs in its own process), the result of
+    the completed rounds is saved there after every round (``result.json`` + ``final_state.safetensors``,
+    as :meth:`RunResult.save`) together with ``status.json``, so a run that stops keeps what it had done.
     """
     sink = {} if sink is None else sink
     if with_method(config)[1].stage1 is None:
@@ -52,6 +73,7 @@ def serve(grid: Grid, config: RunConfig, min_replies: int = 1, sink: dict[str, A
     strategy = FedPuReLStrategy(fed, np.asarray(bank.test_labels), config.federation.participation, config.run.seed,
                                 min_replies)
     sink["strategy"] = strategy
+    sink.update(federation=fed, config=config, failures=strategy.failures)
     strategy.register_nodes(discover_partitions(grid, fed.num_clients))
     x_test = torch.as_tensor(bank.test_features).float()
     y_test = np.asarray(bank.test_labels)
@@ -69,6 +91,13 @@ def serve(grid: Grid, config: RunConfig, min_replies: int = 1, sink: dict[str, A
         entry["failures"] = [f for f in strategy.failures if f["round"] == server_round - 1]
         entry["time_s"] = time.perf_counter() - clock["t"]
         clock["t"] = time.perf_counter()
+        if out is not None:
+            sink["history"] = [clean_json(strategy.entries[r]) for r in sorted(strategy.entries)
+                               if "gm" in strategy.entries[r]]
+            sink["final"] = arrays.to_torch_state_dict()
+            result_of(sink, "flower-deployment").save(out)
+            write_status(out, "running", rounds_done=server_round, rounds=config.federation.rounds,
+                         failures=strategy.failures)
         return MetricRecord({k: float(gm[k]) for k in ("accuracy", "head", "medium", "tail")})
 
     torch.set_num_threads(1)
@@ -77,8 +106,10 @@ def serve(grid: Grid, config: RunConfig, min_replies: int = 1, sink: dict[str, A
     sink["history"] = [clean_json(strategy.entries[r]) for r in sorted(strategy.entries)]
     sink["final"] = result.arrays.to_torch_state_dict()
     sink["failures"] = list(strategy.failures)
-    sink["federation"] = fed
-    sink["config"] = config
+    if out is not None:
+        result_of(sink, "flower-deployment").save(out)
+        write_status(out, "finished", rounds_done=len(sink["history"]), rounds=config.federation.rounds,
+                     failures=sink["failures"])
     return sink
 
 
@@ -90,12 +121,18 @@ def build_server_app(config: RunConfig | None = None, min_replies: int = 1,
     @app.main()
     def main(grid: Grid, context: Context) -> None:
         cfg = config or config_from_context(context)
-        replies = int(dict(context.run_config).get("min-replies", min_replies))
+        rc = dict(context.run_config)
+        replies = int(rc.get("min-replies", min_replies))
+        out = str(rc.get("out", "")) or None
+        state: dict[str, Any] = {} if sink is None else sink
         try:
-            serve(grid, cfg, replies, sink)
+            serve(grid, cfg, replies, state, float(rc.get("step-timeout", 900.0)), out)
         except Exception as exc:
-            if sink is not None:
-                sink["error"] = exc
+            state["error"] = exc
+            if out is not None:
+                done = len(state.get("history", []))
+                write_status(out, "failed", rounds_done=done, rounds=cfg.federation.rounds,
+                             failures=state.get("failures", []), error=f"{type(exc).__name__}: {exc}")
             raise
 
     return app

@@ -84,17 +84,24 @@ class FedPuReLStrategy(FedAvg):
         if missing:
             raise FlowerRunError(f"no node holds partition(s) {missing}")
 
-    def _split(self, server_round: int, replies: Iterable[Message], stage: str) -> list[Message]:
+    def _split(self, server_round: int, replies: Iterable[Message], stage: str,
+               expected: Iterable[int] = ()) -> list[Message]:
         replies = list(replies)
         pid_of = {node: pid for pid, node in self.node_of.items()}
         ok = [m for m in replies if not m.has_error()]
-        for m in replies:
-            if m.has_error():
-                failure = {"round": server_round - 1, "stage": stage, "partition": pid_of.get(m.metadata.src_node_id),
-                           "reason": reply_reason(m)}
-                self.failures.append(failure)
-                log.warning("round %d %s: client %s failed: %s", failure["round"], stage, failure["partition"],
-                            failure["reason"])
+        failed = [m for m in replies if m.has_error()]
+        partitions = [pid_of.get(m.metadata.src_node_id) for m in failed]
+        # the SuperLink answers for a node that went offline (its own id as the source): such a failure
+        # belongs to a partition sent to in this step that neither replied nor failed by itself
+        unheard = sorted(set(expected) - {int(m.content["metrics"]["partition-id"]) for m in ok}
+                         - {p for p in partitions if p is not None})
+        for m, pid in zip(failed, partitions, strict=True):
+            if pid is None and unheard:
+                pid = unheard.pop(0)
+            failure = {"round": server_round - 1, "stage": stage, "partition": pid, "reason": reply_reason(m)}
+            self.failures.append(failure)
+            log.warning("round %d %s: client %s failed: %s", failure["round"], stage, failure["partition"],
+                        failure["reason"])
         if len(ok) < self.min_replies:
             raise FlowerRunError(
                 f"round {server_round - 1} {stage}: only {len(ok)} of {len(replies)} clients replied successfully, "
@@ -121,7 +128,7 @@ class FedPuReLStrategy(FedAvg):
 
     def aggregate_train(self, server_round: int,
                         replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        ok = self._split(server_round, replies, "train")
+        ok = self._split(server_round, replies, "train", self.entries[server_round]["clients"])
         states = [m.content["arrays"].to_torch_state_dict() for m in ok]
         weights = [int(m.content["metrics"]["num-examples"]) for m in ok]
         tele = merge_telemetry([{k: float(m.content["metrics"][k]) for k in TELEMETRY_KEYS} for m in ok])
@@ -137,7 +144,7 @@ class FedPuReLStrategy(FedAvg):
         return self._messages(range(self.federation.num_clients), arrays, server_round, "evaluate", flags)
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
-        ok = self._split(server_round, replies, "evaluate")
+        ok = self._split(server_round, replies, "evaluate", range(self.federation.num_clients))
         pids = [int(m.content["metrics"]["partition-id"]) for m in ok]
         truths = [self.test_truths[p] for p in pids]
         entry = self.entries[server_round]

@@ -17,7 +17,7 @@ from fedpurel_lite.worlds.base import World
 
 WORLDS = ("shapes", "cifar10", "cifar100", "folder")
 
-__all__ = ["WORLDS", "World", "WorldInfo", "describe_world", "load_world"]
+__all__ = ["WORLDS", "World", "WorldInfo", "coarse_labels_of", "describe_world", "load_world"]
 
 
 def _unknown(name: str) -> ConfigError:
@@ -50,7 +50,8 @@ class WorldInfo:
             raise ValueError(f"world {self.name!r}: {counts.shape[0]} counts for {self.num_classes} classes")
 
 
-def describe_world(name: str, root: str | None = None, split_file: str | None = None) -> WorldInfo:
+def describe_world(name: str, root: str | None = None, split_file: str | None = None,
+                   test_split_file: str | None = None) -> WorldInfo:
     """Describe a world cheaply (no image is rendered or read), for config validation.
 
     Parameters
@@ -60,7 +61,10 @@ def describe_world(name: str, root: str | None = None, split_file: str | None = 
         Dataset folder: CIFAR (default ``$FEDPUREL_DATA/cifar`` or ``data/cifar``) or the image
         folder (required for ``"folder"``).
     split_file : str, optional
-        Folder world's split file (``None`` / ``""``: ``split.json``, else ``train/`` + ``test/``).
+        Folder world's split file (``None`` / ``""``: ``split.json``, else ``train/`` + ``test/``); a
+        ``.txt`` file is an OLTR-style training list.
+    test_split_file : str, optional
+        Folder world, OLTR lists: the test list (default: the training list's name with ``train`` -> ``test``).
 
     Returns
     -------
@@ -86,6 +90,12 @@ def describe_world(name: str, root: str | None = None, split_file: str | None = 
         check_cifar_files(name, root)
         n, per_class = SIZES[name]
         return WorldInfo(name, n, np.full(n, per_class, dtype=np.int64))
+    if name == "folder" and str(split_file or "").endswith(".txt"):
+        from fedpurel_lite.worlds.folder import resolve_oltr
+
+        _, labels, _ = resolve_oltr(root, str(split_file), test_split_file)
+        n = int(max(labels["train"].max(), labels["test"].max(initial=0))) + 1
+        return WorldInfo(name, n, np.bincount(labels["train"], minlength=n))
     if name == "folder":
         from fedpurel_lite.worlds.folder import resolve_split, split_classes
 
@@ -95,6 +105,41 @@ def describe_world(name: str, root: str | None = None, split_file: str | None = 
         labels = [index[PurePosixPath(p).parts[0]] for p in split["train"]]
         return WorldInfo(name, len(classes), np.bincount(np.asarray(labels, dtype=np.int64), minlength=len(classes)))
     raise _unknown(name)
+
+
+def coarse_labels_of(name: str, root: str | None = None, num_classes: int | None = None) -> np.ndarray:
+    """A world's coarse label per class id, without loading its images.
+
+    Parameters
+    ----------
+    name : str
+        World name: ``"shapes"`` (the colour) or ``"cifar100"`` (the 20 superclasses, read from the
+        dataset's ``train`` file when present, else the shipped table).
+    root : str, optional
+        CIFAR folder.
+    num_classes : int, optional
+        Checked against the table's length when given.
+
+    Raises
+    ------
+    ConfigError
+        The world has no coarse labels (``federation.partition="superclass"`` needs them), or the
+        table does not fit the classes.
+    """
+    if name == "shapes":
+        from fedpurel_lite.worlds.shapes import COARSE_LABELS
+
+        table = COARSE_LABELS.copy()
+    elif name == "cifar100":
+        from fedpurel_lite.worlds.cifar import cifar100_coarse_labels
+
+        table = cifar100_coarse_labels(root)
+    else:
+        raise ConfigError(f"federation.partition='superclass' needs coarse labels, and world {name!r} has none "
+                          "(shapes: colour; cifar100: its 20 superclasses); use partition='per-class'")
+    if num_classes is not None and table.size != num_classes:
+        raise ConfigError(f"world {name!r}: {table.size} coarse labels for {num_classes} classes")
+    return table
 
 
 def load_world(name: str, **kwargs: Any) -> World:

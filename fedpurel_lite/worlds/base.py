@@ -18,6 +18,8 @@ DEFAULT_TEMPLATES: list[str] = [
     "itap of a {}.",
     "a close-up photo of a {}.",
 ]
+#: The single template of the reference code's zero-shot teacher and text prompts (``world.templates = "single"``).
+SINGLE_TEMPLATE = "a photo of a {}."
 
 
 def fingerprint_of(name: str, params: dict[str, Any]) -> str:
@@ -45,6 +47,9 @@ class World:
         Class ids ordered from head (rank 0) to tail; used by the long-tail assignment.
     params : dict
         Everything that determines the world's content; enters :meth:`fingerprint`.
+    coarse_labels : numpy.ndarray, optional
+        Coarse label of every class id (CIFAR-100's 20 superclasses, the shapes world's colour), for
+        the superclass client split; ``None`` when the world has none.
     """
 
     name: str
@@ -56,6 +61,7 @@ class World:
     test_labels: np.ndarray
     class_order: np.ndarray
     params: dict[str, Any] = field(default_factory=dict)
+    coarse_labels: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         self.train_labels = np.asarray(self.train_labels, dtype=np.int64)
@@ -66,6 +72,11 @@ class World:
             raise ValueError(f"class_order of world {self.name!r} is not a permutation of 0..{num_classes - 1}")
         if len(self.train_labels) != len(self.train_images) or len(self.test_labels) != len(self.test_images):
             raise ValueError(f"world {self.name!r}: images and labels differ in length")
+        if self.coarse_labels is not None:
+            self.coarse_labels = np.asarray(self.coarse_labels, dtype=np.int64)
+            if self.coarse_labels.shape != (num_classes,):
+                raise ValueError(f"world {self.name!r}: {self.coarse_labels.size} coarse labels for {num_classes} "
+                                 "classes")
         if not self.templates or any("{}" not in t for t in self.templates):
             raise ValueError(f"world {self.name!r}: every template needs one '{{}}' placeholder")
 

@@ -20,6 +20,15 @@ _FILES = {"cifar10": ["batches.meta", "test_batch"] + [f"data_batch_{i}" for i i
           "cifar100": ["meta", "train", "test"]}
 #: ``(classes, training images per class)`` of each dataset.
 SIZES = {"cifar10": (10, 5000), "cifar100": (100, 500)}
+#: CIFAR-100's 20 superclasses ("coarse labels") of the 100 fine class ids (alphabetical fine names), as
+#: stored in the dataset's own ``train`` file; used when that file is not at hand.
+CIFAR100_COARSE = np.array([
+    4, 1, 14, 8, 0, 6, 7, 7, 18, 3, 3, 14, 9, 18, 7, 11, 3, 9, 7, 11,
+    6, 11, 5, 10, 7, 6, 13, 15, 3, 15, 0, 11, 1, 10, 12, 14, 16, 9, 11, 5,
+    5, 19, 8, 8, 15, 13, 14, 17, 18, 10, 16, 4, 17, 4, 2, 0, 17, 4, 18, 17,
+    10, 3, 2, 12, 12, 16, 12, 1, 9, 19, 2, 10, 0, 1, 16, 12, 9, 13, 15, 13,
+    16, 19, 2, 4, 6, 19, 5, 5, 8, 19, 18, 1, 2, 15, 6, 0, 17, 8, 14, 13,
+], dtype=np.int64)
 
 
 def default_root() -> Path:
@@ -71,6 +80,38 @@ def check_cifar_files(name: str, root: str | Path | None = None, download: bool 
     return root
 
 
+def cifar100_coarse_labels(root: str | Path | None = None) -> np.ndarray:
+    """The superclass of every CIFAR-100 fine class id, from the dataset when present.
+
+    Read from ``cifar-100-python/train`` (its ``fine_labels`` and ``coarse_labels``) under ``root``
+    (default :func:`default_root`) when that file exists; otherwise the shipped table
+    :data:`CIFAR100_COARSE`.
+
+    Raises
+    ------
+    IntegrityError
+        The file's two label lists disagree with one fine-to-coarse mapping of 100 classes.
+    """
+    path = (Path(root) if root else default_root()) / _FOLDERS["cifar100"] / "train"
+    if not path.is_file():
+        return CIFAR100_COARSE.copy()
+    import pickle
+
+    try:
+        with open(path, "rb") as fh:
+            data = pickle.load(fh, encoding="latin1")  # noqa: S301 - the dataset's own file format
+        fine = np.asarray(data["fine_labels"], dtype=np.int64)
+        coarse = np.asarray(data["coarse_labels"], dtype=np.int64)
+    except Exception as exc:  # noqa: BLE001 - any failure: the file is not the dataset's
+        raise IntegrityError(f"{path} has no readable fine_labels / coarse_labels ({exc}); replace it with a fresh "
+                             "extraction of the python-version archive") from None
+    table = np.full(100, -1, dtype=np.int64)
+    table[fine] = coarse
+    if fine.shape != coarse.shape or (table < 0).any() or not np.array_equal(table[fine], coarse):
+        raise IntegrityError(f"{path}: fine_labels and coarse_labels do not form one mapping of 100 classes")
+    return table
+
+
 def load_cifar(name: str = "cifar100", root: str | Path | None = None, download: bool | None = None) -> World:
     """Load CIFAR-10 or CIFAR-100 (train pool 5,000 / 500 images per class, balanced test pool).
 
@@ -86,7 +127,8 @@ def load_cifar(name: str = "cifar100", root: str | Path | None = None, download:
     -------
     World
         Images are torchvision datasets yielding ``(PIL image, label)``; ``class_order`` is the
-        identity (label-id order, as in the long-tail literature).
+        identity (label-id order, as in the long-tail literature); CIFAR-100 carries its 20
+        superclasses as ``coarse_labels``.
 
     Raises
     ------
@@ -110,6 +152,8 @@ def load_cifar(name: str = "cifar100", root: str | Path | None = None, download:
                              "fresh extraction of the python-version archive, or delete them and use download=True"
                              ) from None
     class_names = [c.replace("_", " ") for c in train.classes]
+    coarse = cifar100_coarse_labels(root) if name == "cifar100" else None
     return World(name=name, class_names=class_names, templates=list(DEFAULT_TEMPLATES), train_images=train,
                  train_labels=np.asarray(train.targets), test_images=test, test_labels=np.asarray(test.targets),
-                 class_order=np.arange(len(class_names)), params={"version": 1, "dataset": name})
+                 class_order=np.arange(len(class_names)), params={"version": 1, "dataset": name},
+                 coarse_labels=coarse)

@@ -10,6 +10,10 @@ Without a split file, ``root/train/<class>/...`` and ``root/test/<class>/...`` a
 follow the sorted class-folder names; ``class_order`` ranks classes by decreasing training count
 (ties by id), so head to tail is the data's own.
 
+Standard long-tail benchmarks (ImageNet-LT, Places-LT, iNaturalist-2018) ship OLTR-style text
+lists instead, one ``relative/path label`` per line (:func:`load_oltr`): a split file
+ending in ``.txt`` is such a training list, with its test list next to it.
+
 Split files are checked before use: valid JSON, lists of ``"<class>/<file>"`` strings, every path
 relative and inside ``root`` (no absolute paths, ``..`` or symlinks leading out), every listed
 image present. A bad file raises :class:`~fedpurel_lite.errors.IntegrityError`, missing images
@@ -78,15 +82,15 @@ def _read_split(path: Path) -> dict[str, list[str]]:
     return {s: list(split[s]) for s in _SPLITS}
 
 
-def _check_entries(root: Path, base: Path, entries: list[str], source: str) -> None:
-    """Every entry relative, ``<class>/<file>``, inside ``root`` (symlinks resolved) and an existing file."""
+def _check_entries(root: Path, base: Path, entries: list[str], source: str, class_folder: bool = True) -> None:
+    """Every entry relative, inside ``root`` (symlinks resolved), an existing file; in a folder (``class_folder``)."""
     real_root = root.resolve()
     for e in entries:
         parts = PurePosixPath(e).parts
         if not e or PurePosixPath(e).is_absolute() or Path(e).is_absolute() or ".." in parts:
             raise IntegrityError(f"{source}: entry {e!r} is not a relative path inside {root} (absolute paths and "
                                  "'..' are refused); list images as '<class>/<file>'")
-        if len(parts) < 2:
+        if class_folder and len(parts) < 2:
             raise IntegrityError(f"{source}: entry {e!r} is not inside a class folder; list images as "
                                  "'<class>/<file>'")
         if not (base / e).resolve().is_relative_to(real_root):
@@ -161,7 +165,8 @@ def split_classes(split: dict[str, list[str]]) -> list[str]:
 
 
 def load_folder(root: str | Path, split_file: str | Path | None = DEFAULT_SPLIT_FILE,
-                templates: list[str] | None = None) -> World:
+                templates: list[str] | None = None, test_split_file: str | Path | None = None,
+                class_names_file: str | Path | None = None) -> World:
     """Load an image-folder world.
 
     Parameters
@@ -170,9 +175,12 @@ def load_folder(root: str | Path, split_file: str | Path | None = DEFAULT_SPLIT_
         Dataset folder.
     split_file : str or Path, optional
         JSON file (relative to ``root`` or absolute) with ``"train"`` and ``"test"`` lists of
-        ``"<class>/<file>"``; if it does not exist, ``root/train`` and ``root/test`` are used.
+        ``"<class>/<file>"``; if it does not exist, ``root/train`` and ``root/test`` are used. A
+        ``.txt`` file is an OLTR-style training list (:func:`load_oltr`).
     templates : list of str, optional
         Prompt templates (default: CLIP-style photo templates).
+    test_split_file, class_names_file : str or Path, optional
+        OLTR lists only: the test list and the class names (see :func:`load_oltr`).
 
     Returns
     -------
@@ -183,6 +191,8 @@ def load_folder(root: str | Path, split_file: str | Path | None = DEFAULT_SPLIT_
     ConfigError, ResourceMissingError, IntegrityError
         As :func:`resolve_split`.
     """
+    if str(split_file or "").endswith(".txt"):
+        return load_oltr(root, str(split_file), test_split_file, class_names_file, templates)
     split, bases = resolve_split(root, split_file)
     root = Path(root)
     classes = split_classes(split)
@@ -201,3 +211,176 @@ def load_folder(root: str | Path, split_file: str | Path | None = DEFAULT_SPLIT_
                  templates=list(templates or DEFAULT_TEMPLATES), train_images=pools["train"],
                  train_labels=pools["train"].labels, test_images=pools["test"], test_labels=pools["test"].labels,
                  class_order=order, params={"version": 1, "root_name": root.name, "files": digest.hexdigest()})
+
+
+# ---------------------------------------------------------------------- OLTR-style text lists
+_OLTR_FORMAT = "expected one 'relative/path label' per line (label an integer >= 0), paths relative to the folder"
+
+
+def oltr_test_file(split_file: str, test_split_file: str | None = None) -> str:
+    """The test list of an OLTR training list: ``test_split_file``, else the name with ``train`` -> ``test``.
+
+    Raises
+    ------
+    ConfigError
+        No test list given and the training list's name has no ``train`` in it.
+    """
+    if test_split_file:
+        return str(test_split_file)
+    head, sep, tail = str(split_file).rpartition("train")
+    if not sep:
+        raise ConfigError(f"world.split_file={split_file!r} is an OLTR list (.txt) without 'train' in its name; set "
+                          "world.test_split_file to its test list")
+    return head + "test" + tail
+
+
+def read_oltr_list(path: Path) -> tuple[list[str], np.ndarray]:
+    """Entries and labels of one OLTR list (blank lines skipped; no file-system checks of the entries).
+
+    Raises
+    ------
+    IntegrityError
+        Not UTF-8 text, or a line that is not ``path label``, naming the file and the line number.
+    """
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (UnicodeDecodeError, OSError) as exc:
+        raise IntegrityError(f"split file {path} cannot be read as UTF-8 text ({exc}); {_OLTR_FORMAT}") from None
+    entries, labels = [], []
+    for n, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        fields = line.rsplit(None, 1)
+        if len(fields) != 2 or not fields[1].isdigit():
+            raise IntegrityError(f"split file {path}, line {n}: {line.strip()!r} is not 'relative/path label'; "
+                                 f"{_OLTR_FORMAT}")
+        entries.append(fields[0].strip())
+        labels.append(int(fields[1]))
+    return entries, np.asarray(labels, dtype=np.int64)
+
+
+def write_oltr_list(path: str | Path, entries: list[str], labels: list[int] | np.ndarray) -> None:
+    """Write an OLTR list: one ``relative/path label`` line per entry."""
+    Path(path).write_text("".join(f"{e} {int(y)}\n" for e, y in zip(entries, labels, strict=True)), encoding="utf-8")
+
+
+def resolve_oltr(root: str | Path, split_file: str, test_split_file: str | None = None
+                 ) -> tuple[dict[str, list[str]], dict[str, np.ndarray], dict[str, Path]]:
+    """Find, read and check an OLTR train and test list without reading any image.
+
+    Returns
+    -------
+    (entries, labels, lists)
+        Per split (``"train"``, ``"test"``): paths relative to ``root``, integer labels, the list file.
+
+    Raises
+    ------
+    ConfigError
+        No ``root``.
+    ResourceMissingError
+        ``root`` or a list missing (naming both lists), or listed images missing.
+    IntegrityError
+        A malformed line (file and line number), an unsafe path, or a class with no training image.
+    """
+    if root is None or str(root) == "":
+        raise ConfigError("world 'folder' needs root=<image folder> (CLI: --set root=/path/to/images)")
+    root = Path(root)
+    names = {"train": str(split_file), "test": oltr_test_file(split_file, test_split_file)}
+    lists = {s: Path(n) if Path(n).is_absolute() else root / n for s, n in names.items()}
+    if not root.is_dir():
+        raise ResourceMissingError(f"image folder {root} does not exist (world.root): it must hold the images listed "
+                                   f"in {lists['train']} and {lists['test']} and those two split files (OLTR-style "
+                                   "lists); download the dataset and its lists, then point world.root at it")
+    missing = [str(p) for p in lists.values() if not p.is_file()]
+    if missing:
+        raise ResourceMissingError(f"split file(s) {', '.join(missing)} not found (world.split_file / "
+                                   f"world.test_split_file); {_OLTR_FORMAT}")
+    entries, labels = {}, {}
+    for s in _SPLITS:
+        entries[s], labels[s] = read_oltr_list(lists[s])
+        _check_entries(root, root, entries[s], f"split file {lists[s]}", class_folder=False)
+    if not entries["train"]:
+        raise IntegrityError(f"split file {lists['train']} lists no training images; a folder world needs some")
+    num_classes = int(max(labels["train"].max(), labels["test"].max(initial=0))) + 1
+    empty = np.flatnonzero(np.bincount(labels["train"], minlength=num_classes) == 0)
+    if empty.size:
+        raise IntegrityError(f"split file {lists['train']}: label(s) {', '.join(map(str, empty[:5]))} have no training "
+                             f"image (labels must run 0..{num_classes - 1}, each with training images)")
+    return entries, labels, lists
+
+
+def _oltr_names(entries: list[str], labels: np.ndarray, num_classes: int, names_file: Path | None) -> list[str]:
+    """Class names: from ``names_file`` (``"<label or folder> <name>"`` lines) or the images' folder names."""
+    folders = [""] * num_classes
+    for e, y in zip(entries, labels, strict=True):
+        folders[y] = folders[y] or PurePosixPath(e).parent.name
+    if names_file is None:
+        return [f.replace("_", " ") or f"class {c}" for c, f in enumerate(folders)]
+    if not names_file.is_file():
+        raise ResourceMissingError(f"class-name file {names_file} not found (world.class_names_file)")
+    given: dict[str, str] = {}
+    for n, line in enumerate(names_file.read_text(encoding="utf-8").splitlines(), start=1):
+        parts = line.strip().split(None, 1)
+        if len(parts) == 1:
+            raise IntegrityError(f"class-name file {names_file}, line {n}: {line.strip()!r} is not '<label or folder> "
+                                 "<name>'")
+        if parts:
+            given[parts[0]] = parts[1].strip()
+    names = [given.get(str(c), given.get(folders[c], "")) for c in range(num_classes)]
+    absent = [c for c, name in enumerate(names) if not name]
+    if absent:
+        raise IntegrityError(f"class-name file {names_file} names no class {absent[0]} (folder "
+                             f"{folders[absent[0]]!r}); {len(absent)} class(es) missing")
+    return names
+
+
+def load_oltr(root: str | Path, split_file: str, test_split_file: str | None = None,
+              class_names_file: str | None = None, templates: list[str] | None = None) -> World:
+    """Load a folder world from OLTR-style lists (ImageNet-LT, Places-LT, iNaturalist-2018).
+
+    Parameters
+    ----------
+    root : str or Path
+        Folder the listed paths are relative to.
+    split_file : str
+        Training list (``ImageNet_LT_train.txt``), relative to ``root`` or absolute.
+    test_split_file : str, optional
+        Test list (default: ``split_file`` with its last ``train`` replaced by ``test``).
+    class_names_file : str, optional
+        ``"<label or folder> <class name>"`` per line (default: each class's image-folder name).
+    templates : list of str, optional
+        Prompt templates (default: CLIP-style photo templates).
+
+    Returns
+    -------
+    World
+        Labels as listed; the training list is the long-tailed set as it is (use
+        ``longtail.profile = "given"``); ``class_order`` by decreasing training count.
+
+    Raises
+    ------
+    ConfigError, ResourceMissingError, IntegrityError
+        As :func:`resolve_oltr`, and a bad class-name file.
+    """
+    entries, labels, lists = resolve_oltr(root, split_file, test_split_file)
+    root = Path(root)
+    num_classes = int(max(labels["train"].max(), labels["test"].max(initial=0))) + 1
+    names_path = None
+    if class_names_file:
+        names_path = Path(class_names_file) if Path(class_names_file).is_absolute() else root / class_names_file
+    names = _oltr_names(entries["train"] + entries["test"], np.concatenate([labels["train"], labels["test"]]),
+                        num_classes, names_path)
+    digest = hashlib.sha256("\n".join(names).encode())
+    pools = {}
+    for s in _SPLITS:
+        paths = [root / e for e in entries[s]]
+        for e, y, p in zip(entries[s], labels[s], paths, strict=True):
+            digest.update(f"{s}:{e}:{y}:{p.stat().st_size}\n".encode())
+        pools[s] = ImageList(paths, labels[s])
+    counts = np.bincount(labels["train"], minlength=num_classes)
+    order = np.lexsort((np.arange(num_classes), -counts))
+    return World(name="folder", class_names=names, templates=list(templates or DEFAULT_TEMPLATES),
+                 train_images=pools["train"], train_labels=labels["train"], test_images=pools["test"],
+                 test_labels=labels["test"], class_order=order,
+                 params={"version": 1, "format": "oltr", "root_name": root.name, "lists": lists["train"].name,
+                         "files": digest.hexdigest()})

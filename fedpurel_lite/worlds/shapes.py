@@ -45,6 +45,8 @@ PALETTE = np.array(
 )
 SHAPES: list[str] = ["circle", "square", "triangle", "star", "cross", "ring", "diamond", "hexagon", "crescent", "heart"]
 CLASS_NAMES: list[str] = [f"{c} {s}" for c in COLOURS for s in SHAPES]
+#: coarse label of every class id: its colour (``id = 10 * colour + shape``)
+COARSE_LABELS = np.arange(len(CLASS_NAMES), dtype=np.int64) // len(SHAPES)
 TEMPLATES: list[str] = [
     "a {}.",
     "a photo of a {}.",
@@ -289,7 +291,7 @@ def load_shapes(domain: str = "target", shift: float = DEFAULT_SHIFT, seed: int 
     params = shapes_params(domain, shift, seed, n_train, n_test)
     return World(name="shapes", class_names=list(CLASS_NAMES), templates=list(TEMPLATES), train_images=train,
                  train_labels=train_labels, test_images=test, test_labels=test_labels,
-                 class_order=shapes_class_order(seed), params=params)
+                 class_order=shapes_class_order(seed), params=params, coarse_labels=COARSE_LABELS.copy())
 
 
 def plot_contact_sheet(path: str = "figures/shapes_contact_sheet.png", shift: float = DEFAULT_SHIFT,

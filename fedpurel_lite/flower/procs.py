@@ -1,0 +1,222 @@
+"""The OS processes of a local deployment, started in their own sessions and stopped by PID.
+
+:class:`ProcessSet` starts each command with its output in a log file and remembers every process it
+started and every descendant it has seen (the SuperLink and SuperNodes start SuperExec, ServerApp and
+ClientApp processes of their own). :meth:`ProcessSet.stop_all` ends exactly those processes -- by PID,
+checked against their start time so a reused PID is never hit -- first politely (SIGTERM), then with
+SIGKILL after a grace period. Nothing is ever looked up or killed by name.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+def _proc_table() -> dict[int, tuple[int, str]]:
+    """``{pid: (parent pid, start stamp)}`` of every live process (``/proc`` on Linux, ``ps`` elsewhere)."""
+    table: dict[int, tuple[int, str]] = {}
+    if Path("/proc/self/stat").exists():
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            fields = stat[stat.rfind(")") + 2:].split()  # after "pid (comm) "
+            if fields[0] != "Z":  # a zombie has ended already
+                table[int(entry.name)] = (int(fields[1]), fields[19])  # ppid, starttime
+        return table
+    out = subprocess.run(["ps", "-A", "-o", "pid=,ppid=,lstart="], capture_output=True, text=True, timeout=10,
+                         check=False).stdout
+    for line in out.splitlines():
+        parts = line.split(None, 2)
+        if len(parts) == 3:
+            table[int(parts[0])] = (int(parts[1]), parts[2].strip())
+    return table
+
+
+@dataclass(frozen=True)
+class Proc:
+    """A process identified by PID and start stamp (so a reused PID is never mistaken for it)."""
+
+    pid: int
+    stamp: str
+
+    def running(self) -> bool:
+        entry = _proc_table().get(self.pid)
+        return entry is not None and entry[1] == self.stamp
+
+    def signal(self, sig: int) -> None:
+        if self.running():
+            try:
+                os.kill(self.pid, sig)
+            except ProcessLookupError:
+                pass
+
+
+def descendants(pid: int) -> list[Proc]:
+    """Every process below ``pid`` now."""
+    table = _proc_table()
+    kids: dict[int, list[int]] = {}
+    for child, (parent, _) in table.items():
+        kids.setdefault(parent, []).append(child)
+    out, todo = [], list(kids.get(pid, []))
+    while todo:
+        child = todo.pop()
+        out.append(Proc(child, table[child][1]))
+        todo += kids.get(child, [])
+    return out
+
+
+def wait_gone(procs: Sequence[Proc], timeout: float) -> list[Proc]:
+    """Wait until ``procs`` have ended (at most ``timeout`` seconds); returns those still running."""
+    deadline = time.monotonic() + timeout
+    alive = list(procs)
+    while alive and time.monotonic() < deadline:
+        time.sleep(0.2)
+        alive = [p for p in alive if p.running()]
+    return [p for p in alive if p.running()]
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port on ``host`` that is free now (chosen by the OS)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def port_open(port: int, host: str = "127.0.0.1", timeout: float = 0.5) -> bool:
+    """Whether something accepts TCP connections on ``host:port``."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+@dataclass
+class Managed:
+    """One started process: its name, ``Popen`` handle, log file and the descendants seen so far."""
+
+    name: str
+    popen: subprocess.Popen
+    log: Path
+    seen: dict[int, Proc] = field(default_factory=dict)
+
+    @property
+    def pid(self) -> int:
+        return int(self.popen.pid)
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def log_tail(self, lines: int = 15) -> str:
+        """The last ``lines`` lines of the log (escape sequences removed)."""
+        import re
+
+        try:
+            text = self.log.read_text(errors="replace")
+        except OSError:
+            return ""
+        text = re.sub(r"\x1b\[[0-9;]*m", "", text)
+        return "\n".join(text.splitlines()[-lines:])
+
+
+class ProcessSet:
+    """The processes of one deployment; use as a context manager so they are stopped on any exit."""
+
+    def __init__(self, grace: float = 10.0) -> None:
+        self.grace = float(grace)
+        self.procs: dict[str, Managed] = {}
+
+    def start(self, name: str, cmd: Sequence[str], log: Path, env: Mapping[str, str] | None = None,
+              cwd: str | Path | None = None) -> Managed:
+        """Start ``cmd`` in a new session, stdout and stderr into ``log``."""
+        if name in self.procs and self.procs[name].alive():
+            raise RuntimeError(f"process {name!r} is already running (pid {self.procs[name].pid})")
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with open(log, "ab") as fh:
+            popen = subprocess.Popen(list(cmd), stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                     env=dict(env) if env is not None else None, cwd=cwd, start_new_session=True)
+        self.procs[name] = Managed(name, popen, log)
+        self.track()
+        return self.procs[name]
+
+    def track(self) -> None:
+        """Remember the current descendants of every started process (they may outlive their parent)."""
+        for m in self.procs.values():
+            if m.alive():
+                for child in descendants(m.pid):
+                    m.seen.setdefault(child.pid, child)
+
+    def _targets(self, m: Managed) -> list[Proc]:
+        out = [p for p in m.seen.values() if p.running()]  # running() compares the start stamp too
+        if m.alive():
+            out.insert(0, Proc(m.pid, _proc_table().get(m.pid, (0, ""))[1]))
+        return out
+
+    def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
+        """Send ``sig`` to process ``name`` and its known descendants at once (a crash of that machine)."""
+        self.track()
+        m = self.procs[name]
+        for p in self._targets(m):
+            p.signal(sig)
+        try:
+            m.popen.wait(timeout=self.grace)
+        except subprocess.TimeoutExpired:
+            pass
+
+    def stop(self, names: Sequence[str] | None = None) -> list[str]:
+        """Stop the named processes (default: all, newest first) and their descendants; returns what needed SIGKILL."""
+        self.track()
+        chosen = [self.procs[n] for n in (names if names is not None else reversed(list(self.procs)))]
+        targets = [p for m in chosen for p in self._targets(m)]
+        for p in targets:
+            p.signal(signal.SIGTERM)
+        for m in chosen:  # reap our own children so they do not linger as zombies
+            try:
+                m.popen.wait(timeout=self.grace)
+            except subprocess.TimeoutExpired:
+                pass
+        alive = wait_gone(targets, self.grace)
+        for p in alive:
+            p.signal(signal.SIGKILL)
+        for m in chosen:
+            try:
+                m.popen.wait(timeout=self.grace)
+            except subprocess.TimeoutExpired:
+                pass
+        wait_gone(alive, self.grace)
+        return [str(p.pid) for p in alive]
+
+    def stop_all(self) -> list[str]:
+        """Stop every process this set started and every descendant it saw."""
+        return self.stop()
+
+    def still_running(self) -> list[int]:
+        """PIDs of started processes or seen descendants that still run (empty after :meth:`stop_all`)."""
+        return sorted({p.pid for m in self.procs.values() for p in self._targets(m)})
+
+    def __enter__(self) -> ProcessSet:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop_all()
+
+
+def terminate_on_sigterm() -> None:
+    """Turn SIGTERM into KeyboardInterrupt in this (main) thread, so the cleanup of a ``with`` block runs."""
+
+    def handler(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    if os.name == "posix":
+        signal.signal(signal.SIGTERM, handler)
