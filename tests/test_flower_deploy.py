@@ -44,10 +44,9 @@ def _main_deployment(root, box: dict) -> None:
     lines: list[str] = []
     with Deployment(CONFIG, root / "main", echo=_echo(lines, "main")) as d:
         box["deployment"] = d
-        d.start()
-        intruder_key, _ = make_node_keys(root / "intruder_keys", ["intruder"])[0]
-        extra_key, _ = make_node_keys(d.creds, ["supernode_extra"])[0]
-        d.register([d.creds / "supernode_extra.pub"])
+        intruder_key, _ = make_node_keys(root / "intruder_keys", ["intruder"])[0]  # valid, never registered
+        extra_key, extra_pub = make_node_keys(root / "extra_keys", ["extra"])[0]  # registered, started without CA
+        d.start(extra_keys=[extra_pub])
         flwr_run = d.submit()
         data = d.root / "clients" / "client_0.safetensors"
         box["intruder"] = d.start_supernode("intruder", data, key=intruder_key, watch=False)
@@ -151,3 +150,51 @@ def test_a_supernode_without_the_ca_cannot_connect(runs):
     node = box["no_ca"]
     assert node.popen.returncode not in (None, 0)
     assert "CERTIFICATE_VERIFY_FAILED" in node.log_tail(60)
+
+
+# ----------------------------------------------------------------------------- fast checks (no Flower processes)
+def test_credentials_chain_and_key_formats(tmp_path):
+    import stat
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.hazmat.primitives.serialization import load_ssh_private_key, load_ssh_public_key
+
+    from fedpurel_lite.errors import ConfigError
+    from fedpurel_lite.flower.certs import make_credentials
+
+    paths = make_credentials(tmp_path / "creds", 2, hosts=["node.example", "10.0.0.5"])
+    ca = x509.load_pem_x509_certificate(paths["ca"].read_bytes())
+    server = x509.load_pem_x509_certificate(paths["server_cert"].read_bytes())
+    server.verify_directly_issued_by(ca)
+    names = server.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert {"localhost", "node.example"} <= set(names.get_values_for_type(x509.DNSName))
+    assert {"127.0.0.1", "10.0.0.5"} <= {str(ip) for ip in names.get_values_for_type(x509.IPAddress)}
+    for k in range(2):  # the formats flower-supernode and `flwr supernode register` read
+        key = load_ssh_private_key(paths[f"node_{k}"].read_bytes(), None)
+        pub = load_ssh_public_key((tmp_path / "creds" / f"supernode_{k}.pub").read_bytes())
+        assert isinstance(key, ec.EllipticCurvePrivateKey) and key.curve.name == "secp384r1"
+        assert key.public_key().public_numbers() == pub.public_numbers()
+    for private in (paths["ca_key"], paths["server_key"], paths["node_0"]):
+        assert stat.S_IMODE(private.stat().st_mode) == 0o600
+    with pytest.raises(ConfigError, match="already holds credentials"):
+        make_credentials(tmp_path / "creds", 1)
+
+
+def test_process_set_stops_its_processes_and_their_children(tmp_path):
+    import sys
+
+    from fedpurel_lite.flower.procs import ProcessSet
+
+    spawn = ("import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)'], "
+             "start_new_session=True); time.sleep(120)")  # a child in its own session, like SuperExec
+    with ProcessSet(grace=5.0) as procs:
+        parent = procs.start("parent", [sys.executable, "-c", spawn], tmp_path / "parent.log")
+        deadline = time.monotonic() + 30
+        while len(procs.still_running()) < 2 and time.monotonic() < deadline:
+            time.sleep(0.2)
+            procs.track()
+        running = procs.still_running()
+        assert parent.pid in running and len(running) == 2
+    assert procs.still_running() == []
+    assert parent.popen.returncode is not None

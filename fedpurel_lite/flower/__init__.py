@@ -7,7 +7,12 @@
   tensors only (weighted by example counts), failure bookkeeping and a minimum of successful replies;
 - :mod:`.server_app` -- the ServerApp: discovers the nodes' partitions, runs the strategy and evaluates
   the global model on the balanced test set;
-- :mod:`.run` -- ``run_flower(config)`` and ``python -m fedpurel_lite flower``: a Flower simulation.
+- :mod:`.run` -- ``run_flower(config)`` and ``python -m fedpurel_lite flower``: a Flower simulation;
+- :mod:`.deploy` -- ``python -m fedpurel_lite flower deploy``: a SuperLink and one SuperNode per client as
+  real processes on 127.0.0.1 (TLS and SuperNode authentication by default), ``flwr run``, the result;
+- :mod:`.certs` -- ``python -m fedpurel_lite flower certs DIR``: a local CA, the SuperLink's certificate
+  and SuperNode key pairs;
+- :mod:`.procs` -- the launcher's processes, started in their own sessions and stopped by PID.
 
 Needs the ``flower`` extra (``pip install -e '.[flower]'``).
 """

@@ -25,7 +25,7 @@ import subprocess
 import sys
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -202,14 +202,17 @@ class Deployment:
             time.sleep(0.3)
         self.echo(f"deploy: {len(names)} SuperNode(s) joined")
 
-    def start(self) -> None:
-        """Prepare, start the SuperLink, register the keys and start one SuperNode per client."""
+    def start(self, extra_keys: Sequence[Path] = ()) -> None:
+        """Prepare, start the SuperLink, register the keys and start one SuperNode per client.
+
+        ``extra_keys``: more public keys to register (secure mode), for SuperNodes started later.
+        """
         self.prepare()
         self.start_superlink()
         k = self.config.federation.num_clients
         names = [f"supernode_{i}" for i in range(k)]
         if self.secure:
-            self.register([self.creds / f"{n}.pub" for n in names])
+            self.register([self.creds / f"{n}.pub" for n in names] + [Path(p) for p in extra_keys])
         for i, name in enumerate(names):
             self.start_supernode(name, self.root / "clients" / f"client_{i}.safetensors",
                                  self.creds / name if self.secure else None)
@@ -320,7 +323,7 @@ def main(argv: list[str] | None = None) -> int:
     from ..cli import load_config, print_results
     from ..cli import parser as cli_parser
     from ..preflight import preflight
-    from .procs import terminate_on_sigterm
+    from .procs import interrupt_on_signals
 
     p = cli_parser("flower deploy", __doc__ or "")
     p.add_argument("--out", default=None, help="result folder (default runs/flower-deploy-<method>-seed<seed>)")
@@ -339,8 +342,12 @@ def main(argv: list[str] | None = None) -> int:
     if (out / RESULT_JSON).exists() and not args.overwrite:
         raise ConfigError(f"--out {out} already holds a result; pass --overwrite to replace it")
     preflight(config, outputs=[("--out", out)])
-    terminate_on_sigterm()
-    res = deploy(config, out, not args.insecure, args.certs, args.min_replies, args.timeout, args.step_timeout)
+    interrupt_on_signals()
+    try:
+        res = deploy(config, out, not args.insecure, args.certs, args.min_replies, args.timeout, args.step_timeout)
+    except FlowerRunError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     print_results({res.result.method: res.result})
     for f in res.failures:
         print(f"failure: round {f['round']} {f['stage']} client {f['partition']}: {f['reason']}")

@@ -212,11 +212,13 @@ class ProcessSet:
         self.stop_all()
 
 
-def terminate_on_sigterm() -> None:
-    """Turn SIGTERM into KeyboardInterrupt in this (main) thread, so the cleanup of a ``with`` block runs."""
+def interrupt_on_signals() -> None:
+    """Make SIGINT (Ctrl-C) and SIGTERM raise KeyboardInterrupt in this (main) thread, so the cleanup of a
+    ``with`` block runs -- also where SIGINT was inherited as ignored (a job started in the background)."""
 
     def handler(signum: int, frame: object) -> None:
         raise KeyboardInterrupt
 
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     if os.name == "posix":
         signal.signal(signal.SIGTERM, handler)

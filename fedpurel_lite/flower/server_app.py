@@ -68,6 +68,9 @@ def serve(grid: Grid, config: RunConfig, min_replies: int = 1, sink: dict[str, A
     if with_method(config)[1].stage1 is None:
         raise ConfigError(f"method.name={config.method.name!r} trains nothing federated; run it with "
                           "`python -m fedpurel_lite run`")
+    if config.stage1.optimizer_scope == "shared":
+        raise ConfigError("stage1.optimizer_scope='shared' carries one SGD state from client to client, which "
+                          "separate Flower nodes cannot share; use optimizer_scope='client-round'")
     parts = assemble(config, progress=False)
     config, bank, fed, peft = parts.config, parts.bank, parts.federation, parts.peft.cpu()
     strategy = FedPuReLStrategy(fed, np.asarray(bank.test_labels), config.federation.participation, config.run.seed,
