@@ -342,6 +342,9 @@ def main(argv: list[str] | None = None) -> int:
     if (out / RESULT_JSON).exists() and not args.overwrite:
         raise ConfigError(f"--out {out} already holds a result; pass --overwrite to replace it")
     preflight(config, outputs=[("--out", out)])
+    from .server_app import check_servable
+
+    check_servable(config)
     interrupt_on_signals()
     try:
         res = deploy(config, out, not args.insecure, args.certs, args.min_replies, args.timeout, args.step_timeout)

@@ -135,6 +135,9 @@ def main(argv: list[str] | None = None) -> int:
 
     outputs = [("--export-clients", args.export_clients)] if args.export_clients else []
     preflight(config, outputs=outputs + ([("--out", args.out)] if args.out else []))
+    from .server_app import check_servable
+
+    check_servable(config)
     if args.export_clients:
         from .client_app import export_client_data
 

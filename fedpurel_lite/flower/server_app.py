@@ -55,6 +55,23 @@ def result_of(sink: dict[str, Any], engine: str = "flower") -> RunResult:
                      summarise(sink["history"]), info, {f"global/{k}": v for k, v in sink["final"].items()})
 
 
+def check_servable(config: RunConfig) -> None:
+    """Refuse a config that Flower nodes cannot run as the simulator does.
+
+    Raises
+    ------
+    ConfigError
+        A method without federated training, or ``stage1.optimizer_scope="shared"`` (one SGD state
+        carried from client to client, which separate nodes cannot share).
+    """
+    if with_method(config)[1].stage1 is None:
+        raise ConfigError(f"method.name={config.method.name!r} trains nothing federated; run it with "
+                          "`python -m fedpurel_lite run`")
+    if config.stage1.optimizer_scope == "shared":
+        raise ConfigError("stage1.optimizer_scope='shared' carries one SGD state from client to client, which "
+                          "separate Flower nodes cannot share; use optimizer_scope='client-round'")
+
+
 def serve(grid: Grid, config: RunConfig, min_replies: int = 1, sink: dict[str, Any] | None = None,
           step_timeout: float = 900.0, out: str | Path | None = None) -> dict[str, Any]:
     """Run ``config`` on ``grid``; returns (and fills ``sink`` with) history, final arrays and failures.
@@ -65,12 +82,7 @@ def serve(grid: Grid, config: RunConfig, min_replies: int = 1, sink: dict[str, A
     as :meth:`RunResult.save`) together with ``status.json``, so a run that stops keeps what it had done.
     """
     sink = {} if sink is None else sink
-    if with_method(config)[1].stage1 is None:
-        raise ConfigError(f"method.name={config.method.name!r} trains nothing federated; run it with "
-                          "`python -m fedpurel_lite run`")
-    if config.stage1.optimizer_scope == "shared":
-        raise ConfigError("stage1.optimizer_scope='shared' carries one SGD state from client to client, which "
-                          "separate Flower nodes cannot share; use optimizer_scope='client-round'")
+    check_servable(config)
     parts = assemble(config, progress=False)
     config, bank, fed, peft = parts.config, parts.bank, parts.federation, parts.peft.cpu()
     strategy = FedPuReLStrategy(fed, np.asarray(bank.test_labels), config.federation.participation, config.run.seed,
