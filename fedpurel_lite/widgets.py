@@ -87,7 +87,7 @@ def federation_view(bank: Any, config: RunConfig, imbalance_ratio: float, dirich
 
 
 #: what the status line says while an explorer recomputes (its controls are disabled meanwhile)
-BUSY = "⏳ computing…"
+BUSY = "<i>computing…</i>"
 LABEL_STYLE = {"description_width": "initial"}  # never cut a control's label
 
 

@@ -118,3 +118,45 @@ def test_thin_cells_and_saved_figures(path):
         assert name.startswith(path.name[:2] + "_"), f"figure {name!r} is prefixed by its notebook"
         png = ROOT / "figures" / f"{name}.png"
         assert png.is_file() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", f"{png} written by the notebook"
+
+
+# ----------------------------------------------------------------------------- the course
+SERIES_AND_APPS = NOTEBOOKS + sorted((ROOT / "apps").glob("*.ipynb"))
+OUTSIDE = re.compile(r"paper\.md|design\.md|issue\s*#?\d+", re.I)
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name[:2])
+def test_exercises_with_collapsed_solutions(path):
+    nb = nbformat.read(path, as_version=4)
+    starts = [i for i, c in enumerate(nb.cells) if c.cell_type == "markdown" and "**Exercise " in c.source]
+    assert 2 <= len(starts) <= 4, "2-4 exercises per notebook"
+    solutions = [i for i, c in enumerate(nb.cells) if "solution" in _tags(c)]
+    assert len(solutions) == len(starts)
+    for start, sol in zip(starts, solutions, strict=True):
+        assert start < sol <= start + 3, "each exercise is followed by its solution"
+        cell = nb.cells[sol]
+        assert cell.cell_type == "code" and cell.source.startswith("# Solution")
+        assert cell.metadata.get("jupyter", {}).get("source_hidden") is True, "solutions are collapsed"
+
+
+def test_fedavg_round_from_scratch_is_checked_against_the_simulator():
+    nb = nbformat.read(ROOT / "notebooks" / "03_finetuning_erodes_balance.ipynb", as_version=4)
+    cell = next(c for c in _code(nb) if "client.train_shared(" in c.source)
+    assert "simulate.run(" in cell.source and "assert gap <" in cell.source
+    assert "equals simulate.run's global model" in _text(cell)
+
+
+@pytest.mark.parametrize("path", SERIES_AND_APPS, ids=lambda p: p.stem)
+def test_no_reference_outside_the_repository(path):
+    text = path.read_text()
+    assert not OUTSIDE.search(text), OUTSIDE.search(text).group(0)
+
+
+def test_readme_refers_to_nothing_outside_and_numbers_claims_like_the_notebooks():
+    readme = (ROOT / "README.md").read_text()
+    assert not OUTSIDE.search(readme)
+    for claim, notebook in (("i", "03"), ("ii", "04"), ("iii", "05")):
+        nb = next((ROOT / "notebooks").glob(f"{notebook}_*.ipynb")).read_text()
+        assert f"claim ({claim})" in nb, f"notebook {notebook} names claim ({claim})"
+        assert f"(claim {claim})" in readme
+    assert "claim (ii)" not in next((ROOT / "notebooks").glob("05_*.ipynb")).read_text()
