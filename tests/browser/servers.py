@@ -156,8 +156,8 @@ def start_lab(work: Path, home: Path) -> Server:
 def start_voila(notebook: Path, work: Path, home: Path) -> Server:
     """Voilà serving one notebook on 127.0.0.1 (free port, token auth)."""
     port, token = free_port(), secrets.token_hex(16)
-    args = [sys.executable, "-m", "voila", str(notebook), "--no-browser", "--Voila.ip=127.0.0.1", f"--port={port}",
-            f"--token={token}", "--Voila.port_retries=0"]
+    args = [sys.executable, "-m", "voila", str(notebook), "--no-browser", "--Voila.ip=127.0.0.1",
+            f"--Voila.port={port}", f"--Voila.token={token}", "--Voila.port_retries=0"]
     server = Server(args, port, token, work, home / "voila.log", _env(home))
     server.wait_listening()
     return server
