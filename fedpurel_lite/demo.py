@@ -66,10 +66,23 @@ def _views(nb: Any) -> list[str]:
             for out in cell.get("outputs", []) if WIDGET_VIEW in out.get("data", {})]
 
 
+def _coalesce(outputs: list[Any]) -> list[Any]:
+    """Merge consecutive stream outputs of one stream: how a kernel chunks its prints depends on timing."""
+    merged: list[Any] = []
+    for out in outputs:
+        if (merged and out.get("output_type") == "stream" and merged[-1].get("output_type") == "stream"
+                and merged[-1].get("name") == out.get("name")):
+            merged[-1]["text"] = "".join(merged[-1]["text"]) + "".join(out["text"])
+        else:
+            merged.append(out)
+    return merged
+
+
 def normalise(nb: Any, name: str = "") -> Any:
     """Strip what changes from run to run and keep what a reader sees (in place; returns ``nb``).
 
-    - cell metadata ``execution`` (timestamps) is removed;
+    - cell metadata ``execution`` (timestamps) is removed, and consecutive prints to one stream are
+      merged (the kernel's chunking depends on timing);
     - the kernelspec is fixed and ``language_info`` loses its Python patch version;
     - outputs that display a widget no longer stored (closed: a finished progress bar) are removed,
       and so are stored widget models no displayed widget reaches;
@@ -89,6 +102,8 @@ def normalise(nb: Any, name: str = "") -> Any:
         meta["language_info"] = {k: v for k, v in meta["language_info"].items() if k in LANGUAGE_INFO_KEYS}
     for cell in nb["cells"]:
         cell.get("metadata", {}).pop("execution", None)
+        if cell["cell_type"] == "code":
+            cell["outputs"] = _coalesce(cell.get("outputs", []))
     widgets = meta.get("widgets", {}).get(WIDGET_STATE, {})
     state = widgets.get("state", {})
     for cell in nb["cells"]:

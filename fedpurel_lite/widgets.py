@@ -153,9 +153,13 @@ def no_group_note(ax: plt.Axes, group: str, setting: str) -> None:
             fontsize=10, color=plots.REFERENCE)
 
 
-def show_table(table: pd.DataFrame) -> Any:
-    """A table for display: a missing value (a group without classes) reads "—", not NaN."""
-    return table.style.format(precision=1, na_rep="—")
+def show_table(table: pd.DataFrame) -> pd.DataFrame:
+    """A table for display: numbers with one decimal, a missing value (a group without classes) as "—", not NaN.
+
+    A plain DataFrame of strings (not a pandas ``Styler``, whose HTML carries a random id), so a
+    saved notebook shows the same bytes on every run.
+    """
+    return table.map(lambda v: "—" if pd.isna(v) else f"{v:.1f}")
 
 
 class ProfileExplorer(_Explorer):
