@@ -1,12 +1,14 @@
 # The two commands of the README:
-#   make demo   set up .venv and run the main job on the embedded default (notebooks, figures)
-#   make test   set up .venv and run every test (ruff, pytest, notebooks under nbval)
+#   make demo   set up .venv and run the main job on the embedded default (notebooks, figures, build/html/)
+#   make test   set up .venv and run every test (ruff, pytest, notebooks under nbval, browser tests)
+# and one more:
+#   make app    serve the bias-transfer app (apps/bias_transfer.ipynb) with Voila on 127.0.0.1
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test lint clean
+.PHONY: setup demo test lint app clean
 
 setup: $(STAMP)
 
@@ -19,6 +21,9 @@ $(STAMP): pyproject.toml
 demo: setup
 	$(PY) -m fedpurel_lite demo
 
+app: setup
+	$(VENV)/bin/voila apps/bias_transfer.ipynb --Voila.ip=127.0.0.1
+
 lint: setup
 	$(PY) -m ruff check .
 
@@ -26,4 +31,4 @@ test: lint
 	$(PY) -m pytest
 
 clean:
-	rm -rf $(VENV) data/cache runs
+	rm -rf $(VENV) data/cache runs build

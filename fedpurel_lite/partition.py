@@ -1,6 +1,6 @@
 """Dirichlet label partitions over clients, client test splits and the `Federation` they form.
 
-Protocol (``design.md`` §4): the long-tailed training indices of every class are split over the
+Protocol (the reference loop): the long-tailed training indices of every class are split over the
 K clients with proportions drawn from ``Dirichlet(alpha)``; a draw whose smallest client is below
 ``min_size`` is redrawn (bounded retries, then a clear error). Client test splits come from the
 balanced test pool, split per class with the *same* shares (default, so each client's test

@@ -3,6 +3,14 @@
 Every figure the notebooks keep goes through :func:`save_figure`, which fixes the DPI, strips
 the PNG's ``Software`` stamp and writes atomically, so re-running a notebook on the same machine
 and package versions rewrites byte-identical files.
+
+The module never selects a matplotlib backend: in Jupyter the inline backend stays in charge, and
+figures drawn off-screen (the contact sheet) use :class:`matplotlib.figure.Figure` directly.
+Colours, line styles and markers come from :mod:`fedpurel_lite.palette` (a fixed style per method
+and per class group); legends sit outside the data (``legend="right"``, ``"below"``, ``"above"``
+or ``"none"``). The two-panel helpers live in :mod:`fedpurel_lite.plots_more` (importable from
+here); the data the figures draw comes from :mod:`fedpurel_lite.metrics`, :mod:`fedpurel_lite.results`
+and :mod:`fedpurel_lite.assembly`.
 """
 
 from __future__ import annotations
@@ -11,28 +19,35 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.patches import Patch
 
-if not matplotlib.get_backend().startswith("module://"):  # keep Jupyter's inline / widget backends
-    matplotlib.use("Agg", force=False)
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import seaborn as sns  # noqa: E402
-
-from .longtail import GROUP_NAMES  # noqa: E402
+from .longtail import GROUP_NAMES
+from .palette import (  # noqa: F401  (the palette is part of this module's public names)
+    GROUP_COLOURS,
+    METHOD_STYLES,
+    REFERENCE,
+    colour,
+    figure_legend,
+    integer_ticks,
+    legend,
+    method_of,
+    style,
+)
 
 FIGURES = Path(__file__).resolve().parents[1] / "figures"
 DPI = 110
-GROUP_COLOURS = dict(zip(GROUP_NAMES, sns.color_palette("deep", 3), strict=True))
+MARKERS_PER_LINE = 10
 
 
-def save_figure(fig: plt.Figure, name: str | Path, folder: Path | None = None) -> Path:
+def save_figure(fig: Any, name: str | Path, folder: Path | None = None) -> Path:
     """Write ``fig`` as PNG with fixed metadata and DPI; return the path.
 
     Parameters
     ----------
     fig : matplotlib.figure.Figure
-        The figure.
+        The figure (a pyplot figure or an off-screen ``Figure``).
     name : str or Path
         File name (``.png`` added if missing); relative names go to ``folder``.
     folder : Path, optional
@@ -50,47 +65,117 @@ def save_figure(fig: plt.Figure, name: str | Path, folder: Path | None = None) -
     return path
 
 
-def class_profile(counts: np.ndarray, groups: np.ndarray, ax: plt.Axes | None = None, title: str = "") -> plt.Axes:
+def _axes(ax: plt.Axes | None, figsize: tuple[float, float]) -> plt.Axes:
+    return ax if ax is not None else plt.subplots(figsize=figsize)[1]
+
+
+def _reference(ax: plt.Axes, value: float | None, label: str) -> None:
+    """A horizontal reference line: a method's level (``"zero-shot"``) in its colour, anything else dotted grey."""
+    if value is None or not np.isfinite(value):
+        return
+    if method_of(label) is not None:  # a method's level: its colour, dashed
+        ax.axhline(value, color=style(label).colour, ls="--", lw=1.2, label=label)
+    else:
+        ax.axhline(value, color=REFERENCE, ls=":", lw=1.2, label=label)
+
+
+def group_handles() -> list[Patch]:
+    """Legend handles of the three class groups (one distinct swatch each)."""
+    return [Patch(facecolor=GROUP_COLOURS[g], label=g) for g in GROUP_NAMES]
+
+
+def class_profile(counts: np.ndarray, groups: np.ndarray, ax: plt.Axes | None = None, title: str = "",
+                  legend_at: str = "right") -> plt.Axes:
     """Bar chart of per-rank training counts (head → tail), coloured by group, log scale."""
-    ax = ax or plt.subplots(figsize=(7, 3))[1]
+    ax = _axes(ax, (7, 3))
+    counts = np.asarray(counts)
     order = np.argsort(-counts, kind="stable")
-    colours = [GROUP_COLOURS[GROUP_NAMES[g]] for g in groups[order]]
-    ax.bar(np.arange(len(counts)), counts[order], color=colours, width=1.0)
+    colours = [GROUP_COLOURS[GROUP_NAMES[g]] for g in np.asarray(groups)[order]]
+    ax.bar(np.arange(len(counts)), np.maximum(counts[order], 1e-9), color=colours, width=1.0)
     ax.set_yscale("log")
     ax.set_xlabel("class rank (head → tail)")
     ax.set_ylabel("training images")
-    for name, colour in GROUP_COLOURS.items():
-        ax.bar([], [], color=colour, label=name)
-    ax.legend(frameon=False)
+    integer_ticks(ax.xaxis)
+    legend(ax, legend_at, handles=group_handles())
     ax.set_title(title)
     return ax
 
 
-def accuracy_vs_frequency(
-    per_class: Mapping[str, np.ndarray], counts: np.ndarray, ax: plt.Axes | None = None, title: str = ""
-) -> plt.Axes:
+def _trend(ax: plt.Axes, x: np.ndarray, y: np.ndarray, label: str) -> None:
+    ok = ~np.isnan(y)
+    if ok.sum() < 2 or np.ptp(x[ok]) == 0:
+        return
+    slope, icpt = np.polyfit(x[ok], y[ok], 1)
+    xs = np.linspace(x.min(), x.max(), 2)
+    ax.plot(10**xs, slope * xs + icpt, lw=2, color=style(label).colour, ls=style(label).linestyle)
+
+
+def accuracy_vs_frequency(per_class: Mapping[str, np.ndarray], counts: np.ndarray, ax: plt.Axes | None = None,
+                          title: str = "", legend_at: str = "right") -> plt.Axes:
     """Per-class accuracy against training count (log x) for one or more models, with trend lines."""
-    ax = ax or plt.subplots(figsize=(6, 4))[1]
-    x = np.log10(np.asarray(counts, dtype=float))
+    ax = _axes(ax, (6, 4))
+    x = np.log10(np.maximum(np.asarray(counts, dtype=float), 1))
     for label, acc in per_class.items():
+        acc = np.asarray(acc, dtype=float)
         ok = ~np.isnan(acc)
-        ax.scatter(10 ** x[ok], acc[ok], s=12, alpha=0.6, label=label)
-        slope, icpt = np.polyfit(x[ok], acc[ok], 1)
-        xs = np.linspace(x.min(), x.max(), 2)
-        ax.plot(10**xs, slope * xs + icpt, lw=2)
+        st = style(label)
+        ax.scatter(10 ** x[ok], acc[ok], s=14, alpha=0.6, label=label, color=st.colour, marker=st.marker)
+        _trend(ax, x, acc, label)
     ax.set_xscale("log")
     ax.set_xlabel("training images of the class")
     ax.set_ylabel("per-class accuracy (%)")
-    ax.legend(frameon=False)
+    legend(ax, legend_at)
     ax.set_title(title)
     return ax
 
 
-def client_heatmap(table: np.ndarray, class_order: np.ndarray, ax: plt.Axes | None = None, title: str = "") -> plt.Axes:
-    """Client × class count heatmap with classes sorted head → tail."""
-    ax = ax or plt.subplots(figsize=(9, 3.5))[1]
-    sns.heatmap(np.log1p(table[:, class_order]), ax=ax, cmap="mako_r", cbar_kws={"label": "log(1 + images)"},
-                xticklabels=False, yticklabels=True)
+def accuracy_shift(shift: Mapping[str, np.ndarray], counts: np.ndarray, ax: plt.Axes | None = None,
+                   title: str = "", legend_at: str = "right",
+                   ylabel: str = "accuracy change vs zero-shot (points)") -> plt.Axes:
+    """Per-class accuracy change (points, model − reference) against training count, with trend lines.
+
+    Parameters
+    ----------
+    shift : mapping of str to numpy.ndarray
+        Per-class differences in percentage points, one array per model.
+    counts : numpy.ndarray
+        Training images per class id (log x axis).
+    ax : matplotlib.axes.Axes, optional
+    title : str
+    legend_at : str
+        Legend position outside the data (:func:`fedpurel_lite.palette.legend`).
+    ylabel : str
+    """
+    ax = _axes(ax, (6, 4))
+    x = np.log10(np.maximum(np.asarray(counts, dtype=float), 1))
+    for label, delta in shift.items():
+        delta = np.asarray(delta, dtype=float)
+        ok = ~np.isnan(delta)
+        st = style(label)
+        ax.scatter(10 ** x[ok], delta[ok], s=14, alpha=0.55, label=label, color=st.colour, marker=st.marker)
+        _trend(ax, x, delta, label)
+    ax.axhline(0, color=REFERENCE, lw=1, ls=":")
+    ax.set_xscale("log")
+    ax.set_xlabel("training images of the class")
+    ax.set_ylabel(ylabel)
+    legend(ax, legend_at)
+    ax.set_title(title)
+    return ax
+
+
+def client_heatmap(table: np.ndarray, class_order: np.ndarray, ax: plt.Axes | None = None, title: str = "",
+                   vmax: float | None = None) -> plt.Axes:
+    """Client × class count heatmap with classes sorted head → tail; colour = log(1 + images).
+
+    ``vmax`` (in images) fixes the top of the colour bar, so heatmaps of different settings share
+    one scale (the explorers pass the largest class size).
+    """
+    import seaborn as sns
+
+    ax = _axes(ax, (9, 3.5))
+    top = np.log1p(vmax) if vmax is not None else None
+    sns.heatmap(np.log1p(np.asarray(table)[:, class_order]), ax=ax, cmap="mako_r", vmin=0.0, vmax=top,
+                cbar_kws={"label": "log(1 + images)"}, xticklabels=False, yticklabels=True)
     ax.set_xlabel("class rank (head → tail)")
     ax.set_ylabel("client")
     ax.set_title(title)
@@ -98,36 +183,50 @@ def client_heatmap(table: np.ndarray, class_order: np.ndarray, ax: plt.Axes | No
 
 
 def group_bars(rows: Mapping[str, Mapping[str, float]], ax: plt.Axes | None = None, title: str = "",
-               keys: Sequence[str] = ("accuracy", *GROUP_NAMES)) -> plt.Axes:
-    """Grouped bars: one group of bars per metric key, one bar per model (row)."""
-    ax = ax or plt.subplots(figsize=(7, 3.5))[1]
+               keys: Sequence[str] = ("accuracy", *GROUP_NAMES), legend_at: str = "right",
+               ylim: tuple[float, float] | None = None) -> plt.Axes:
+    """Grouped bars: one group of bars per metric key, one bar per model (row), each model in its style.
+
+    A key without a value (NaN, e.g. the tail at a low imbalance ratio) is written as "no classes"
+    instead of leaving a silent gap.
+    """
+    ax = _axes(ax, (7, 3.5))
     width = 0.8 / max(len(rows), 1)
     for i, (label, row) in enumerate(rows.items()):
-        ax.bar(np.arange(len(keys)) + i * width, [row[k] for k in keys], width=width, label=label)
-    ax.set_xticks(np.arange(len(keys)) + width * (len(rows) - 1) / 2, ["overall" if k == "accuracy" else k
-                                                                        for k in keys])
+        values = np.array([row.get(k, np.nan) for k in keys], dtype=float)
+        ax.bar(np.arange(len(keys)) + i * width, np.nan_to_num(values), width=width, label=label,
+               **style(label).bar())
+    centres = np.arange(len(keys)) + width * (len(rows) - 1) / 2
+    ax.set_xticks(centres, ["overall" if k == "accuracy" else k for k in keys])
+    ax.set_ylim(*(ylim or (0, 100)))
+    for c, k in zip(centres, keys, strict=True):
+        if all(not np.isfinite(float(row.get(k, np.nan))) for row in rows.values()):
+            ax.text(c, 0.5 * ax.get_ylim()[1], "no classes", ha="center", va="center", rotation=90, fontsize=8,
+                    color=REFERENCE)
     ax.set_ylabel("accuracy (%)")
-    ax.legend(frameon=False, fontsize=8, ncols=2)
+    legend(ax, legend_at if len(rows) > 1 else "none")
     ax.set_title(title)
     return ax
 
 
 def curves(series: Mapping[str, Sequence[float]], ylabel: str, ax: plt.Axes | None = None, title: str = "",
-           reference: float | None = None, reference_label: str = "zero-shot") -> plt.Axes:
-    """Lines over rounds, with an optional horizontal reference (e.g. zero-shot)."""
-    ax = ax or plt.subplots(figsize=(6, 3.5))[1]
+           reference: float | None = None, reference_label: str = "zero-shot", legend_at: str = "right") -> plt.Axes:
+    """Lines over rounds (1, 2, …), each in its method's style, with an optional horizontal reference."""
+    ax = _axes(ax, (6, 3.5))
     for label, values in series.items():
-        ax.plot(np.arange(1, len(values) + 1), values, label=label)
-    if reference is not None:
-        ax.axhline(reference, color="0.3", ls="--", lw=1, label=reference_label)
+        values = np.asarray(values, dtype=float)
+        every = max(len(values) // MARKERS_PER_LINE, 1)
+        ax.plot(np.arange(1, len(values) + 1), values, label=label, markevery=every, markersize=5, lw=1.6,
+                **style(label).line())
+    _reference(ax, reference, reference_label)
     ax.set_xlabel("round")
+    integer_ticks(ax.xaxis)
     ax.set_ylabel(ylabel)
-    ax.legend(frameon=False, fontsize=8)
+    legend(ax, legend_at)
     ax.set_title(title)
     return ax
 
 
-# ----------------------------------------------------------------------------- series figures
 def group_share_bars(shares: Any, ax: plt.Axes | None = None, title: str = "") -> plt.Axes:
     """Stacked horizontal bars: head / medium / tail share (%) of every client's training data.
 
@@ -140,10 +239,10 @@ def group_share_bars(shares: Any, ax: plt.Axes | None = None, title: str = "") -
     title : str
         Axes title.
     """
-    ax = ax or plt.subplots(figsize=(4, 5))[1]
+    ax = _axes(ax, (4, 5))
     left = np.zeros(len(shares))
     for name in GROUP_NAMES:
-        values = np.asarray(shares[name], dtype=float)
+        values = np.nan_to_num(np.asarray(shares[name], dtype=float))
         ax.barh(np.arange(len(shares)), values, left=left, color=GROUP_COLOURS[name], label=name, height=0.85)
         left += values
     ax.set_yticks(np.arange(len(shares)), [str(i) for i in shares.index], fontsize=7)
@@ -166,7 +265,7 @@ def client_histograms(table: np.ndarray, class_order: np.ndarray, groups: np.nda
     class_order : numpy.ndarray
         Class ids from head to tail.
     groups : numpy.ndarray
-        Group per class id (colours the bars).
+        Group per class id (colours the bars; the legend sits right of the last chart).
     clients : sequence of int
         Which clients to draw.
     axes : sequence of Axes, optional
@@ -180,43 +279,16 @@ def client_histograms(table: np.ndarray, class_order: np.ndarray, groups: np.nda
         ax.bar(np.arange(len(class_order)), table[k, class_order], color=colours, width=1.0)
         ax.set_title(f"client {k}: {int(table[k].sum())} images", fontsize=9)
         ax.set_xlabel("class rank (head → tail)", fontsize=8)
+        integer_ticks(ax.yaxis)
+        integer_ticks(ax.xaxis)
     axes[0].set_ylabel("training images")
+    legend(axes[-1], "right", handles=group_handles())
     return axes
 
 
-def accuracy_shift(shift: Mapping[str, np.ndarray], counts: np.ndarray, ax: plt.Axes | None = None,
-                   title: str = "") -> plt.Axes:
-    """Per-class accuracy change (points, model − reference) against training count, with trend lines.
-
-    Parameters
-    ----------
-    shift : mapping of str to numpy.ndarray
-        Per-class differences in percentage points, one array per model.
-    counts : numpy.ndarray
-        Training images per class id (log x axis).
-    ax : matplotlib.axes.Axes, optional
-    title : str
-    """
-    ax = ax or plt.subplots(figsize=(6, 4))[1]
-    x = np.log10(np.asarray(counts, dtype=float))
-    for label, delta in shift.items():
-        delta = np.asarray(delta, dtype=float)
-        ok = ~np.isnan(delta)
-        points = ax.scatter(10 ** x[ok], delta[ok], s=12, alpha=0.55, label=label)
-        slope, icpt = np.polyfit(x[ok], delta[ok], 1)
-        xs = np.linspace(x.min(), x.max(), 2)
-        ax.plot(10**xs, slope * xs + icpt, lw=2, color=points.get_facecolor()[0][:3])
-    ax.axhline(0, color="0.3", lw=1, ls="--")
-    ax.set_xscale("log")
-    ax.set_xlabel("training images of the class")
-    ax.set_ylabel("accuracy change vs zero-shot (points)")
-    ax.legend(frameon=False, fontsize=8)
-    ax.set_title(title)
-    return ax
-
-
 def group_curves(frame: Any, ax: plt.Axes | None = None, title: str = "",
-                 reference: Mapping[str, float] | None = None, ylabel: str = "accuracy (%)") -> plt.Axes:
+                 reference: Mapping[str, float] | None = None, ylabel: str = "accuracy (%)",
+                 legend_at: str = "right") -> plt.Axes:
     """Head / medium / tail accuracy over rounds, with the reference (zero-shot) level of each group dashed.
 
     Parameters
@@ -228,131 +300,76 @@ def group_curves(frame: Any, ax: plt.Axes | None = None, title: str = "",
     reference : mapping, optional
         Group name → reference accuracy, drawn as a dashed line in the group's colour.
     ylabel : str
+    legend_at : str
     """
-    ax = ax or plt.subplots(figsize=(6, 3.5))[1]
+    ax = _axes(ax, (6, 3.5))
     rounds = np.asarray(frame.index, dtype=int) + 1
     for name in GROUP_NAMES:
-        ax.plot(rounds, np.asarray(frame[name], dtype=float), color=GROUP_COLOURS[name], label=name)
-        if reference is not None:
+        ax.plot(rounds, np.asarray(frame[name], dtype=float), color=GROUP_COLOURS[name], label=name, lw=1.8)
+        if reference is not None and np.isfinite(reference[name]):
             ax.axhline(reference[name], color=GROUP_COLOURS[name], ls="--", lw=1)
     if reference is not None:
-        ax.plot([], [], color="0.3", ls="--", lw=1, label="zero-shot")
+        ax.plot([], [], color=REFERENCE, ls="--", lw=1, label="zero-shot level")
     ax.set_xlabel("round")
+    integer_ticks(ax.xaxis)
     ax.set_ylabel(ylabel)
-    ax.legend(frameon=False, fontsize=8, ncols=2)
+    legend(ax, legend_at)
     ax.set_title(title)
     return ax
 
 
-def projection_2d(g_task: np.ndarray, g_align: np.ndarray, g_new: np.ndarray, ax: plt.Axes | None = None,
-                  title: str = "") -> plt.Axes:
-    """The purification rule drawn in the plane: task gradient, alignment gradient and the projected update.
-
-    Parameters
-    ----------
-    g_task, g_align, g_new : numpy.ndarray
-        2-D vectors: ``grad L_task``, ``grad L_align`` and the result of ``purify.project``.
-    ax : matplotlib.axes.Axes, optional
-    title : str
-    """
-    ax = ax or plt.subplots(figsize=(4, 4))[1]
-    vectors = {"task gradient g": (np.asarray(g_task, float), "C3"),
-               "alignment gradient g_a": (np.asarray(g_align, float), "C0"),
-               "purified update": (np.asarray(g_new, float), "C2")}
-    for label, (v, colour) in vectors.items():
-        ax.annotate("", xy=(v[0], v[1]), xytext=(0, 0),
-                    arrowprops={"arrowstyle": "-|>", "color": colour, "lw": 2.2, "shrinkA": 0, "shrinkB": 0})
-        ax.plot([], [], color=colour, lw=2.2, label=label)
-    a_hat = vectors["alignment gradient g_a"][0] / np.linalg.norm(vectors["alignment gradient g_a"][0])
-    removed = vectors["task gradient g"][0] - vectors["purified update"][0]
-    if np.linalg.norm(removed) > 0:
-        end = vectors["task gradient g"][0]
-        ax.plot([end[0], end[0] - removed[0]], [end[1], end[1] - removed[1]], color="0.4", ls=":", lw=1.5)
-    perp = np.array([-a_hat[1], a_hat[0]])
-    ax.plot(*np.stack([-1.6 * perp, 1.6 * perp]).T, color="0.75", lw=1, zorder=0)
-    allv = np.stack([v for v, _ in vectors.values()] + [np.zeros(2)])
-    lo, hi = allv.min(axis=0) - 0.4, allv.max(axis=0) + 0.4
-    span = max(hi - lo)
-    centre = (hi + lo) / 2
-    ax.set_xlim(centre[0] - span / 2, centre[0] + span / 2)
-    ax.set_ylim(centre[1] - span / 2, centre[1] + span / 2)
-    ax.set_aspect("equal")
-    ax.set_xticks([])
-    ax.set_yticks([])
-    ax.legend(frameon=False, fontsize=8, loc="upper left")
-    ax.set_title(title, fontsize=10)
-    return ax
-
-
-def temperature_alignment(teacher: np.ndarray, student: np.ndarray, tau_teacher: float, tau_student: float,
-                          axes: Sequence[plt.Axes] | None = None, top: int = 12,
-                          class_names: Sequence[str] | None = None) -> list[plt.Axes]:
-    """One sample's zero-shot (teacher) and fine-tuned (student) class probabilities, at T = 1 and aligned.
-
-    Parameters
-    ----------
-    teacher, student : numpy.ndarray
-        The sample's logits ``[C]``.
-    tau_teacher, tau_student : float
-        Its entropy-matched temperatures (``purify.aligned_kl``).
-    axes : two Axes, optional
-    top : int
-        Classes shown (the union of both models' most likely classes, by teacher probability).
-    class_names : sequence of str, optional
-        Tick labels.
-    """
-    if axes is None:
-        axes = plt.subplots(1, 2, figsize=(11, 3.2), sharey=True)[1]
-
-    def softmax(v: np.ndarray) -> np.ndarray:
-        e = np.exp(v - v.max())
-        return e / e.sum()
-
-    def entropy(p: np.ndarray) -> float:
-        return float(-(p * np.log(np.clip(p, 1e-12, None))).sum())
-
-    teacher, student = np.asarray(teacher, float), np.asarray(student, float)
-    pairs = {"T = 1": (softmax(teacher), softmax(student)),
-             f"aligned (τ_zs = {tau_teacher:.2f}, τ_ft = {tau_student:.2f})":
-                 (softmax(teacher / tau_teacher), softmax(student / tau_student))}
-    best = np.argsort(-(softmax(teacher) + softmax(student)), kind="stable")[:top]
-    names = [class_names[c] for c in best] if class_names is not None else [str(c) for c in best]
-    for ax, (label, (pt, ps)) in zip(axes, pairs.items(), strict=True):
-        x = np.arange(len(best))
-        ax.bar(x - 0.2, pt[best], width=0.4, color="0.55", label=f"zero-shot (H = {entropy(pt):.2f})")
-        ax.bar(x + 0.2, ps[best], width=0.4, color="C3", label=f"fine-tuned (H = {entropy(ps):.2f})")
-        ax.set_xticks(x, names, rotation=60, ha="right", fontsize=7)
-        ax.set_title(label, fontsize=10)
-        ax.legend(frameon=False, fontsize=8)
-    axes[0].set_ylabel("probability")
-    return list(axes)
-
-
 def method_bars(values: Mapping[str, float], ylabel: str, ax: plt.Axes | None = None, title: str = "",
                 reference: float | None = None, reference_label: str = "zero-shot",
-                highlight: Sequence[str] = ()) -> plt.Axes:
-    """One bar per method (in the given order), optional reference line; ``highlight`` bars in green."""
-    ax = ax or plt.subplots(figsize=(6, 3.2))[1]
+                highlight: Sequence[str] = (), from_zero: bool = True, legend_at: str = "right") -> plt.Axes:
+    """One mark per method (in the given order), each in its method's colour, with an optional reference line.
+
+    ``from_zero=True`` draws bars from 0. ``from_zero=False`` draws each value as a point on a stem
+    from the reference line and fits the y-axis to the values, so differences of a few points stay
+    visible (accuracies near 50 % on a 0–100 axis look alike). ``highlight`` names get bold tick
+    labels (every mark keeps its method's colour).
+    """
+    ax = _axes(ax, (6, 3.2))
     names = list(values)
-    colours = ["C2" if n in highlight else "0.6" for n in names]
-    ax.bar(np.arange(len(names)), [values[n] for n in names], color=colours)
-    if reference is not None:
-        ax.axhline(reference, color="0.3", ls="--", lw=1, label=reference_label)
-        ax.legend(frameon=False, fontsize=8)
-    ax.set_xticks(np.arange(len(names)), names, rotation=30, ha="right", fontsize=8)
+    vals = np.array([values[n] for n in names], dtype=float)
+    x = np.arange(len(names))
+    if from_zero:
+        for xi, n, v in zip(x, names, vals, strict=True):
+            ax.bar(xi, v, **style(n).bar())
+    else:
+        base = reference if reference is not None else float(np.nanmin(vals))
+        for xi, n, v in zip(x, names, vals, strict=True):
+            st = style(n)
+            ax.plot([xi, xi], [base, v], color=st.colour, lw=2.5, solid_capstyle="butt")
+            ax.plot(xi, v, marker=st.marker, color=st.colour, markersize=10, ls="none")
+        finite = vals[np.isfinite(vals)]
+        lo = min(finite.min(), base) if finite.size else base
+        hi = max(finite.max(), base) if finite.size else base
+        pad = max(0.15 * (hi - lo), 1.0)
+        ax.set_ylim(lo - pad, hi + pad)
+    _reference(ax, reference, reference_label)
+    ax.set_xticks(x, names, rotation=30, ha="right", fontsize=8)
+    for tick, n in zip(ax.get_xticklabels(), names, strict=True):
+        if n in highlight:
+            tick.set_fontweight("bold")
     ax.set_ylabel(ylabel)
+    legend(ax, legend_at)
     ax.set_title(title)
     return ax
 
 
 def scatter_xy(points: Mapping[str, tuple[np.ndarray, np.ndarray]], xlabel: str, ylabel: str,
-               ax: plt.Axes | None = None, title: str = "") -> plt.Axes:
-    """Labelled point clouds (one colour per entry), e.g. alignment distance against a balance measure."""
-    ax = ax or plt.subplots(figsize=(5, 3.6))[1]
+               ax: plt.Axes | None = None, title: str = "", legend_at: str = "right") -> plt.Axes:
+    """Labelled point clouds (one style per entry), e.g. alignment distance against a balance measure."""
+    ax = _axes(ax, (5, 3.6))
     for label, (x, y) in points.items():
-        ax.scatter(np.asarray(x, float), np.asarray(y, float), s=16, alpha=0.75, label=label)
+        st = style(label)
+        ax.scatter(np.asarray(x, float), np.asarray(y, float), s=22, alpha=0.8, label=label, color=st.colour,
+                   marker=st.marker)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
-    ax.legend(frameon=False, fontsize=8)
+    legend(ax, legend_at)
     ax.set_title(title)
     return ax
+
+
+from .plots_more import lean_bars, projection_2d, temperature_alignment  # noqa: E402, F401  (re-exported)

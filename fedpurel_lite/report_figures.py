@@ -9,7 +9,6 @@ bytes. Methods keep one colour everywhere (:func:`method_colour`).
 
 from __future__ import annotations
 
-import zlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -19,26 +18,18 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
+from . import palette
 from .longtail import GROUP_NAMES
 from .metrics import GRID_COLUMNS, GRID_ROWS
 
 DPI = 110
-#: one colour per method name (the series-wide palette can replace this one mapping)
-METHOD_COLOURS: dict[str, str] = {
-    "zero-shot": "#7f7f7f", "fedavg": "#1f77b4", "promptfl": "#393b79", "fedprox": "#aec7e8",
-    "fedavg-la": "#17becf", "fedpurel-global": "#ff7f0e", "fedpurel-global-kl": "#ffbb78",
-    "fedpurel-global-noproj": "#c49c94", "fedpurel": "#d62728", "fedpurel-kl": "#ff9896",
-    "fedpurel-noproj": "#843c39", "fedpurel-linear": "#e7969c", "local-only": "#8c564b", "local-ft": "#bcbd22",
-    "fedrep": "#9467bd", "interp": "#2ca02c", "folio": "#e377c2",
-}
-_SPARE_COLOURS = ("#637939", "#8c6d31", "#7b4173", "#3182bd", "#e6550d", "#31a354", "#756bb1", "#636363")
 ZERO_SHOT = "#7f7f7f"
 MODEL_LABELS = {"zero-shot": "zero-shot", "global": "global model", "personal": "personal models"}
 
 
 def method_colour(name: str) -> str:
-    """The fixed colour of a method (a stable spare colour for an unregistered name)."""
-    return METHOD_COLOURS.get(name) or _SPARE_COLOURS[zlib.crc32(name.encode()) % len(_SPARE_COLOURS)]
+    """The fixed colour of a method in the series' palette (:func:`fedpurel_lite.palette.colour`)."""
+    return palette.colour(name)
 
 
 def save_png(fig: Figure, path: Path) -> Path:

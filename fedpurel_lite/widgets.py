@@ -30,7 +30,7 @@ def profile_view(zero_shot_per_class: np.ndarray, class_order: np.ndarray, imbal
     counts = counts_by_class(class_counts(n_max, len(class_order), imbalance_ratio), class_order)
     groups = assign_groups(counts)
     return {"counts": counts, "groups": groups, "zero_shot": group_means(zero_shot_per_class, groups),
-            "group_sizes": np.bincount(groups, minlength=3)}
+            "group_sizes": np.bincount(groups, minlength=3), "n_max": int(n_max)}
 
 
 def partition_view(train_labels: np.ndarray, test_labels: np.ndarray, class_order: np.ndarray,
@@ -88,17 +88,27 @@ def federation_view(bank: Any, config: RunConfig, imbalance_ratio: float, dirich
             "results": results}
 
 
+#: what the status line says while an explorer recomputes (its controls are disabled meanwhile)
+BUSY = "<i>computing…</i>"
+LABEL_STYLE = {"description_width": "initial"}  # never cut a control's label
+
+
 class _Explorer:
-    """Sliders + an output area; subclasses define ``compute`` and ``draw``."""
+    """Sliders + a status line + an output area; subclasses define ``compute`` and ``draw``.
+
+    While ``update`` runs, the status line shows :data:`BUSY` and the controls are disabled, so a
+    slow recomputation is visible and cannot be queued twice; afterwards the status is empty.
+    """
 
     def __init__(self, sliders: list[w.Widget], draw: bool = True) -> None:
         self.sliders = sliders
         self.output = w.Output()
+        self.status = w.HTML(value="", layout=w.Layout(min_width="9em"))
         self._draw_enabled = draw
         self.data: dict[str, Any] = {}
         for s in sliders:
             s.observe(lambda _change: self.update(), names="value")
-        self.widget = w.VBox([w.HBox(sliders), self.output])
+        self.widget = w.VBox([w.HBox([*sliders, self.status]), self.output])
         self.update()
 
     def compute(self) -> dict[str, Any]:
@@ -108,19 +118,50 @@ class _Explorer:
         raise NotImplementedError
 
     def update(self) -> None:
-        """Recompute ``.data`` from the sliders and redraw."""
-        self.data = self.compute()
-        if self._draw_enabled:
-            with self.output:
-                self.output.clear_output(wait=True)
-                fig = self.draw()
-                plt.show()
-                plt.close(fig)
+        """Recompute ``.data`` from the sliders and redraw (status line busy meanwhile)."""
+        self.status.value = BUSY
+        for s in self.sliders:
+            s.disabled = True
+        try:
+            self.data = self.compute()
+            if self._draw_enabled:
+                self._redraw()
+        finally:
+            for s in self.sliders:
+                s.disabled = False
+            self.status.value = ""
+
+    def _redraw(self) -> None:
+        with self.output:
+            self.output.clear_output(wait=True)
+            fig = self.draw()
+            plt.show()
+            plt.close(fig)
 
 
 def _ratio_slider(value: float) -> w.IntSlider:
-    return w.IntSlider(value=int(value), min=1, max=200, step=1, description="imbalance IF",
-                       continuous_update=False)
+    return w.IntSlider(value=int(value), min=1, max=200, step=1, description="imbalance ratio IF",
+                       continuous_update=False, style=LABEL_STYLE, layout=w.Layout(width="26em"))
+
+
+def _alpha_slider(options: list[float], value: float) -> w.SelectionSlider:
+    return w.SelectionSlider(options=options, value=value, description="Dirichlet α", continuous_update=False,
+                             style=LABEL_STYLE, layout=w.Layout(width="22em"))
+
+
+def no_group_note(ax: plt.Axes, group: str, setting: str) -> None:
+    """Write "no <group> classes at <setting>" in an empty axes (instead of leaving it blank)."""
+    ax.text(0.5, 0.5, f"no {group} classes at {setting}", transform=ax.transAxes, ha="center", va="center",
+            fontsize=10, color=plots.REFERENCE)
+
+
+def show_table(table: pd.DataFrame) -> pd.DataFrame:
+    """A table for display: numbers with one decimal, a missing value (a group without classes) as "—", not NaN.
+
+    A plain DataFrame of strings (not a pandas ``Styler``, whose HTML carries a random id), so a
+    saved notebook shows the same bytes on every run.
+    """
+    return table.map(lambda v: "—" if pd.isna(v) else f"{v:.1f}")
 
 
 class ProfileExplorer(_Explorer):
@@ -138,9 +179,11 @@ class ProfileExplorer(_Explorer):
 
     def draw(self) -> plt.Figure:
         fig, (a, b) = plt.subplots(1, 2, figsize=(11, 3.2), width_ratios=[2, 1])
-        plots.class_profile(self.data["counts"], self.data["groups"], ax=a, title=f"IF = {self.ratio.value}")
+        plots.class_profile(self.data["counts"], self.data["groups"], ax=a, title=f"IF = {self.ratio.value}",
+                            legend_at="above")
         plots.group_bars({"zero-shot": self.data["zero_shot"]}, ax=b, keys=GROUP_NAMES,
                          title="zero-shot accuracy by group")
+        a.set_ylim(1, 1.5 * self.data["n_max"])  # the same axis at every setting
         return fig
 
 
@@ -153,8 +196,8 @@ class PartitionExplorer(_Explorer):
         self._args = (np.asarray(train_labels), np.asarray(test_labels), np.asarray(class_order))
         self.num_clients = num_clients
         self.ratio = _ratio_slider(imbalance_ratio)
-        self.alpha = w.SelectionSlider(options=[0.05, 0.1, 0.3, 0.5, 1.0, 3.0, 10.0], value=dirichlet_alpha,
-                                       description="Dirichlet α", continuous_update=False)
+        self.alpha = _alpha_slider([0.05, 0.1, 0.3, 0.5, 1.0, 3.0, 10.0], dirichlet_alpha)
+        self.n_max = int(np.bincount(self._args[0]).max())
         super().__init__([self.ratio, self.alpha], draw)
 
     def compute(self) -> dict[str, Any]:
@@ -162,13 +205,15 @@ class PartitionExplorer(_Explorer):
 
     def draw(self) -> plt.Figure:
         fig, (a, b) = plt.subplots(1, 2, figsize=(12, 3.6), width_ratios=[3, 1])
-        plots.client_heatmap(self.data["table"], self._args[2], ax=a,
+        plots.client_heatmap(self.data["table"], self._args[2], ax=a, vmax=self.n_max,
                              title=f"IF = {self.ratio.value}, α = {self.alpha.value}")
         self.data["group_shares"].plot.barh(stacked=True, ax=b, legend=False,
                                             color=[plots.GROUP_COLOURS[g] for g in GROUP_NAMES])
         b.set_xlabel("share of client data (%)")
+        b.set_xlim(0, 100)
         b.invert_yaxis()
         b.set_yticks([])
+        plots.legend(b, "above", handles=plots.group_handles(), ncols=3, bbox_to_anchor=(0.5, 1.0))
         return fig
 
 
@@ -186,38 +231,42 @@ class FederationExplorer(_Explorer):
         self.ratio = _ratio_slider(config.longtail.imbalance_ratio if imbalance_ratio is None else imbalance_ratio)
         alpha = config.federation.dirichlet_alpha if dirichlet_alpha is None else dirichlet_alpha
         options = sorted({0.05, 0.1, 0.3, 0.5, 1.0, 3.0, 10.0, float(alpha)})
-        self.alpha = w.SelectionSlider(options=options, value=float(alpha), description="Dirichlet α",
-                                       continuous_update=False)
+        self.alpha = _alpha_slider(options, float(alpha))
         self.table = w.Output()
         super().__init__([self.ratio, self.alpha], draw)
-        self.widget = w.VBox([w.HBox(self.sliders), self.table, self.output])
+        self.widget = w.VBox([w.HBox([*self.sliders, self.status]), self.table, self.output])
 
     def compute(self) -> dict[str, Any]:
         return federation_view(self.bank, self.config, self.ratio.value, self.alpha.value, self.methods,
                                self.rounds)
 
-    def update(self) -> None:
-        """Recompute ``.data`` (a reduced federated run) and redraw the table and the curves."""
-        super().update()
-        if self._draw_enabled and hasattr(self, "table"):
-            self._show_table()
-
-    def _show_table(self) -> None:
+    def _redraw(self) -> None:
+        """Redraw the table (a group without classes reads "—") and the curves."""
         from IPython.display import display
 
-        with self.table:
-            self.table.clear_output(wait=True)
-            display(self.data["table"])
+        if hasattr(self, "table"):
+            with self.table:
+                self.table.clear_output(wait=True)
+                display(show_table(self.data["table"]))
+        super()._redraw()
 
     def draw(self) -> plt.Figure:
         fig, (a, b) = plt.subplots(1, 2, figsize=(11, 3.2))
         zero = self.data["curves"].get("zero-shot")
         title = f"IF = {self.ratio.value}, α = {self.alpha.value}, {self.rounds} rounds"
         plots.curves({m: v for m, v in self.data["curves"].items() if m != "zero-shot"}, "GM accuracy (%)", ax=a,
-                     reference=zero[-1] if zero else None, title=title)
+                     reference=zero[-1] if zero else None, title=title, legend_at="none")
         ztail = self.data["tail_curves"].get("zero-shot")
-        plots.curves({m: v for m, v in self.data["tail_curves"].items() if m != "zero-shot"}, "GM tail accuracy (%)",
-                     ax=b, reference=ztail[-1] if ztail else None, title="tail classes")
+        tails = {m: v for m, v in self.data["tail_curves"].items() if m != "zero-shot"}
+        if all(np.isnan(np.asarray(v, dtype=float)).all() for v in self.data["tail_curves"].values()):
+            b.set_title("tail classes")
+            b.set_xticks([])
+            b.set_yticks([])
+            no_group_note(b, "tail", f"IF = {self.ratio.value}")
+        else:
+            plots.curves(tails, "GM tail accuracy (%)", ax=b, reference=ztail[-1] if ztail else None,
+                         title="tail classes", legend_at="none")
+        plots.legend(b, "right", handles=a.get_legend_handles_labels()[0])  # one legend for both panels
         return fig
 
 

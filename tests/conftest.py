@@ -1,4 +1,4 @@
-"""Shared pytest fixtures. Append-only file: each owner prefixes its fixtures (``core_`` = issue #4)."""
+"""Shared pytest fixtures. Append-only file: each owner prefixes its fixtures (``core_`` = the federated core)."""
 
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ def register_tiny_clip(folder, name: str, embed_dim: int = 16, patch_size: int =
     return name
 
 
-# ----------------------------------------------------------------------------- core_ (issue #4)
+# ----------------------------------------------------------------------------- core_ (the federated core)
 
 CORE_TINY_CLIP = "core-test-tiny"
 

@@ -94,7 +94,7 @@ def test_claim_iii_residual_personalization_avoids_bias_transfer(core_claim_worl
 @pytest.mark.xfail(strict=True, reason="fedpurel-linear (the design's first choice: a zero-initialised linear "
                    "residual head, alpha 0.9) "
                    "collapses the personal tail on this world: PM 56.0, tail 14.4 vs interp 69.1 / 52.8 "
-                   "(seed 1); see the issue #4 report")
+                   "(seed 1)")
 def test_claim_iii_with_the_zero_init_residual_head(core_claim_world):
     pm = _summary(core_claim_world, "fedpurel-linear")["pm"]
     baselines = {b: _summary(core_claim_world, b)["pm"] for b in FUSION_BASELINES}

@@ -314,15 +314,13 @@ def plot_contact_sheet(path: str = "figures/shapes_contact_sheet.png", shift: fl
     """
     import os
 
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     labels = np.arange(100)
     sheets = {"source": render(labels, "source", 0.0, seed, stream=99),
               f"target (shift={shift:.2f})": render(labels, "target", shift, seed, stream=99)}
-    fig, axes = plt.subplots(1, 2, figsize=(12, 6.4))
+    fig = Figure(figsize=(12, 6.4))  # off-screen: no pyplot state, no backend switch
+    axes = fig.subplots(1, 2)
     for ax, (title, imgs) in zip(axes, sheets.items(), strict=True):
         grid = imgs.reshape(10, 10, IMAGE_SIZE, IMAGE_SIZE, 3).transpose(0, 2, 1, 3, 4)
         ax.imshow(grid.reshape(10 * IMAGE_SIZE, 10 * IMAGE_SIZE, 3), interpolation="nearest")
@@ -332,5 +330,4 @@ def plot_contact_sheet(path: str = "figures/shapes_contact_sheet.png", shift: fl
     fig.tight_layout()
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     fig.savefig(path, dpi=dpi, metadata={"Software": None})
-    plt.close(fig)
     return path

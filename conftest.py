@@ -1,0 +1,54 @@
+"""Repository-wide pytest hooks: every drawing notebook cell must produce an image; browser latencies.
+
+nbval (``--nbval-lax``) compares outputs only for cells tagged ``nbval-check-output``, so an empty
+figure (a cell that calls ``plt.show()`` after something switched matplotlib to a non-interactive
+backend) would pass unnoticed. After each notebook cell runs, :func:`pytest_runtest_call` reads
+nbval's executed outputs and fails the cell when it draws (``tests/notebook_checks.py`` says what
+that means) but no image came back from the kernel.
+
+The browser tests (``tests/browser/``) write the widget latencies they measure to
+``build/browser/latency.json``; :func:`pytest_terminal_summary` prints them.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent
+LATENCY_FILE = ROOT / "build" / "browser" / "latency.json"
+_STARTED = time.time()
+
+sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "tests" / "browser"))
+
+from notebook_checks import draws, has_image  # noqa: E402
+
+pytest_plugins = ["servers"]  # the browser tests' fixtures: chromium_browser, work_copy, new_page
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item):
+    """Run the item; for a notebook cell (nbval), then require an image from every drawing cell."""
+    result = yield
+    cell = getattr(item, "cell", None)
+    outputs = getattr(item, "test_outputs", None)
+    if cell is not None and outputs is not None and draws(cell.source) and not has_image(outputs):
+        first = cell.source.strip().splitlines()[0] if cell.source.strip() else ""
+        pytest.fail(f"this cell draws a figure but produced no image output: {first!r}", pytrace=False)
+    return result
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Print the widget latencies the browser tests measured in this session."""
+    if not LATENCY_FILE.exists() or LATENCY_FILE.stat().st_mtime < _STARTED:
+        return
+    fresh = {k: v["seconds"] for k, v in json.loads(LATENCY_FILE.read_text()).items() if v["at"] >= _STARTED}
+    if fresh:
+        terminalreporter.section("widget update latency in the browser (seconds, this run)")
+        for name, seconds in fresh.items():
+            terminalreporter.write_line(f"{name:<60} {seconds:7.2f}")

@@ -1,0 +1,178 @@
+"""The series in a real browser: JupyterLab in Chromium, Run All, images everywhere, widgets that respond.
+
+For every notebook: open it in JupyterLab, run all cells, and check that no cell shows an error
+and that every drawing cell shows an image (for the explorers: the image inside the widget). For
+the notebooks with an explorer, move each control with the keyboard as a reader would and check
+that the explorer's plot changes; the time from the key press to the new plot is recorded as a
+benchmark (``build/browser/latency.json``, printed at the end of the run).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import nbformat
+import pytest
+from notebook_checks import draws
+from servers import PAGE_TIMEOUT_MS, ROOT, record_latency, start_lab
+
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+RUN_ALL_TIMEOUT_S = 480
+IMAGE_TIMEOUT_S = 60
+WIDGET_TIMEOUT_S = 120
+SHOTS = ROOT / "build" / "browser"
+
+FIND_PANEL = """(path) => {
+  const app = window.jupyterapp;
+  if (!app || !app.shell) return false;
+  for (const w of app.shell.widgets('main')) {
+    if (w.context && w.context.path === path && w.context.isReady && w.sessionContext.session
+        && w.sessionContext.session.kernel && w.sessionContext.session.kernel.status === 'idle') {
+      window.__panel = w; app.shell.activateById(w.id); return true;
+    }
+  }
+  return false;
+}"""
+
+STATE = """() => {
+  const panel = window.__panel, kernel = panel.sessionContext.session.kernel;
+  const cells = panel.content.widgets.map((c, i) => {
+    const code = c.model.type === 'code';
+    const prompt = code ? (c.node.querySelector('.jp-InputPrompt') || {}).textContent || '' : '';
+    const outputs = code ? c.model.outputs.toJSON() : [];
+    const imgs = Array.from(c.node.querySelectorAll('.jp-OutputArea img'))
+      .filter(im => im.src.startsWith('data:image') || im.src.startsWith('blob:'));
+    return {index: i, code, count: code ? c.model.executionCount : null, running: prompt.includes('*'),
+            errors: outputs.filter(o => o.output_type === 'error').map(o => o.ename + ': ' + o.evalue),
+            images: imgs.length, signature: imgs.map(im => im.src.length + ':' + im.src.slice(-96)).join('|')};
+  });
+  return {kernel: kernel ? kernel.status : 'none', cells};
+}"""
+
+
+@pytest.fixture(scope="module")
+def lab(chromium_browser, work_copy, tmp_path_factory):
+    server = start_lab(work_copy, tmp_path_factory.mktemp("lab-home"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def lab_page(chromium_browser, lab):
+    """One JupyterLab page for the whole module (loading JupyterLab once saves a minute)."""
+    context = chromium_browser.new_context(viewport={"width": 1400, "height": 1000})
+    context.set_default_timeout(PAGE_TIMEOUT_MS)
+    page = context.new_page()
+    page.goto(f"{lab.url}/lab?token={lab.token}&reset")
+    page.wait_for_function("() => window.jupyterapp && window.jupyterapp.started", timeout=120_000)
+    page.evaluate("() => window.jupyterapp.started")
+    yield page
+    context.close()
+
+
+def _open(page, rel: str) -> None:
+    page.evaluate("(path) => window.jupyterapp.commands.execute('docmanager:open', {path})", rel)
+    page.wait_for_function(FIND_PANEL, arg=rel, timeout=120_000, polling=500)
+
+
+def _close(page) -> None:
+    """Shut the notebook's kernel down and close it without a save dialog."""
+    page.evaluate("""async () => {
+      const panel = window.__panel;
+      await panel.sessionContext.shutdown();
+      panel.context.model.dirty = false;
+      panel.dispose();
+    }""")
+
+
+def _state(page) -> dict:
+    return page.evaluate(STATE)
+
+
+def _run_all(page, sources: list[str]) -> dict:
+    """Run all cells and wait (bounded) until every code cell ran, or a cell failed."""
+    page.evaluate("() => window.jupyterapp.commands.execute('notebook:run-all-cells')")
+    deadline = time.monotonic() + RUN_ALL_TIMEOUT_S
+    while time.monotonic() < deadline:
+        state = _state(page)
+        code = [c for c in state["cells"] if c["code"]]
+        if any(c["errors"] for c in code):
+            return state
+        if state["kernel"] == "idle" and all(c["count"] is not None and not c["running"] for c in code):
+            return state
+        time.sleep(1.0)
+    pytest.fail(f"Run All did not finish in {RUN_ALL_TIMEOUT_S} s", pytrace=False)
+
+
+def _wait_images(page, drawing: list[int]) -> dict:
+    deadline = time.monotonic() + IMAGE_TIMEOUT_S
+    while True:
+        state = _state(page)
+        if all(state["cells"][i]["images"] for i in drawing) or time.monotonic() > deadline:
+            return state
+        time.sleep(0.5)
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name[:2])
+def test_run_all_in_jupyterlab(lab_page, path: Path):
+    rel = f"notebooks/{path.name}"
+    sources = [c.source for c in nbformat.read(path, as_version=4).cells]
+    _open(lab_page, rel)
+    state = _run_all(lab_page, sources)
+    errors = {i: c["errors"] for i, c in enumerate(state["cells"]) if c["errors"]}
+    assert not errors, f"cells with errors in the browser: {errors}"
+    drawing = [i for i, s in enumerate(sources) if state["cells"][i]["code"] and draws(s)]
+    assert drawing, "every notebook of the series draws"
+    state = _wait_images(lab_page, drawing)
+    empty = [sources[i].splitlines()[0] for i in drawing if not state["cells"][i]["images"]]
+    assert not empty, f"drawing cells without an image in the browser: {empty}"
+    explorers = [i for i, s in enumerate(sources) if "Explorer(" in s and "display(" in s]
+    for cell in explorers:
+        _move_every_control(lab_page, cell, path.name[:2])
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    lab_page.screenshot(path=str(SHOTS / f"lab_{path.stem}.png"))  # for a look after a failure
+    _close(lab_page)
+
+
+def _controls(page, cell: int):
+    node = page.locator(".jp-Notebook .jp-Cell").nth(cell)
+    return node, node.locator(".widget-slider .noUi-handle")
+
+
+def _move_every_control(page, cell: int, notebook: str) -> None:
+    """Press an arrow key on every slider of the explorer in ``cell``; its plot must change."""
+    node, handles = _controls(page, cell)
+    handles.first.wait_for(state="visible")
+    labels = [t.strip() for t in node.locator(".widget-slider .widget-label").all_inner_texts()]
+    for k in range(handles.count()):
+        before = _state(page)["cells"][cell]["signature"]
+        assert before, "the explorer shows a plot before it is moved"
+        readout = node.locator(".widget-slider .widget-readout").nth(k)
+        value_before = readout.inner_text()
+        handles.nth(k).scroll_into_view_if_needed()
+        handles.nth(k).focus()
+        start = time.perf_counter()
+        page.keyboard.press("ArrowLeft")
+        deadline = time.monotonic() + WIDGET_TIMEOUT_S
+        while True:
+            now = _state(page)["cells"][cell]
+            if now["signature"] and now["signature"] != before:
+                break
+            if time.monotonic() > deadline:
+                pytest.fail(f"notebook {notebook}: moving {labels[k]!r} did not change the plot in "
+                            f"{WIDGET_TIMEOUT_S} s", pytrace=False)
+            time.sleep(0.05)
+        seconds = time.perf_counter() - start
+        assert readout.inner_text() != value_before, f"{labels[k]!r} moved"
+        record_latency(f"{notebook} {labels[k]} ({value_before} → {readout.inner_text()})", seconds)
+        _wait_idle(page, node)
+
+
+def _wait_idle(page, node) -> None:
+    """Wait until the explorer's status line is empty again (no update running)."""
+    deadline = time.monotonic() + WIDGET_TIMEOUT_S
+    while "computing" in " ".join(node.locator(".widget-html").all_inner_texts()):
+        if time.monotonic() > deadline:
+            pytest.fail("the explorer stayed busy", pytrace=False)
+        time.sleep(0.1)
