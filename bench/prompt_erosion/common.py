@@ -1,4 +1,4 @@
-"""Shared helpers for the prompt-erosion diagnosis (issue: PromptFL does not erode the tail on the shapes world).
+"""Shared helpers for the prompt-erosion diagnosis (why PromptFL does not erode the tail on the shapes world).
 
 Only the package's public API is used. Results are appended as JSON lines to
 bench/prompt_erosion/results/<name>.jsonl.
