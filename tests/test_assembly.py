@@ -8,7 +8,6 @@ from fedpurel_lite.results import SUMMARY_COLUMNS, summary_table
 
 def test_personal_predictions_match_the_simulator(core_one_thread):
     from conftest import core_make_bank
-
     from fedpurel_lite.config import RunConfig
     from fedpurel_lite.partition import build_federation
     from fedpurel_lite.simulate import run

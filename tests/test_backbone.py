@@ -9,8 +9,8 @@ import time
 import open_clip
 import pytest
 import torch
-from conftest import register_tiny_clip
 
+from conftest import register_tiny_clip
 from fedpurel_lite import backbone as bb
 from fedpurel_lite.errors import ConfigError, ResourceMissingError, UserError
 

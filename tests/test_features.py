@@ -8,8 +8,8 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from conftest import register_tiny_clip
 
+from conftest import register_tiny_clip
 from fedpurel_lite import features as fb
 from fedpurel_lite.backbone import load_backbone
 from fedpurel_lite.metrics import group_means, per_class_accuracy

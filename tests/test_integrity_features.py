@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import register_tiny_clip
 
+from conftest import register_tiny_clip
 from fedpurel_lite import features as fb
 from fedpurel_lite.backbone import load_backbone, resolve_device
 from fedpurel_lite.errors import ConfigError

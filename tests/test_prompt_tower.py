@@ -16,6 +16,7 @@ NAMES = ["star", "blue circle", "green_big square", "yellow heart", "red", "tiny
 
 def _model(tmp_path_factory, name, **text_extra):
     import open_clip
+
     from conftest import register_tiny_clip
 
     register_tiny_clip(tmp_path_factory.mktemp(name), name, embed_dim=32, text_width=64, text_layers=3, **text_extra)
