@@ -15,8 +15,9 @@ import torch
 from fedpurel_lite.config import RunConfig
 from fedpurel_lite.errors import IntegrityError
 from fedpurel_lite.metrics import client_metrics
+from fedpurel_lite.palette import METHOD_STYLES
 from fedpurel_lite.report import REPORT_HTML, load_runs, views_of, write_report
-from fedpurel_lite.report_figures import FIGURES, METHOD_COLOURS, method_colour
+from fedpurel_lite.report_figures import FIGURES, method_colour
 from fedpurel_lite.results import ANALYSIS, RunResult
 from fedpurel_lite.simulate import run
 
@@ -145,10 +146,9 @@ def test_report_of_results_without_arrays_and_repeated_methods(run_dirs, tmp_pat
     assert "<td>fedavg [old]</td><td>fedavg</td>" in page.read_text()
 
 
-def test_method_colours_are_fixed():
-    assert method_colour("fedpurel") == METHOD_COLOURS["fedpurel"] != method_colour("fedavg")
+def test_method_colours_are_the_series_palette():
+    assert method_colour("fedpurel") == METHOD_STYLES["fedpurel"].colour != method_colour("fedavg")
     assert method_colour("my-method") == method_colour("my-method")  # unregistered: stable across processes
-    assert len(set(METHOD_COLOURS.values())) == len(METHOD_COLOURS)
 
 
 def test_report_command_on_two_run_folders(run_dirs, tmp_path):
