@@ -20,7 +20,7 @@ def test_bias_view_measures_the_personal_models(core_bank, core_one_thread):
 
     runs: dict = {}
     view = bias_view(core_bank, _config(), 10, 1.0, ("fedavg", "fedpurel"), rounds=2, runs=runs)
-    assert view["config"].rounds == 2 and set(view["results"]) == {"zero-shot", "fedavg", "fedpurel"}
+    assert view["config"].federation.rounds == 2 and set(view["results"]) == {"zero-shot", "fedavg", "fedpurel"}
     assert set(view["shift"]) == set(view["lean"]) == {"fedavg", "fedpurel"}
     assert view["shift"]["fedavg"].shape == (20,) and view["lean"]["fedpurel"].shape == (5,)
     assert list(view["table"].index) == ["zero-shot", "fedavg", "fedpurel"]
@@ -36,11 +36,11 @@ def test_app_controls_recompute(core_bank, core_one_thread):
     from fedpurel_lite.bias_app import BiasTransferApp
 
     app = BiasTransferApp(core_bank, _config(), rounds=1, methods=("fedavg",), draw=False)
-    assert app.methods == ("fedavg",) and app.data["config"].imbalance_ratio == 10
+    assert app.methods == ("fedavg",) and app.data["config"].longtail.imbalance_ratio == 10
     app.boxes["fedpurel"].value = True  # ticking a method: the app recomputes
     assert set(app.data["lean"]) == {"fedavg", "fedpurel"}
     app.alpha.value = 0.1
-    assert app.data["config"].dirichlet_alpha == 0.1
+    assert app.data["config"].federation.dirichlet_alpha == 0.1
     assert app.status.value == "" and not any(s.disabled for s in app.sliders)
 
 
