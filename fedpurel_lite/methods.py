@@ -83,7 +83,7 @@ METHODS: Registry[Method] = Registry("method", "method.name")
 for _m in _ALL:
     METHODS.add(_m.name, _m)
 
-#: fusion baselines whose bias transfer the paper criticises (claim ii)
+#: fusion baselines whose bias transfer the paper criticises (claim iii)
 FUSION_BASELINES: tuple[str, ...] = ("local-ft", "fedrep", "interp", "folio")
 
 
