@@ -72,7 +72,8 @@ def lab_page(chromium_browser, lab):
 
 
 def _open(page, rel: str) -> None:
-    page.evaluate("(path) => window.jupyterapp.commands.execute('docmanager:open', {path})", rel)
+    page.evaluate("async (path) => { await window.jupyterapp.commands.execute('docmanager:open', {path}); "
+                  "return true; }", rel)
     page.wait_for_function(FIND_PANEL, arg=rel, timeout=120_000, polling=500)
 
 
