@@ -59,7 +59,8 @@ def bias_view(bank: Any, config: RunConfig, imbalance_ratio: float, dirichlet_al
     rounds : int
         Rounds of each reduced run.
     runs : dict, optional
-        A cache of finished runs, keyed by ``(imbalance_ratio, alpha, method, rounds)``; filled in place.
+        A cache of finished runs and their per-client lean, keyed by
+        ``(imbalance_ratio, alpha, method, rounds)``; filled in place.
 
     Returns
     -------
@@ -75,19 +76,20 @@ def bias_view(bank: Any, config: RunConfig, imbalance_ratio: float, dirichlet_al
     cfg = config.with_overrides({"imbalance_ratio": float(imbalance_ratio), "dirichlet_alpha": float(dirichlet_alpha),
                                  "rounds": int(rounds)})
     fed = _federation(bank, cfg)
-    results = {}
-    for method in ("zero-shot", *[m for m in methods if m != "zero-shot"]):
-        key = (float(imbalance_ratio), float(dirichlet_alpha), method, int(rounds))
-        if key not in runs:
-            runs[key] = run(cfg.with_overrides({"method": method}), bank=bank, progress=False, federation=fed)
-        results[method] = runs[key]
     train_labels, test_labels = np.asarray(bank.train_labels), np.asarray(bank.test_labels)
     client_counts = count_matrix(fed.client_train, train_labels, fed.num_classes)
     y_true = [test_labels[idx] for idx in fed.client_test]
+    results, lean = {}, {}
+    for method in ("zero-shot", *[m for m in methods if m != "zero-shot"]):
+        key = (float(imbalance_ratio), float(dirichlet_alpha), method, int(rounds))
+        if key not in runs:  # a run and its per-client lean, computed once per setting
+            result = run(cfg.with_overrides({"method": method}), bank=bank, progress=False, federation=fed)
+            runs[key] = (result, local_head_lean(client_counts, y_true, personal_predictions(result, bank)))
+        results[method], lean[method] = runs[key]
+    lean = {m: lean[m] for m in methods}
     pm = {m: r.history[-1]["pm"] for m, r in results.items()}
     zero = np.asarray(pm["zero-shot"]["pooled"]["per_class"], dtype=float)
     shift = {m: np.asarray(pm[m]["pooled"]["per_class"], dtype=float) - zero for m in methods}
-    lean = {m: local_head_lean(client_counts, y_true, personal_predictions(results[m], bank)) for m in methods}
     groups_pm = {m: {k: float("nan") if pm[m][k] is None else float(pm[m][k]) for k in ("accuracy", *GROUP_NAMES)}
                  for m in results}
     table = pd.DataFrame({"PM all": {m: g["accuracy"] for m, g in groups_pm.items()},

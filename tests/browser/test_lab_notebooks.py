@@ -72,8 +72,8 @@ def lab_page(chromium_browser, lab):
 
 
 def _open(page, rel: str) -> None:
-    # the command resolves to the notebook widget, which cannot cross into Python: return nothing
-    page.evaluate("(path) => { window.jupyterapp.commands.execute('docmanager:open', {path}); }", rel)
+    page.evaluate("async (path) => { await window.jupyterapp.commands.execute('docmanager:open', {path}); "
+                  "return true; }", rel)
     page.wait_for_function(FIND_PANEL, arg=rel, timeout=120_000, polling=500)
 
 
@@ -93,7 +93,7 @@ def _state(page) -> dict:
 
 def _run_all(page, sources: list[str]) -> dict:
     """Run all cells and wait (bounded) until every code cell ran, or a cell failed."""
-    page.evaluate("() => { window.jupyterapp.commands.execute('notebook:run-all-cells'); }")
+    page.evaluate("() => window.jupyterapp.commands.execute('notebook:run-all-cells')")
     deadline = time.monotonic() + RUN_ALL_TIMEOUT_S
     while time.monotonic() < deadline:
         state = _state(page)
