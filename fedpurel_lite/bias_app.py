@@ -29,7 +29,7 @@ from .config import RunConfig
 from .longtail import GROUP_NAMES
 from .metrics import local_head_lean
 from .partition import build_federation, count_matrix
-from .widgets import LABEL_STYLE, _Explorer, no_group_note, show_table
+from .widgets import LABEL_STYLE, _Explorer, no_group_note
 
 #: methods a reader can pick (the personalization methods of notebook 05, FedAvg as the reference)
 APP_METHODS: tuple[str, ...] = ("fedavg", "local-ft", "fedrep", "interp", "folio", "fedpurel-noproj", "fedpurel")
@@ -142,15 +142,6 @@ class BiasTransferApp(_Explorer):
     def compute(self) -> dict[str, Any]:
         return bias_view(self.bank, self.config, self.ratio.value, self.alpha.value, self.methods, self.rounds,
                          self.runs)
-
-    def _redraw(self) -> None:
-        from IPython.display import display
-
-        if hasattr(self, "table"):
-            with self.table:
-                self.table.clear_output(wait=True)
-                display(show_table(self.data["table"]))
-        super()._redraw()
 
     def draw(self) -> plt.Figure:
         fig = plt.figure(figsize=(13, 7.2))

@@ -132,6 +132,13 @@ class _Explorer:
             self.status.value = ""
 
     def _redraw(self) -> None:
+        """Redraw the table, when the explorer has one (a group without classes reads "—"), and the plot."""
+        if hasattr(self, "table"):
+            from IPython.display import display
+
+            with self.table:
+                self.table.clear_output(wait=True)
+                display(show_table(self.data["table"]))
         with self.output:
             self.output.clear_output(wait=True)
             fig = self.draw()
@@ -239,16 +246,6 @@ class FederationExplorer(_Explorer):
     def compute(self) -> dict[str, Any]:
         return federation_view(self.bank, self.config, self.ratio.value, self.alpha.value, self.methods,
                                self.rounds)
-
-    def _redraw(self) -> None:
-        """Redraw the table (a group without classes reads "—") and the curves."""
-        from IPython.display import display
-
-        if hasattr(self, "table"):
-            with self.table:
-                self.table.clear_output(wait=True)
-                display(show_table(self.data["table"]))
-        super()._redraw()
 
     def draw(self) -> plt.Figure:
         fig, (a, b) = plt.subplots(1, 2, figsize=(11, 3.2))
