@@ -8,6 +8,7 @@ Usage::
 
     python bench/bench_protocol.py                      # text-anchored head (target <= 60 s)
     python bench/bench_protocol.py --peft prompt        # CoOp prompt learner (target <= 10 min)
+    python bench/bench_protocol.py --peft lora          # vision LoRA, rank 8 (target <= 15 min, <= 3 GB)
     python bench/bench_protocol.py --method fedavg --rounds 20
 
 Prints the wall time of the run (bank loading reported separately) and the peak resident memory
@@ -33,7 +34,7 @@ from fedpurel_lite.workers import resolve_workers  # noqa: E402
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--peft", default="head", choices=["head", "prompt", "adapter"])
+    parser.add_argument("--peft", default="head", choices=list(PEFTS.names()))
     parser.add_argument("--method", default="fedpurel")
     parser.add_argument("--rounds", type=int, default=100)
     parser.add_argument("--seed", type=int, default=1)
@@ -44,16 +45,17 @@ def main() -> None:
     t0 = time.perf_counter()
     from fedpurel_lite.features import load_embedded_bank
 
+    config = RunConfig().with_overrides(dict(method=args.method, peft=args.peft, rounds=args.rounds, seed=args.seed))
+    config = config.with_overrides(args.set) if args.set else config
     bank = load_embedded_bank(progress=args.progress)
     backbone = None
-    if args.peft == "prompt":
+    if PEFTS.get(args.peft).needs_backbone:
+        from fedpurel_lite.assembly import with_inputs
         from fedpurel_lite.backbone import load_backbone
 
         backbone = load_backbone()
+        bank = with_inputs(config, bank, backbone, progress=args.progress)  # vision LoRA: the cached tokens
     t_load = time.perf_counter() - t0
-
-    config = RunConfig().with_overrides(dict(method=args.method, peft=args.peft, rounds=args.rounds, seed=args.seed))
-    config = config.with_overrides(args.set) if args.set else config
     t1 = time.perf_counter()
     result = run(config, bank=bank, backbone=backbone, progress=args.progress)
     wall = time.perf_counter() - t1

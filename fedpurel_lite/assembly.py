@@ -22,6 +22,7 @@ from .methods import Method, get_method
 from .partition import Federation, build_federation
 from .peft import PEFTS, PEFTModule, build_peft
 from .preflight import cache_dir, preflight
+from .token_bank import model_inputs
 
 
 def resolve_device(name: str) -> torch.device:
@@ -49,6 +50,28 @@ def load_backbone_for(config: RunConfig) -> Any:
                          device=str(resolve_device(config.world.device)))
 
 
+def _world(config: RunConfig) -> tuple[str, Any]:
+    """The config's world fingerprint and a function that loads the world (embedded: without rendering it)."""
+    from .worlds import load_world
+
+    if _is_embedded(config):
+        from .worlds import shapes
+
+        fp = shapes.shapes_fingerprint("target", shapes.DEFAULT_SHIFT, 0)
+        return fp, lambda: shapes.load_shapes("target", shapes.DEFAULT_SHIFT, 0)
+    kwargs: dict[str, Any] = {}
+    if config.world.name != "shapes":
+        kwargs["root"] = config.world.root or None
+    if config.world.name == "folder":
+        if not config.world.root:
+            raise ConfigError("world.name='folder' needs world.root, the image folder (--set world.root=PATH)")
+        kwargs["split_file"] = config.world.split_file or "split.json"
+        kwargs["test_split_file"] = config.world.test_split_file or None
+        kwargs["class_names_file"] = config.world.class_names_file or None
+    world = load_world(config.world.name, **kwargs)
+    return world.fingerprint(), lambda: world
+
+
 def load_bank(config: RunConfig, backbone: Any = None, progress: bool = True) -> Any:
     """The feature bank of the config's world and backbone, from the cache or encoded on ``world.device``.
 
@@ -61,7 +84,6 @@ def load_bank(config: RunConfig, backbone: Any = None, progress: bool = True) ->
         Progress bars while encoding.
     """
     from . import features
-    from .worlds import load_world
     from .worlds.base import SINGLE_TEMPLATE
 
     device = str(resolve_device(config.world.device))
@@ -71,19 +93,34 @@ def load_bank(config: RunConfig, backbone: Any = None, progress: bool = True) ->
                                            templates=single)
     if backbone is None:
         backbone = load_backbone_for(config)
-    kwargs: dict[str, Any] = {}
-    if config.world.name != "shapes":
-        kwargs["root"] = config.world.root or None
-    if config.world.name == "folder":
-        if not config.world.root:
-            raise ConfigError("world.name='folder' needs world.root, the image folder (--set world.root=PATH)")
-        kwargs["split_file"] = config.world.split_file or "split.json"
-        kwargs["test_split_file"] = config.world.test_split_file or None
-        kwargs["class_names_file"] = config.world.class_names_file or None
-    world = load_world(config.world.name, **kwargs)
+    world = _world(config)[1]()
     if single:  # the world's text features from the one template (the cache key holds the templates)
         world.templates = single
     return features.FeatureBank.load_or_build(backbone, world, cache_dir(config), progress=progress, device=device)
+
+
+def with_inputs(config: RunConfig, bank: Any, backbone: Any = None, progress: bool = True) -> Any:
+    """``bank`` with the inputs the config's PEFT reads: as it is for cached features, else a TokenBank.
+
+    Parameters
+    ----------
+    config : RunConfig
+    bank : FeatureBank-like
+        The world's feature bank.
+    backbone : Backbone, optional
+        Reused when the token cache must be built (loaded otherwise).
+    progress : bool
+        Progress bars while encoding.
+    """
+    if PEFTS.get(config.method.peft).inputs_for(config) != "tokens" or hasattr(bank, "train_tokens"):
+        return bank
+    from .token_bank import load_or_build_tokens
+
+    if backbone is None:
+        backbone = load_backbone_for(config)
+    fingerprint, make_world = _world(config)
+    return load_or_build_tokens(bank, backbone, fingerprint, make_world, cache_dir(config), progress,
+                                device=str(resolve_device(config.world.device)))
 
 
 @dataclass
@@ -97,7 +134,8 @@ class Assembly:
     method : Method
     device : torch.device
     bank : FeatureBank-like
-        Cached features, labels, zero-shot text features, logit scale, class names and order.
+        Cached features, labels, zero-shot text features, logit scale, class names and order (a
+        :class:`~fedpurel_lite.token_bank.TokenBank` when the PEFT reads vision tokens).
     federation : Federation or None
         ``None`` only for a node that holds just its own exported data.
     backbone : Backbone or None
@@ -161,6 +199,8 @@ def assemble(config: RunConfig, bank: Any = None, backbone: Any = None, federati
         backbone = load_backbone_for(config)
     if bank is None:
         bank = load_bank(config, backbone, progress)
+    if with_federation:
+        bank = with_inputs(config, bank, backbone, progress)
     if federation is None and with_federation:
         federation = build_federation(np.asarray(bank.train_labels), np.asarray(bank.test_labels), bank.class_order,
                                       config)
@@ -210,7 +250,8 @@ def personal_predictions(result: Any, bank: Any, backbone: Any = None) -> list[n
     config = RunConfig.from_dict(result.config)
     fed = build_federation(np.asarray(bank.train_labels), np.asarray(bank.test_labels), bank.class_order, config)
     peft = rebuild_global_model(result, bank, backbone)
-    x_test = torch.as_tensor(bank.test_features).float()
+    bank = with_inputs(config, bank, backbone, progress=False)
+    x_test = torch.as_tensor(model_inputs(bank, "test")).float()
     with torch.no_grad():
         logits = peft.predict_logits(x_test)
     kind = get_method(result.method).personal

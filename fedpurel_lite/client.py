@@ -26,6 +26,7 @@ from .methods import Method
 from .partition import Federation
 from .peft import PEFTModule
 from .personalize import load_state, module_state, predict_personal, start_state, train_personal
+from .token_bank import model_inputs
 
 
 def client_generator(seed: int, round_idx: int, client: int, stage: int) -> torch.Generator:
@@ -36,18 +37,19 @@ def client_generator(seed: int, round_idx: int, client: int, stage: int) -> torc
 
 @dataclass
 class ClientData:
-    """One client's data on the cached-feature path.
+    """One client's data (cached features or cached vision tokens).
 
     Attributes
     ----------
     client_id : int
         Partition id ``k``.
     x, y : Tensor
-        Training features ``[n, D]`` (L2-normalised) and labels ``[n]``.
+        Training inputs of the PEFT (L2-normalised features ``[n, D]``, or vision tokens
+        ``[n, tokens, width]``) and labels ``[n]``.
     z : Tensor
         Zero-shot (teacher) logits of the training features ``[n, C]``.
     x_test : Tensor
-        Test-split features ``[m, D]``.
+        Test-split inputs (as ``x``).
     y_test : numpy.ndarray
         Test-split labels ``[m]``.
     """
@@ -82,18 +84,24 @@ class ClientData:
 
 
 def make_clients(bank: Any, fed: Federation, device: torch.device | str = "cpu") -> list[ClientData]:
-    """Every client's :class:`ClientData` from a feature bank and a federation."""
-    x_train = torch.as_tensor(bank.train_features).float().to(device)
-    y_train = torch.as_tensor(np.asarray(bank.train_labels), dtype=torch.long).to(device)
-    x_test = torch.as_tensor(bank.test_features).float().to(device)
+    """Every client's :class:`ClientData` from a bank and a federation.
+
+    ``x`` and ``x_test`` are what the PEFT reads (:func:`~fedpurel_lite.token_bank.model_inputs`:
+    cached features, or vision tokens of a TokenBank); the teacher logits always come from the
+    cached final features (zero-shot CLIP).
+    """
+    feats = torch.as_tensor(bank.train_features).float()
+    x_train = torch.as_tensor(model_inputs(bank, "train")).float()
+    y_train = torch.as_tensor(np.asarray(bank.train_labels), dtype=torch.long)
+    x_test = torch.as_tensor(model_inputs(bank, "test")).float()
     y_test = np.asarray(bank.test_labels)
     teacher = torch.as_tensor(bank.text_features).float().to(device).t() * float(bank.logit_scale)
     out = []
     for k in range(fed.num_clients):
-        idx = torch.as_tensor(fed.client_train[k], dtype=torch.long, device=device)
-        tidx = torch.as_tensor(fed.client_test[k], dtype=torch.long, device=device)
-        xk = x_train[idx]
-        out.append(ClientData(k, xk, y_train[idx], xk @ teacher, x_test[tidx], y_test[fed.client_test[k]]))
+        idx = torch.as_tensor(fed.client_train[k], dtype=torch.long)
+        tidx = torch.as_tensor(fed.client_test[k], dtype=torch.long)
+        out.append(ClientData(k, x_train[idx].to(device), y_train[idx].to(device), feats[idx].to(device) @ teacher,
+                              x_test[tidx].to(device), y_test[fed.client_test[k]]))
     return out
 
 

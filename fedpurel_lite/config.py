@@ -7,7 +7,8 @@ A preset (``configs/*.toml``) has one table per section::
     [longtail]       imbalance_ratio, profile, group_convention
     [federation]     num_clients, participation, rounds, dirichlet_alpha, min_client_size, test_split,
                      partition, superclass_beta
-    [method]         name, peft, n_ctx, ctx_init, class_specific, adapter_reduction, adapter_ratio
+    [method]         name, peft, n_ctx, ctx_init, class_specific, adapter_reduction, adapter_ratio,
+                     lora_rank, lora_alpha, lora_towers
     [stage1]         lr, momentum, weight_decay, batch_size, local_epochs, optimizer_scope, drop_last
     [purification]   projection, lambda_proj, bisection_iters, track_cos, kl_log
     [personalization] personal_alpha, personal_lr, personal_epochs, personal_momentum, residual_scale, residual_bias
@@ -96,6 +97,9 @@ class MethodCfg:
     class_specific: bool = False  # prompt: one context per class
     adapter_reduction: int = 4  # adapter: hidden width = dim / reduction
     adapter_ratio: float = 0.2  # adapter: residual mix
+    lora_rank: int = 8  # lora: rank r of the q/k/v updates
+    lora_alpha: float = 16.0  # lora: the update is scaled by lora_alpha / sqrt(lora_rank)
+    lora_towers: str = "vision"  # lora: on the vision tower, the text tower, or both
 
 
 @dataclass(frozen=True)

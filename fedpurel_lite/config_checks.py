@@ -20,6 +20,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "stage1.optimizer_scope": ("client-round", "shared"),
     "world.device": ("cpu", "cuda", "auto"),
     "world.templates": ("ensemble", "single"),
+    "method.lora_towers": ("vision", "text", "both"),
 }
 MAX_SEED = 2**32 - 1
 
@@ -29,6 +30,7 @@ RANGES: dict[str, str] = {
     "federation.rounds": "[1, 1000000]", "federation.dirichlet_alpha": "> 0", "federation.min_client_size": ">= 1",
     "federation.superclass_beta": "> 0",
     "method.n_ctx": "[1, 64]", "method.adapter_reduction": ">= 1", "method.adapter_ratio": "[0, 1]",
+    "method.lora_rank": "[1, 1024]", "method.lora_alpha": "> 0",
     "stage1.lr": "> 0", "stage1.momentum": "[0, 1)", "stage1.weight_decay": ">= 0", "stage1.batch_size": ">= 1",
     "stage1.local_epochs": "[1, 1000]", "purification.lambda_proj": ">= 0", "purification.bisection_iters": "[1, 100]",
     "personalization.personal_alpha": "[0, 1]", "personalization.personal_lr": "> 0",

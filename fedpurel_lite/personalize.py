@@ -8,8 +8,8 @@ the simulator and a Flower ClientApp share them. A client's personal state is a 
 Kinds
 -----
 ``residual``     FedPuReL: zero-initialised :class:`~fedpurel_lite.peft.ResidualHead` ``l_L`` on
-                 the image features, loss ``alpha CE(l_L) + (1-alpha) CE(l_G + l_L)`` against the
-                 frozen global model, inference ``l_G + l_L``. Persistent across rounds.
+                 the image features (:func:`head_features`), loss ``alpha CE(l_L) + (1-alpha) CE(l_G + l_L)``
+                 against the frozen global model, inference ``l_G + l_L``. Persistent across rounds.
 ``residual-peft`` the reference code's variant: the personal branch is a full PEFT starting at
                  zero-shot (``l_L`` is a complete CLIP logit vector), same loss and inference.
 ``local-ft``     parameter-level: copy the new global PEFT, fine-tune it with CE, predict with it
@@ -129,6 +129,18 @@ def new_personal_module(kind: str, global_peft: PEFTModule, config: Any) -> nn.M
     return global_peft.clone()
 
 
+def head_features(global_peft: PEFTModule, x: Tensor) -> Tensor:
+    """The image features a personal head reads for inputs ``x`` (no grad).
+
+    ``x`` itself when the PEFT reads cached features (unchanged from before any PEFT), the frozen
+    global model's image features when it reads vision tokens (a head cannot read tokens).
+    """
+    if global_peft.inputs == "features":
+        return x
+    with torch.no_grad():
+        return global_peft.image_features(x)
+
+
 def module_state(module: nn.Module) -> dict[str, Tensor]:
     """Detached copies of a personal module's trainable tensors."""
     return {n: p.detach().clone() for n, p in module.named_parameters() if p.requires_grad}
@@ -195,7 +207,8 @@ def personal_logits(
     if PERSONALIZATIONS.get(kind).residual:
         if global_logits is None:
             global_logits = global_peft.predict_logits(features)
-        return global_logits + personal(features)
+        branch_input = head_features(global_peft, features) if isinstance(personal, ResidualHead) else features
+        return global_logits + personal(branch_input)
     if kind in ("local-ft", "local-only"):
         return personal(features)
     if kind == "fedrep":
@@ -265,7 +278,8 @@ def train_personal(
         for idx in batches(features.shape[0], config.stage1.batch_size, generator):
             x, y = features[idx], labels[idx]
             if closed:
-                loss, grads = _residual_step(personal, global_logits[idx], x, y, pc.personal_alpha)
+                loss, grads = _residual_step(personal, global_logits[idx], head_features(global_peft, x), y,
+                                             pc.personal_alpha)
             elif residual:
                 local = personal(x)
                 loss = personal_loss(kind, global_logits[idx] + local, y, config, local)
@@ -300,6 +314,30 @@ def _residual_step(head: ResidualHead, global_logits: Tensor, x: Tensor, y: Tens
     if head.linear.bias is not None:
         grads.append(g.sum(dim=0))
     return loss, grads
+
+
+def branch_only(kind: str, global_peft: PEFTModule) -> bool:
+    """The personal branch's logits read only the inputs, not the global model (so they can be kept).
+
+    True for ``residual-peft`` (``l_L``), ``local-ft`` and ``local-only`` (the personal logits), and
+    for ``residual`` when its head reads the inputs themselves (cached features).
+    """
+    if kind in ("residual-peft", "local-ft", "local-only"):
+        return True
+    return kind == "residual" and global_peft.inputs == "features"
+
+
+@torch.no_grad()
+def branch_logits(kind: str, personal: nn.Module, global_peft: PEFTModule, features: Tensor,
+                  batch_size: int = 4096) -> Tensor:
+    """The personal branch's own logits for a :func:`branch_only` kind, batched as :func:`predict_personal`.
+
+    Residual kinds give ``l_L`` (add the global logits for the personal model's); the others give
+    the personal logits. Bit-identical to the matching part of :func:`predict_personal`.
+    """
+    if not PERSONALIZATIONS.get(kind).residual:
+        return predict_personal(kind, personal, global_peft, features, None, None, batch_size)
+    return torch.cat([personal(features[i:i + batch_size]) for i in range(0, features.shape[0], batch_size)])
 
 
 @torch.no_grad()

@@ -44,8 +44,9 @@ from .methods import Method, get_method
 from .metrics import evaluate_clients, evaluate_predictions, per_class_accuracy
 from .partition import Federation, count_matrix
 from .peft import PEFTS, PEFTModule
-from .personalize import load_state, predict_personal, start_state
+from .personalize import PERSONALIZATIONS, branch_logits, branch_only, load_state, predict_personal, start_state
 from .results import RunResult, clean_json, federation_info, summarise
+from .token_bank import model_inputs
 from .workers import ClientPool, IntraOpThreads, resolve_workers
 
 
@@ -143,13 +144,14 @@ def _run(parts: Assembly, progress: bool, checkpoint_dir: str | Path | None, poi
     config, method, peft, fed, device = parts.config, parts.method, parts.peft, parts.federation, parts.device
     bank = parts.bank
     test_labels_np = np.asarray(bank.test_labels)
-    x_test = torch.as_tensor(bank.test_features).float().to(device)
+    x_test = torch.as_tensor(model_inputs(bank, "test")).float().to(device)
     initial_state = peft.shared_state()
     clients = parts.clients()
     prior = parts.class_prior()
     test_y_clients = [test_labels_np[t] for t in fed.client_test]
     sampler = ClientSampler(fed.num_clients, config.federation.participation, config.run.seed)
     personal_states: dict[int, dict[str, Tensor]] = {}
+    kept: dict[int, tuple[dict, Tensor]] = {}
     history: list[dict] = []
     start = 0
     if point is not None:
@@ -173,7 +175,7 @@ def _run(parts: Assembly, progress: bool, checkpoint_dir: str | Path | None, poi
             chosen = sampler.sample(r)
             entry = _one_round(r, chosen, config, method, peft, pool, personal_states, clients, prior, initial_state)
             entry.update(_evaluate(config, method, peft, pool, personal_states, initial_state, x_test, test_labels_np,
-                                   test_y_clients, fed))
+                                   test_y_clients, fed, kept))
             entry["time_s"] = time.perf_counter() - t0
             entry = clean_json(entry)
             history.append(entry)
@@ -218,11 +220,27 @@ def _one_round(r: int, chosen: np.ndarray, config: RunConfig, method: Method, pe
 
 
 @torch.no_grad()
+def predict_global(peft: PEFTModule, x: Tensor, batch_size: int, pool: ClientPool) -> Tensor:
+    """``peft.predict_logits(x, batch_size)``, its batches spread over the pool's threads (bit-identical)."""
+    if pool.n == 1:
+        return peft.predict_logits(x, batch_size)
+    cls = peft.class_features()
+    chunks = [x[i:i + batch_size] for i in range(0, x.shape[0], batch_size)]
+    out = pool.map(lambda slot, chunk: peft.predict_logits(chunk, batch_size, cls), chunks)
+    return torch.cat(out) if out else peft.predict_logits(x, batch_size, cls)
+
+
+@torch.no_grad()
 def _evaluate(config: RunConfig, method: Method, peft: PEFTModule, pool: ClientPool,
               personal_states: dict[int, dict[str, Tensor]], initial_state: dict[str, Tensor], x_test: Tensor,
-              y_test: np.ndarray, test_y_clients: list[np.ndarray], fed: Federation) -> dict:
-    """Global model on the balanced test set and on the client splits; personal models on the splits."""
-    logits = peft.predict_logits(x_test, config.run.eval_batch_size)
+              y_test: np.ndarray, test_y_clients: list[np.ndarray], fed: Federation,
+              kept: dict[int, tuple[dict, Tensor]]) -> dict:
+    """Global model on the balanced test set and on the client splits; personal models on the splits.
+
+    ``kept`` holds the personal branch logits of every client by the state they came from, across
+    rounds (see :func:`~fedpurel_lite.personalize.branch_only`).
+    """
+    logits = predict_global(peft, x_test, config.run.eval_batch_size, pool)
     pred = logits.argmax(dim=1).cpu().numpy()
     gm = evaluate_predictions(y_test, pred, fed.num_classes, fed.groups, fed.train_counts)
     gm_client_preds = [pred[t] for t in fed.client_test]
@@ -232,10 +250,21 @@ def _evaluate(config: RunConfig, method: Method, peft: PEFTModule, pool: ClientP
         out["pm"] = out["gm_clients"]
         return out
 
+    kind = method.personal
+    keep = branch_only(kind, peft)
+    residual = PERSONALIZATIONS.get(kind).residual
+
     def predict(slot: tuple[PEFTModule, torch.nn.Module], k: int) -> np.ndarray:
         idx = torch.as_tensor(fed.client_test[k], dtype=torch.long, device=x_test.device)
-        return predict_private(slot[1], peft, personal_states.get(k), initial_state, x_test[idx], logits[idx],
-                               config, method)
+        state = personal_states.get(k)
+        if not keep or state is None:
+            return predict_private(slot[1], peft, state, initial_state, x_test[idx], logits[idx], config, method)
+        # a client not trained this round has the same branch logits as before: reuse them (bit-identical)
+        if k not in kept or kept[k][0] is not state:
+            load_state(slot[1], state)
+            kept[k] = (state, branch_logits(kind, slot[1], peft, x_test[idx], config.run.eval_batch_size))
+        own = kept[k][1]
+        return (logits[idx] + own if residual else own).argmax(dim=1).cpu().numpy()
 
     preds = pool.map(predict, range(fed.num_clients))
     out["pm"] = clean_json(evaluate_clients(preds, test_y_clients, fed.num_classes, fed.groups))
@@ -260,9 +289,10 @@ def final_analysis(parts: Assembly, pool: ClientPool, personal_states: dict[int,
     config, method, peft, fed, bank = parts.config, parts.method, parts.peft, parts.federation, parts.bank
     y_test = torch.as_tensor(np.asarray(bank.test_labels), dtype=torch.long)
     text = torch.as_tensor(bank.text_features).float().to(x_test.device)
-    logits = peft.predict_logits(x_test, config.run.eval_batch_size)
-    zs_logits = torch.cat([x_test[i:i + config.run.eval_batch_size] @ text.t() * float(bank.logit_scale)
-                           for i in range(0, x_test.shape[0], config.run.eval_batch_size)])
+    logits = predict_global(peft, x_test, config.run.eval_batch_size, pool)
+    feats = torch.as_tensor(bank.test_features).float().to(x_test.device)
+    zs_logits = torch.cat([feats[i:i + config.run.eval_batch_size] @ text.t() * float(bank.logit_scale)
+                           for i in range(0, feats.shape[0], config.run.eval_batch_size)])
     index = [torch.as_tensor(t, dtype=torch.long) for t in fed.client_test]
 
     def personal(slot: tuple[PEFTModule, torch.nn.Module], k: int) -> Tensor:

@@ -17,6 +17,7 @@ from ..config import RunConfig
 from ..errors import ConfigError
 from ..metrics import evaluate_predictions
 from ..results import RunResult, atomic_write, clean_json, federation_info, summarise
+from ..token_bank import model_inputs
 from .client_app import config_from_context
 from .strategy import FedPuReLStrategy, FlowerRunError
 
@@ -90,7 +91,7 @@ def serve(grid: Grid, config: RunConfig, min_replies: int = 1, sink: dict[str, A
     sink["strategy"] = strategy
     sink.update(federation=fed, config=config, failures=strategy.failures)
     strategy.register_nodes(discover_partitions(grid, fed.num_clients))
-    x_test = torch.as_tensor(bank.test_features).float()
+    x_test = torch.as_tensor(model_inputs(bank, "test")).float()
     y_test = np.asarray(bank.test_labels)
     clock = {"t": time.perf_counter()}
 

@@ -1,7 +1,10 @@
 """The PEFT interface and registry: what every shared trainable part on top of the frozen CLIP is.
 
-Every PEFT maps **cached, L2-normalised image features** ``[B, D]`` to logits ``[B, C]`` and is
-split into two pieces the methods can combine without knowing which PEFT they train:
+Every PEFT maps its **inputs** ``x`` to logits ``[B, C]``: cached, L2-normalised image features
+``[B, D]`` for PEFTs on a frozen image tower, or the image tower's cached input tokens
+``[B, L, width]`` for PEFTs inside it (vision LoRA; the spec's ``inputs`` says which, and the
+assembly gives the run that kind of bank). It is split into two pieces the methods can combine
+without knowing which PEFT they train:
 
 - :meth:`PEFTModule.image_features` -- the (possibly adapted) normalised image features ``[B, D]``;
 - :meth:`PEFTModule.class_features` -- the normalised class (text) features ``[C, D]``;
@@ -45,6 +48,9 @@ class PEFTSpec:
         CPU (one thread each); light PEFTs train clients in turn.
     description : str
         One line for tables and messages.
+    inputs : {"features", "tokens"} or callable
+        What ``x`` is: cached final image features, or the vision tower's cached input tokens;
+        a callable ``inputs(config)`` when it depends on the config.
     """
 
     name: str
@@ -52,6 +58,11 @@ class PEFTSpec:
     needs_backbone: bool = False
     concurrent_clients: bool = False
     description: str = ""
+    inputs: str | Callable[[Any], str] = "features"
+
+    def inputs_for(self, config: Any) -> str:
+        """``"features"`` or ``"tokens"``: the inputs this PEFT reads under ``config``."""
+        return self.inputs(config) if callable(self.inputs) else self.inputs
 
 
 #: every registered PEFT
@@ -59,10 +70,10 @@ PEFTS: Registry[PEFTSpec] = Registry("PEFT", "method.peft")
 
 
 def register_peft(name: str, *, needs_backbone: bool = False, concurrent_clients: bool = False,
-                  description: str = "") -> Callable:
+                  description: str = "", inputs: str | Callable[[Any], str] = "features") -> Callable:
     """Decorator registering a builder ``fn(bank, backbone, config) -> PEFTModule`` as PEFT ``name``."""
     return PEFTS.decorator(PEFTSpec, name, needs_backbone=needs_backbone, concurrent_clients=concurrent_clients,
-                           description=description)
+                           description=description, inputs=inputs)
 
 
 class PEFTModule(nn.Module):
@@ -72,9 +83,12 @@ class PEFTModule(nn.Module):
     ----------
     logit_scale : float
         The backbone's (exponentiated) logit scale, fixed.
+    inputs : {"features", "tokens"}
+        What ``x`` is (cached image features unless the PEFT runs inside the image tower).
     """
 
     logit_scale: float
+    inputs: str = "features"
 
     def image_features(self, x: Tensor) -> Tensor:
         """Normalised image features used by the classifier (identity by default)."""
@@ -135,9 +149,9 @@ class PEFTModule(nn.Module):
         return copy.deepcopy(self, memo)
 
     @torch.no_grad()
-    def predict_logits(self, x: Tensor, batch_size: int = 4096) -> Tensor:
-        """Logits of many samples in batches, class features computed once (no grad)."""
-        cls = self.class_features()
+    def predict_logits(self, x: Tensor, batch_size: int = 4096, class_features: Tensor | None = None) -> Tensor:
+        """Logits of many samples in batches, class features computed once (or given; no grad)."""
+        cls = self.class_features() if class_features is None else class_features
         out = [self.logit_scale * self.image_features(x[i:i + batch_size]) @ cls.t()
                for i in range(0, x.shape[0], batch_size)]
         return torch.cat(out) if out else x.new_zeros(0, cls.shape[0])
