@@ -5,6 +5,8 @@ Modules
 ``head``     :class:`TextAnchoredHead`, cosine classifier whose weights start at the zero-shot text features.
 ``prompt``   :class:`PromptLearner`, CoOp context vectors run through the frozen open_clip text tower.
 ``adapter``  :class:`FeatureAdapter`, CLIP-Adapter residual MLP on the image features (starts at zero-shot).
+``lora``     :class:`LoRACLIP`, LoRA on the attention q/k/v of the vision (and/or text) tower, on cached
+             vision tokens (starts at zero-shot).
 
 Every sub-module of this package is imported here, so a new PEFT is one module that decorates its
 builder with :func:`register_peft` (plus its test); nothing else names it.
@@ -24,10 +26,11 @@ for _mod in pkgutil.iter_modules(__path__):
 
 from .adapter import FeatureAdapter  # noqa: E402
 from .head import TextAnchoredHead  # noqa: E402
+from .lora import LoRACLIP  # noqa: E402
 from .prompt import PromptLearner  # noqa: E402
 
-__all__ = ["PEFTS", "FeatureAdapter", "PEFTModule", "PEFTSpec", "PromptLearner", "TextAnchoredHead", "build_peft",
-           "register_peft"]
+__all__ = ["PEFTS", "FeatureAdapter", "LoRACLIP", "PEFTModule", "PEFTSpec", "PromptLearner", "TextAnchoredHead",
+           "build_peft", "register_peft"]
 
 
 def build_peft(kind: str, bank: Any, backbone: Any = None, config: Any = None) -> PEFTModule:
@@ -36,9 +39,10 @@ def build_peft(kind: str, bank: Any, backbone: Any = None, config: Any = None) -
     Parameters
     ----------
     kind : str
-        A name in :data:`PEFTS` (``"head"``, ``"prompt"``, ``"adapter"``, ...).
+        A name in :data:`PEFTS` (``"head"``, ``"prompt"``, ``"adapter"``, ``"lora"``, ...).
     bank : FeatureBank-like
-        ``text_features`` ``[C, D]``, ``logit_scale`` and ``class_names``.
+        ``text_features`` ``[C, D]``, ``logit_scale`` and ``class_names`` (and ``manifest``, whose
+        templates a text-tower LoRA averages).
     backbone : Backbone-like, optional
         ``model`` and ``tokenizer``; required when the PEFT's spec says ``needs_backbone``.
     config : RunConfig, optional
