@@ -57,10 +57,13 @@ def _world(config: RunConfig) -> tuple[str, Any]:
     if _is_embedded(config):
         from .worlds import shapes
 
-        fp = shapes.shapes_fingerprint("target", shapes.DEFAULT_SHIFT, 0)
-        return fp, lambda: shapes.load_shapes("target", shapes.DEFAULT_SHIFT, 0)
+        variant = config.world.variant
+        fp = shapes.shapes_fingerprint("target", shapes.DEFAULT_SHIFT, 0, variant=variant)
+        return fp, lambda: shapes.load_shapes("target", shapes.DEFAULT_SHIFT, 0, variant=variant)
     kwargs: dict[str, Any] = {}
-    if config.world.name != "shapes":
+    if config.world.name == "shapes":
+        kwargs["variant"] = config.world.variant
+    else:
         kwargs["root"] = config.world.root or None
     if config.world.name == "folder":
         if not config.world.root:
@@ -90,7 +93,7 @@ def load_bank(config: RunConfig, backbone: Any = None, progress: bool = True) ->
     single = [SINGLE_TEMPLATE] if config.world.templates == "single" else None
     if _is_embedded(config) and backbone is None:
         return features.load_embedded_bank(cache_dir=cache_dir(config), progress=progress, device=device,
-                                           templates=single)
+                                           templates=single, variant=config.world.variant)
     if backbone is None:
         backbone = load_backbone_for(config)
     world = _world(config)[1]()

@@ -3,7 +3,7 @@
 A preset (``configs/*.toml``) has one table per section::
 
     [world]          name, backbone, pretrained, root, split_file, test_split_file, class_names_file,
-                     templates, cache_dir, device
+                     templates, variant, cache_dir, device
     [longtail]       imbalance_ratio, profile, group_convention
     [federation]     num_clients, participation, rounds, dirichlet_alpha, min_client_size, test_split,
                      partition, superclass_beta
@@ -59,6 +59,7 @@ class WorldCfg:
     test_split_file: str = ""  # folder world, OLTR .txt lists: the test list; "" = split_file with train -> test
     class_names_file: str = ""  # folder world, OLTR .txt lists: "<label or folder> <name>" lines; "" = folder names
     templates: str = "ensemble"  # zero-shot text features: the world's template ensemble, or "a photo of a {}."
+    variant: str = "stratified"  # shapes world: target variant (colour drift, class order), see worlds.shapes
     cache_dir: str = ""  # "" = $FEDPUREL_CACHE or the repository's data/cache
     device: str = "cpu"  # cpu, cuda or auto (cuda when available)
 

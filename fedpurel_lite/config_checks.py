@@ -20,6 +20,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "stage1.optimizer_scope": ("client-round", "shared"),
     "world.device": ("cpu", "cuda", "auto"),
     "world.templates": ("ensemble", "single"),
+    "world.variant": ("stratified", "shape-grouped"),
     "method.lora_towers": ("vision", "text", "both"),
 }
 MAX_SEED = 2**32 - 1
@@ -56,6 +57,7 @@ def check_combinations(config: Any) -> None:
     - ``stage1.optimizer_scope = "shared"`` carries one SGD state from client to client in the
       order they are trained, so the clients of a round must run one after another:
       ``run.workers = 1``.
+    - ``world.variant`` is a variant of the shapes world: another one needs ``world.name = "shapes"``.
     - ``federation.partition = "superclass"`` draws each client's test split together with its
       training data, so ``federation.test_split`` must stay ``"shares"`` (the default).
 
@@ -68,6 +70,9 @@ def check_combinations(config: Any) -> None:
         raise ConfigError(f"stage1.optimizer_scope='shared' carries one SGD state from client to client in order, so "
                           f"it needs run.workers=1 (got {config.run.workers}); set run.workers=1 or use "
                           "optimizer_scope='client-round'")
+    if config.world.variant != "stratified" and config.world.name != "shapes":
+        raise ConfigError(f"world.variant={config.world.variant!r} is a variant of the shapes world, but world.name="
+                          f"{config.world.name!r}; leave world.variant at 'stratified' for other worlds")
     if config.federation.partition == "superclass" and config.federation.test_split != "shares":
         raise ConfigError("federation.partition='superclass' draws every client's test split with its training data; "
                           f"federation.test_split={config.federation.test_split!r} does not apply (leave it 'shares')")

@@ -367,7 +367,8 @@ class FeatureBank:
 
 
 def load_embedded_bank(cache_dir: str | Path | None = None, shift: float | None = None, seed: int = 0,
-                       progress: bool = True, device: str = "cpu", templates: list[str] | None = None) -> FeatureBank:
+                       progress: bool = True, device: str = "cpu", templates: list[str] | None = None,
+                       variant: str = "stratified") -> FeatureBank:
     """The default backbone (shipped tiny CLIP) on the shapes target world, cached.
 
     A warm cache is read without rendering the world (about a second); a cold one renders and encodes 60,000 images.
@@ -376,16 +377,14 @@ def load_embedded_bank(cache_dir: str | Path | None = None, shift: float | None 
     ----------
     cache_dir : str or Path, optional
         Feature cache folder (default :data:`DEFAULT_CACHE_DIR`).
-    shift : float, optional
-        Target shift (default :data:`fedpurel_lite.worlds.shapes.DEFAULT_SHIFT`).
-    seed : int
-        World seed.
-    progress : bool
-        Show progress bars when encoding.
-    device : {"cpu", "cuda", "auto"}
-        Where the backbone encodes a cold cache (``"auto"``: CUDA when available).
+    shift, seed : float, int
+        Target shift (default :data:`fedpurel_lite.worlds.shapes.DEFAULT_SHIFT`) and world seed.
+    progress, device : bool, {"cpu", "cuda", "auto"}
+        Progress bars, and where the backbone encodes a cold cache (``"auto"``: CUDA when available).
     templates : list of str, optional
         Zero-shot text templates (default: the world's 7; part of the cache key).
+    variant : str
+        Target variant (:data:`fedpurel_lite.worlds.shapes.VARIANTS`).
 
     Returns
     -------
@@ -394,6 +393,7 @@ def load_embedded_bank(cache_dir: str | Path | None = None, shift: float | None 
     from fedpurel_lite.worlds import shapes
     backbone, templates = load_backbone(device=device), list(templates or shapes.TEMPLATES)
     shift = shapes.DEFAULT_SHIFT if shift is None else shift
-    inputs = _inputs(backbone, shapes.shapes_fingerprint("target", shift, seed), templates)
-    world = lambda: (backbone, replace(shapes.load_shapes("target", shift, seed), templates=templates))  # noqa: E731
+    inputs = _inputs(backbone, shapes.shapes_fingerprint("target", shift, seed, variant=variant), templates)
+    world = lambda: (backbone, replace(shapes.load_shapes("target", shift, seed, variant=variant),  # noqa: E731
+                                       templates=templates))
     return FeatureBank._load_or_build(cache_dir, inputs, world, progress, 500, None)

@@ -66,6 +66,8 @@ SET_CASES = [
     ("unknown-world", ["world=imagenet"], "unknown world 'imagenet'"),
     ("folder-without-root", ["world=folder"], "folder"),
     ("cifar-missing", ["world=cifar100", "world.root=/nonexistent/cifar"], "/nonexistent/cifar"),
+    ("unknown-variant", ["world.variant=grouped"], "world.variant='grouped': allowed one of stratified, shape-grouped"),
+    ("variant-of-another-world", ["world=cifar100", "world.variant=shape-grouped"], "variant of the shapes world"),
 ]
 
 TOML_CASES = [

@@ -113,3 +113,31 @@ def test_folder_world(tmp_path) -> None:
 def test_registry_rejects_unknown_names() -> None:
     with pytest.raises(ValueError, match="shapes"):
         load_world("imagenet")
+
+
+def test_shape_grouped_variant_changes_drift_and_order_but_not_the_default() -> None:
+    v = shapes.VARIANTS["shape-grouped"]
+    default = shapes.load_shapes("target", shift=0.6, seed=0, n_train=2, n_test=1)
+    grouped = shapes.load_shapes("target", shift=0.6, seed=0, n_train=2, n_test=1, variant="shape-grouped")
+    # the default's fingerprint (every cache key built on it) names no variant
+    assert "variant" not in shapes.shapes_params("target", 0.6, 0, 2, 1)
+    assert default.fingerprint() == shapes.shapes_fingerprint("target", 0.6, 0, 2, 1)
+    assert grouped.fingerprint() == shapes.shapes_fingerprint("target", 0.6, 0, 2, 1, "shape-grouped")
+    assert grouped.fingerprint() != default.fingerprint()
+    # head to tail: whole shapes, in the variant's ranking, every colour once per shape
+    order = grouped.class_order
+    assert sorted(order.tolist()) == list(range(100))
+    for rank, shape in enumerate(v.shape_rank):
+        block = order[10 * rank : 10 * rank + 10]
+        assert (block % 10 == shape).all() and sorted((block // 10).tolist()) == list(range(10))
+    # weaker colour drift: same geometry and backgrounds, object colours closer to the palette
+    same = (default.train_images == grouped.train_images).all(axis=-1)
+    assert 0.3 < same.mean() < 0.95
+    assert shapes.render(np.arange(100), "target", 0.0, seed=0, stream=4, drift_per_shift=v.drift_per_shift).tobytes() \
+        == shapes.render(np.arange(100), "target", 0.0, seed=0, stream=4).tobytes()  # no shift, no drift
+    source = shapes.load_shapes("source", seed=0, n_train=1, n_test=1, variant="shape-grouped")
+    assert source.fingerprint() == shapes.shapes_fingerprint("source", seed=0, n_train=1, n_test=1)
+    with pytest.raises(ValueError, match="unknown shapes variant"):
+        shapes.load_shapes("target", n_train=1, n_test=1, variant="nope")
+    with pytest.raises(ValueError, match="permutation"):
+        shapes.shape_grouped_order([0] * 10)

@@ -3,7 +3,8 @@
     .venv/bin/python bench/prompt_erosion/candidate_fl.py ORDER METHOD PEFT SEED [ROUNDS] [key=value ...]
 
 WORLD=idio (env, optional: the re-rendered world of shift_worlds.py)
-ORDER: stratified | random | by_shape | flat_shape (shape ranking [2,3,9,0,1,5,6,7,8,4], see flat_shape_order.py)
+ORDER: shape:<10 digits> (orders.by_shape with that shape ranking)
+     | stratified | random | by_shape | flat_shape (shape ranking [2,3,9,0,1,5,6,7,8,4], see flat_shape_order.py)
 Appends the GM last-10 summary to results/candidate_fl.jsonl.
 """
 import os
@@ -31,7 +32,10 @@ def main(argv):
     if world != "default":  # a re-rendered world from shift_worlds.py
         import shift_worlds
         bank = shift_worlds.load(world)
-    b = variant(bank, class_order=ORDERS[order]())
+    if order.startswith("shape:"):  # shape:2390156784 = orders.by_shape with this shape ranking
+        b = variant(bank, class_order=orders.by_shape([int(c) for c in order[len("shape:"):]]))
+    else:
+        b = variant(bank, class_order=ORDERS[order]())
     over = {"method": method, "peft": peft, "seed": seed, "rounds": rounds, **extra}
     fl(f"{world}|{order}|{method}|{peft}|s{seed}|r{rounds}", b, backbone, record="candidate_fl", **over)
 

@@ -10,6 +10,7 @@ evaluate the exact order for the finalists).
     .venv/bin/python bench/prompt_erosion/flat_shape_order.py
 """
 import itertools
+import os
 import sys
 from pathlib import Path
 
@@ -30,6 +31,10 @@ def gap(g):
 def main():
     torch.set_num_threads(1)
     cfg, bank, backbone = load_default()
+    world = os.environ.get("WORLD", "default")
+    if world != "default":  # a re-rendered world from shift_worlds.py
+        import shift_worlds
+        bank = shift_worlds.load(world)
     zt = per_class_zs_template(bank)
     zp = {s: per_class_zs_prompt(bank, backbone, seed=s) for s in (7, 8, 1)}
     grp = default_groups(orders.by_shape())  # group per class id for identity ranking -> per rank position
@@ -61,7 +66,7 @@ def main():
         print(row)
     identity = orders.by_shape()
     print("identity by_shape:", groups_of(variant(bank, class_order=identity), zt))
-    log("flat_shape_order", {"top": out})
+    log("flat_shape_order", {"world": world, "top": out})
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
     .venv/bin/python bench/prompt_erosion/shift_worlds.py KIND   # KIND: nodrift | idio
 
 nodrift: DRIFT_PER_SHIFT = 0 (clutter unchanged: shift 0.58 -> clutter 0.29).
+driftX:  DRIFT_PER_SHIFT = X (the default world has 0.75), clutter unchanged.
 idio:    class-idiosyncratic drift: each class drifts (same amount, 0.75 * 0.58) towards its own colour
          target, drawn per class (seeded) among the 9 other colours, instead of the next colour of the cycle.
 The package's shapes module is patched in this process only (the renderer's source with one expression
@@ -22,6 +23,7 @@ from fedpurel_lite.features import FeatureBank  # noqa: E402
 from fedpurel_lite.worlds import shapes  # noqa: E402
 
 OUT = Path("/tmp/h4")
+OUT.mkdir(parents=True, exist_ok=True)
 
 
 def idio_targets(seed=0):
@@ -35,6 +37,9 @@ def patch(kind):
     shapes._pools.cache_clear()
     if kind == "nodrift":
         shapes.DRIFT_PER_SHIFT = 0.0
+        return
+    if kind.startswith("drift"):  # systematic drift of another strength: drift0.2 -> DRIFT_PER_SHIFT 0.2
+        shapes.DRIFT_PER_SHIFT = float(kind[len("drift"):])
         return
     if kind == "idio":
         src = inspect.getsource(shapes._render_chunk)

@@ -149,7 +149,7 @@ def load_world(name: str, **kwargs: Any) -> World:
     ----------
     name : {"shapes", "cifar10", "cifar100", "folder"}
     **kwargs
-        Passed to :func:`~fedpurel_lite.worlds.shapes.load_shapes` (``domain``, ``shift``, ``seed``),
+        Passed to :func:`~fedpurel_lite.worlds.shapes.load_shapes` (``domain``, ``shift``, ``seed``, ``variant``),
         :func:`~fedpurel_lite.worlds.cifar.load_cifar` (``root``, ``download``) or
         :func:`~fedpurel_lite.worlds.folder.load_folder` (``root``, ``split_file``).
 

@@ -9,9 +9,16 @@ Two domains share the classes:
   features still separate but that disturbs the image-text alignment), objects get smaller,
   backgrounds get textured (stripes, checks, smooth noise), occluding bars and pixel noise appear.
 
-Class ``k`` is colour ``k // 10`` and shape ``k % 10`` ("red star"), so ids are grouped by colour;
-the long-tail assignment uses :func:`shapes_class_order`, a seeded order stratified by colour and
-shape (every block of 10 consecutive ranks holds each colour and each shape once).
+Class ``k`` is colour ``k // 10`` and shape ``k % 10`` ("red star"), so ids are grouped by colour.
+Two target variants (:data:`VARIANTS`) differ in the colour drift and in which classes are the head:
+
+- ``stratified`` (the default): the long-tail assignment uses :func:`shapes_class_order`, a seeded
+  order stratified by colour and shape (every block of 10 consecutive ranks holds each colour and
+  each shape once), so no attribute marks a class as head or tail;
+- ``shape-grouped``: a weaker colour drift and a class order grouped by shape
+  (:func:`shape_grouped_order`): the head classes are whole shapes, an attribute a shared prompt
+  context can reach; the shape ranking is the one whose zero-shot accuracy is flat across
+  head/medium/tail.
 
 Rendering is vectorised in numpy (signed-distance-like shape functions with a one-pixel soft edge)
 and seeded per chunk, so the same arguments always give the same bytes.
@@ -19,11 +26,13 @@ and seeded per chunk, so the same arguments always give the same bytes.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
 
 from fedpurel_lite.worlds.base import World, fingerprint_of
+from fedpurel_lite.worlds.shapes_geometry import bilinear_matrix, shape_distance
 
 IMAGE_SIZE = 32
 COLOURS: list[str] = ["red", "orange", "yellow", "green", "cyan", "blue", "purple", "pink", "white", "brown"]
@@ -62,67 +71,45 @@ DEFAULT_SHIFT = 0.58
 #: how the one ``shift`` knob splits: colour drift towards the next colour, and clutter strength
 DRIFT_PER_SHIFT = 0.75
 CLUTTER_PER_SHIFT = 0.5
+
+
+@dataclass(frozen=True)
+class TargetVariant:
+    """A variant of the target domain.
+
+    Attributes
+    ----------
+    drift_per_shift : float
+        Colour drift towards the next colour per unit of ``shift``.
+    shape_rank : tuple of int or None
+        ``None``: the stratified class order; else the shapes from head to tail
+        (:func:`shape_grouped_order`).
+    """
+
+    drift_per_shift: float
+    shape_rank: tuple[int, ...] | None = None
+
+
+#: the target variants by name (``world.variant``)
+VARIANTS: dict[str, TargetVariant] = {
+    "stratified": TargetVariant(DRIFT_PER_SHIFT),
+    "shape-grouped": TargetVariant(0.65, (3, 6, 8, 0, 1, 9, 5, 2, 4, 7)),
+}
+DEFAULT_VARIANT = "stratified"
 _CHUNK = 2048
 _DOMAINS = {"source": 0, "target": 1}
 _SPLITS = {"train": 0, "test": 1, "stream": 2}
 
 
-def _shape_distance(shape: int, u: np.ndarray, v: np.ndarray) -> np.ndarray:
-    """Signed-distance-like value (< 0 inside) of a unit-radius shape at local coordinates ``(u, v)``."""
-    r = np.sqrt(u * u + v * v)
-    if shape == 0:  # circle
-        return r - 0.9
-    if shape == 1:  # square
-        return np.maximum(np.abs(u), np.abs(v)) - 0.72
-    if shape == 2:  # triangle (equilateral, point up)
-        d = v - 0.5
-        d = np.maximum(d, np.maximum(-0.866 * u - 0.5 * v - 0.5, 0.866 * u - 0.5 * v - 0.5))
-        return d
-    if shape == 3:  # five-pointed star
-        theta = np.arctan2(u, -v)
-        phase = np.mod(theta * 5.0 / (2.0 * np.pi), 1.0)
-        tri = np.abs(phase - 0.5) * 2.0  # 1 at the points, 0 between them
-        return 0.55 * (r - (0.42 + 0.58 * tri))
-    if shape == 4:  # cross
-        a = np.maximum(np.abs(u) - 0.28, np.abs(v) - 0.92)
-        b = np.maximum(np.abs(u) - 0.92, np.abs(v) - 0.28)
-        return np.minimum(a, b)
-    if shape == 5:  # ring
-        return np.abs(r - 0.68) - 0.25
-    if shape == 6:  # diamond (tall rhombus)
-        return (np.abs(u) / 0.55 + np.abs(v) - 1.0) * 0.48
-    if shape == 7:  # hexagon
-        d = np.abs(u)
-        for ang in (np.pi / 3, 2 * np.pi / 3):
-            d = np.maximum(d, np.abs(np.cos(ang) * u + np.sin(ang) * v))
-        return d - 0.8
-    if shape == 8:  # crescent
-        return np.maximum(r - 0.95, 0.8 - np.sqrt((u - 0.42) ** 2 + (v + 0.12) ** 2))
-    # heart: two lobes on top of a rhombus
-    lobes = np.minimum(np.sqrt((u + 0.42) ** 2 + (v + 0.3) ** 2), np.sqrt((u - 0.42) ** 2 + (v + 0.3) ** 2)) - 0.48
-    body = (np.abs(u) + np.abs(v + 0.05) - 0.9) * 0.7071
-    return np.minimum(lobes, body)
-
-
-def _bilinear_matrix(n_low: int, n_high: int) -> np.ndarray:
-    """Interpolation matrix ``[n_high, n_low]`` for smooth-noise upsampling."""
-    pos = np.linspace(0, n_low - 1, n_high)
-    lo = np.floor(pos).astype(int).clip(0, n_low - 2)
-    w = pos - lo
-    m = np.zeros((n_high, n_low), dtype=np.float32)
-    m[np.arange(n_high), lo] = 1 - w
-    m[np.arange(n_high), lo + 1] = w
-    return m
-
-
-def _render_chunk(labels: np.ndarray, target: bool, shift: float, rng: np.random.Generator) -> np.ndarray:
+def _render_chunk(labels: np.ndarray, target: bool, shift: float, rng: np.random.Generator,
+                  drift_per_shift: float = DRIFT_PER_SHIFT) -> np.ndarray:
     """Render one chunk of images for ``labels``; returns ``uint8 [N, 32, 32, 3]``."""
     n = len(labels)
     s = IMAGE_SIZE
     colour, shape = labels // 10, labels % 10
     yy, xx = np.meshgrid(np.arange(s, dtype=np.float32) + 0.5, np.arange(s, dtype=np.float32) + 0.5, indexing="ij")
     shift = float(shift) if target else 0.0
-    drift_mean, clutter = DRIFT_PER_SHIFT * shift, CLUTTER_PER_SHIFT * shift
+    drift_mean, clutter = drift_per_shift * shift, CLUTTER_PER_SHIFT * shift
     # object geometry: radius in pixels, centre, rotation (limited, so square and diamond differ)
     radius = rng.uniform(8.5, 13.0, n).astype(np.float32) * (1.0 - 0.3 * clutter)
     margin = radius * 0.75
@@ -137,7 +124,7 @@ def _render_chunk(labels: np.ndarray, target: bool, shift: float, rng: np.random
     for k in range(len(SHAPES)):
         idx = np.flatnonzero(shape == k)
         if len(idx):
-            dist[idx] = _shape_distance(k, u[idx], v[idx])
+            dist[idx] = shape_distance(k, u[idx], v[idx])
     alpha = np.clip(0.5 - dist * radius[:, None, None], 0.0, 1.0)
     # object colour: palette (drifting towards the next colour in the cycle under the shift) + jitter
     drift = (drift_mean + rng.normal(0.0, 0.04 * clutter + 1e-6, n)).astype(np.float32).clip(0.0, 0.9)
@@ -157,7 +144,7 @@ def _render_chunk(labels: np.ndarray, target: bool, shift: float, rng: np.random
         proj = xx * np.cos(phi[i0]) + yy * np.sin(phi[i0])
         tex[i0] = np.sin(2 * np.pi * freq[i0] * proj + ph[i0])
         tex[i1] = np.sign(np.sin(2 * np.pi * freq[i1] * xx + ph[i1]) * np.sin(2 * np.pi * freq[i1] * yy))
-        m = _bilinear_matrix(5, s)
+        m = bilinear_matrix(5, s)
         grid = rng.standard_normal((len(i2), 5, 5), dtype=np.float32)
         tex[i2] = np.einsum("hi,nij,wj->nhw", m, grid, m).clip(-1.5, 1.5)
         tint = 0.6 + 0.4 * rng.uniform(0.0, 1.0, (n, 1, 1, 3)).astype(np.float32)
@@ -182,7 +169,7 @@ def _render_chunk(labels: np.ndarray, target: bool, shift: float, rng: np.random
 
 
 def render(labels: np.ndarray, domain: str = "target", shift: float = DEFAULT_SHIFT, seed: int = 0,
-           stream: int = 0) -> np.ndarray:
+           stream: int = 0, drift_per_shift: float = DRIFT_PER_SHIFT) -> np.ndarray:
     """Render images for the given class labels.
 
     Parameters
@@ -197,6 +184,8 @@ def render(labels: np.ndarray, domain: str = "target", shift: float = DEFAULT_SH
         World seed.
     stream : int
         Independent random stream id (e.g. split or pretraining step); same arguments give the same bytes.
+    drift_per_shift : float
+        Colour drift towards the next colour per unit of ``shift`` (target domain).
 
     Returns
     -------
@@ -211,7 +200,8 @@ def render(labels: np.ndarray, domain: str = "target", shift: float = DEFAULT_SH
     out = np.empty((len(labels), IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)
     for c, start in enumerate(range(0, len(labels), _CHUNK)):
         rng = np.random.default_rng([seed, _DOMAINS[domain], stream, c])
-        out[start : start + _CHUNK] = _render_chunk(labels[start : start + _CHUNK], domain == "target", shift, rng)
+        out[start : start + _CHUNK] = _render_chunk(labels[start : start + _CHUNK], domain == "target", shift, rng,
+                                                    drift_per_shift)
     return out
 
 
@@ -241,33 +231,74 @@ def shapes_class_order(seed: int = 0) -> np.ndarray:
     return np.asarray(order, dtype=np.int64)
 
 
+def shape_grouped_order(shape_rank: tuple[int, ...] | list[int], seed: int = 0) -> np.ndarray:
+    """Head-to-tail class order grouped by shape: the 10 classes of ``shape_rank[0]`` first, then ``shape_rank[1]``, ...
+
+    Inside a shape the colours are in a seeded random order.
+
+    Parameters
+    ----------
+    shape_rank : sequence of int
+        A permutation of the 10 shape ids.
+    seed : int
+        Permutation seed of the colours.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``int64 [100]``, a permutation of the class ids.
+    """
+    if sorted(shape_rank) != list(range(len(SHAPES))):
+        raise ValueError(f"shape_rank must be a permutation of 0..{len(SHAPES) - 1}, got {list(shape_rank)}")
+    rng = np.random.default_rng([seed, 5])
+    order = [int(c) * 10 + int(s) for s in shape_rank for c in rng.permutation(len(COLOURS))]
+    return np.asarray(order, dtype=np.int64)
+
+
+def _variant(name: str) -> TargetVariant:
+    if name not in VARIANTS:
+        raise ValueError(f"unknown shapes variant {name!r}; choose from {', '.join(VARIANTS)}")
+    return VARIANTS[name]
+
+
 @lru_cache(maxsize=4)
-def _pools(domain: str, shift: float, seed: int, n_train: int, n_test: int) -> tuple[np.ndarray, ...]:
+def _pools(domain: str, shift: float, seed: int, n_train: int, n_test: int,
+           drift_per_shift: float = DRIFT_PER_SHIFT) -> tuple[np.ndarray, ...]:
     train_labels = np.repeat(np.arange(100, dtype=np.int64), n_train)
     test_labels = np.repeat(np.arange(100, dtype=np.int64), n_test)
-    train = render(train_labels, domain, shift, seed, stream=_SPLITS["train"])
-    test = render(test_labels, domain, shift, seed, stream=_SPLITS["test"])
+    train = render(train_labels, domain, shift, seed, _SPLITS["train"], drift_per_shift)
+    test = render(test_labels, domain, shift, seed, _SPLITS["test"], drift_per_shift)
     for a in (train, test):  # shared between calls: images are read-only
         a.setflags(write=False)
     return train, train_labels, test, test_labels
 
 
 def shapes_params(domain: str = "target", shift: float = DEFAULT_SHIFT, seed: int = 0,
-                  n_train: int = N_TRAIN_PER_CLASS, n_test: int = N_TEST_PER_CLASS) -> dict:
-    """The parameters that determine the shapes world's content (what its fingerprint names)."""
+                  n_train: int = N_TRAIN_PER_CLASS, n_test: int = N_TEST_PER_CLASS,
+                  variant: str = DEFAULT_VARIANT) -> dict:
+    """The parameters that determine the shapes world's content (what its fingerprint names).
+
+    The default variant adds no key, so its fingerprint (and every cache built on it) stays as it was.
+    """
     shift = 0.0 if domain == "source" else float(shift)
-    return {"version": 2, "domain": domain, "shift": shift, "seed": int(seed), "n_train": int(n_train),
-            "n_test": int(n_test), "image_size": IMAGE_SIZE}
+    params = {"version": 2, "domain": domain, "shift": shift, "seed": int(seed), "n_train": int(n_train),
+              "n_test": int(n_test), "image_size": IMAGE_SIZE}
+    if domain == "target" and variant != DEFAULT_VARIANT:
+        v = _variant(variant)
+        params.update(variant=variant, drift_per_shift=v.drift_per_shift, shape_rank=list(v.shape_rank or []))
+    return params
 
 
 def shapes_fingerprint(domain: str = "target", shift: float = DEFAULT_SHIFT, seed: int = 0,
-                       n_train: int = N_TRAIN_PER_CLASS, n_test: int = N_TEST_PER_CLASS) -> str:
+                       n_train: int = N_TRAIN_PER_CLASS, n_test: int = N_TEST_PER_CLASS,
+                       variant: str = DEFAULT_VARIANT) -> str:
     """``World.fingerprint()`` of :func:`load_shapes` with these arguments, without rendering."""
-    return fingerprint_of("shapes", shapes_params(domain, shift, seed, n_train, n_test))
+    return fingerprint_of("shapes", shapes_params(domain, shift, seed, n_train, n_test, variant))
 
 
 def load_shapes(domain: str = "target", shift: float = DEFAULT_SHIFT, seed: int = 0,
-                n_train: int = N_TRAIN_PER_CLASS, n_test: int = N_TEST_PER_CLASS) -> World:
+                n_train: int = N_TRAIN_PER_CLASS, n_test: int = N_TEST_PER_CLASS,
+                variant: str = DEFAULT_VARIANT) -> World:
     """Build the shapes world (rendered once per process and cached in memory, read-only arrays).
 
     Parameters
@@ -280,18 +311,23 @@ def load_shapes(domain: str = "target", shift: float = DEFAULT_SHIFT, seed: int 
         Seed of the rendering and of the class order.
     n_train, n_test : int
         Images per class in the training pool (500, like CIFAR-100) and the balanced test pool.
+    variant : str
+        A name in :data:`VARIANTS` (target domain only): colour drift and class order.
 
     Returns
     -------
     World
     """
     shift = 0.0 if domain == "source" else float(shift)
-    train, train_labels, test, test_labels = _pools(domain, shift, int(seed), int(n_train), int(n_test))
+    v = _variant(variant) if domain == "target" else VARIANTS[DEFAULT_VARIANT]
+    train, train_labels, test, test_labels = _pools(domain, shift, int(seed), int(n_train), int(n_test),
+                                                    v.drift_per_shift)
     train_labels, test_labels = train_labels.copy(), test_labels.copy()
-    params = shapes_params(domain, shift, seed, n_train, n_test)
+    params = shapes_params(domain, shift, seed, n_train, n_test, variant)
+    order = shapes_class_order(seed) if v.shape_rank is None else shape_grouped_order(v.shape_rank, seed)
     return World(name="shapes", class_names=list(CLASS_NAMES), templates=list(TEMPLATES), train_images=train,
                  train_labels=train_labels, test_images=test, test_labels=test_labels,
-                 class_order=shapes_class_order(seed), params=params, coarse_labels=COARSE_LABELS.copy())
+                 class_order=order, params=params, coarse_labels=COARSE_LABELS.copy())
 
 
 def plot_contact_sheet(path: str = "figures/shapes_contact_sheet.png", shift: float = DEFAULT_SHIFT,
