@@ -49,11 +49,15 @@ class LoRAFactors(nn.Module):
             setattr(self, f"{t}_A", nn.Parameter(a))
             setattr(self, f"{t}_B", nn.Parameter(torch.zeros(width, rank)))
 
-    def delta(self, h: Tensor, scaling: float) -> Tensor:
-        """The update of the stacked q/k/v projections of ``h`` ``[..., width]`` -> ``[..., 3 width]``."""
+    def delta(self, h: Tensor, scaling: float) -> list[Tensor]:
+        """The updates of the q, k and v projections of ``h`` ``[..., width]``, each ``[..., width]``.
+
+        One matmul with the stacked ``A`` factors, then one per ``B``; returned unstacked, so they
+        add to q, k and v without concatenating (and splitting again in the backward pass).
+        """
         a = torch.cat([getattr(self, f"{t}_A") for t in TARGETS])  # [3r, width]
         u = (h @ a.t()).chunk(len(TARGETS), dim=-1)
-        return scaling * torch.cat([ui @ getattr(self, f"{t}_B").t() for ui, t in zip(u, TARGETS, strict=True)], -1)
+        return [scaling * (ui @ getattr(self, f"{t}_B").t()) for ui, t in zip(u, TARGETS, strict=True)]
 
     def merged(self, scaling: float) -> Tensor:
         """``scaling * B @ A`` for q, k, v stacked like ``in_proj_weight`` (``[3 width, width]``)."""
@@ -96,18 +100,17 @@ def block_forward(blk: nn.Module, x: Tensor, lora: LoRAFactors | None, scaling: 
     b, n, width = x.shape
     heads = attn.num_heads
     if query is None:
-        qkv = F.linear(h, weight, bias)
+        q, k, v = F.linear(h, weight, bias).chunk(3, dim=-1)
         if lora is not None:
-            qkv = qkv + lora.delta(h, scaling)
-        q, k, v = qkv.chunk(3, dim=-1)
+            dq, dk, dv = lora.delta(h, scaling)
+            q, k, v = q + dq, k + dk, v + dv
     else:
         x = x[:, query:query + 1]
         q = F.linear(h[:, query:query + 1], weight[:width], None if bias is None else bias[:width])
-        kv = F.linear(h, weight[width:], None if bias is None else bias[width:])
+        k, v = F.linear(h, weight[width:], None if bias is None else bias[width:]).chunk(2, dim=-1)
         if lora is not None:
-            delta = lora.delta(h, scaling)
-            q, kv = q + delta[:, query:query + 1, :width], kv + delta[..., width:]
-        k, v = kv.chunk(2, dim=-1)
+            dq, dk, dv = lora.delta(h, scaling)
+            q, k, v = q + dq[:, query:query + 1], k + dk, v + dv
         if attn_mask is not None:
             attn_mask = attn_mask[query:query + 1]
     q, k, v = (t.reshape(b, t.shape[1], heads, width // heads).transpose(1, 2) for t in (q, k, v))

