@@ -1,7 +1,7 @@
 """Class orders (head -> tail) used in the diagnosis. Class id = 10 * colour + shape."""
 import numpy as np
 
-from fedpurel_lite.worlds.shapes import shapes_class_order
+from fedpurel_lite.worlds.shapes import shape_grouped_order, shapes_class_order
 
 
 def stratified(seed=0):
@@ -14,12 +14,7 @@ def random_perm(seed=0):
 
 def by_shape(shape_rank=None, seed=0):
     """Grouped by shape: the 10 classes of shape_rank[0] first (colours shuffled), then shape_rank[1], ..."""
-    rng = np.random.default_rng([seed, 5])
-    shape_rank = list(range(10)) if shape_rank is None else list(shape_rank)
-    out = []
-    for s in shape_rank:
-        out.extend((rng.permutation(10) * 10 + s).tolist())
-    return np.asarray(out, dtype=np.int64)
+    return shape_grouped_order(list(range(10)) if shape_rank is None else list(shape_rank), seed)
 
 
 def by_colour(colour_rank=None, seed=0):
