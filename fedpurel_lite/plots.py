@@ -110,17 +110,22 @@ def _trend(ax: plt.Axes, x: np.ndarray, y: np.ndarray, label: str) -> None:
     ax.plot(10**xs, slope * xs + icpt, lw=2, color=style(label).colour, ls=style(label).linestyle)
 
 
+def _scatter_with_trends(ax: plt.Axes, values: Mapping[str, np.ndarray], counts: np.ndarray, alpha: float) -> None:
+    """One scatter of per-class values against training count (log x) per model, each with its trend line."""
+    x = np.log10(np.maximum(np.asarray(counts, dtype=float), 1))
+    for label, v in values.items():
+        v = np.asarray(v, dtype=float)
+        ok = ~np.isnan(v)
+        st = style(label)
+        ax.scatter(10 ** x[ok], v[ok], s=14, alpha=alpha, label=label, color=st.colour, marker=st.marker)
+        _trend(ax, x, v, label)
+
+
 def accuracy_vs_frequency(per_class: Mapping[str, np.ndarray], counts: np.ndarray, ax: plt.Axes | None = None,
                           title: str = "", legend_at: str = "right") -> plt.Axes:
     """Per-class accuracy against training count (log x) for one or more models, with trend lines."""
     ax = _axes(ax, (6, 4))
-    x = np.log10(np.maximum(np.asarray(counts, dtype=float), 1))
-    for label, acc in per_class.items():
-        acc = np.asarray(acc, dtype=float)
-        ok = ~np.isnan(acc)
-        st = style(label)
-        ax.scatter(10 ** x[ok], acc[ok], s=14, alpha=0.6, label=label, color=st.colour, marker=st.marker)
-        _trend(ax, x, acc, label)
+    _scatter_with_trends(ax, per_class, counts, alpha=0.6)
     ax.set_xscale("log")
     ax.set_xlabel("training images of the class")
     ax.set_ylabel("per-class accuracy (%)")
@@ -147,13 +152,7 @@ def accuracy_shift(shift: Mapping[str, np.ndarray], counts: np.ndarray, ax: plt.
     ylabel : str
     """
     ax = _axes(ax, (6, 4))
-    x = np.log10(np.maximum(np.asarray(counts, dtype=float), 1))
-    for label, delta in shift.items():
-        delta = np.asarray(delta, dtype=float)
-        ok = ~np.isnan(delta)
-        st = style(label)
-        ax.scatter(10 ** x[ok], delta[ok], s=14, alpha=0.55, label=label, color=st.colour, marker=st.marker)
-        _trend(ax, x, delta, label)
+    _scatter_with_trends(ax, shift, counts, alpha=0.55)
     ax.axhline(0, color=REFERENCE, lw=1, ls=":")
     ax.set_xscale("log")
     ax.set_xlabel("training images of the class")
