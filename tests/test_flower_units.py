@@ -164,3 +164,32 @@ def test_exported_client_file_round_trips(setup, tmp_path):
     np.testing.assert_array_equal(data.y_test, want.y_test)
     np.testing.assert_array_equal(ctx.train_counts, fed.train_counts)
     assert ctx.logit_scale == pytest.approx(bank.logit_scale) and ctx.class_names == bank.class_names
+
+
+class SilentGrid:
+    """A grid whose nodes are all connected but only ``answering`` of them reply to a message."""
+
+    def __init__(self, nodes: list[int], answering: int) -> None:
+        self.nodes, self.answering, self.timeouts = nodes, answering, []
+
+    def get_node_ids(self) -> list[int]:
+        return list(self.nodes)
+
+    def send_and_receive(self, messages: list[Message], timeout: float) -> list[Message]:
+        self.timeouts.append(timeout)
+        replies = []
+        for pid, m in enumerate(messages[:self.answering]):
+            reply = Message(RecordDict({"metrics": MetricRecord({"partition-id": pid})}), reply_to=m)
+            replies.append(reply)
+        return replies
+
+
+def test_partition_discovery_waits_the_reply_timeout_and_names_silent_nodes():
+    from fedpurel_lite.flower.server_app import discover_partitions
+
+    grid = SilentGrid([NODE[p] for p in range(3)], answering=3)
+    assert discover_partitions(grid, 3, timeout=5.0, reply_timeout=600.0) == {NODE[p]: p for p in range(3)}
+    assert grid.timeouts == [600.0]
+    silent = SilentGrid([NODE[p] for p in range(3)], answering=1)
+    with pytest.raises(FlowerRunError, match=r"only 1 of 3 nodes answered which partition they hold within 600 s"):
+        discover_partitions(silent, 3, timeout=5.0, reply_timeout=600.0)

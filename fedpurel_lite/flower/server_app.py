@@ -22,15 +22,25 @@ from .client_app import config_from_context
 from .strategy import FedPuReLStrategy, FlowerRunError
 
 
-def discover_partitions(grid: Grid, num_clients: int, timeout: float = 120.0) -> dict[int, int]:
-    """Wait for ``num_clients`` nodes and ask each which partition it holds: ``{node_id: partition_id}``."""
+def discover_partitions(grid: Grid, num_clients: int, timeout: float = 120.0,
+                        reply_timeout: float | None = None) -> dict[int, int]:
+    """Wait for ``num_clients`` nodes and ask each which partition it holds: ``{node_id: partition_id}``.
+
+    ``timeout`` bounds the wait for the nodes to connect; ``reply_timeout`` (default ``timeout``)
+    the wait for their answers, in which each node loads its data (as slow as a training step on a
+    busy machine).
+    """
     start = time.monotonic()
     while len(nodes := list(grid.get_node_ids())) < num_clients:
         if time.monotonic() - start > timeout:
             raise FlowerRunError(f"only {len(nodes)} of {num_clients} nodes connected within {timeout:.0f} s")
         time.sleep(0.2)
-    replies = grid.send_and_receive([Message(RecordDict({}), dst_node_id=n, message_type="query") for n in nodes],
-                                    timeout=timeout)
+    wait = timeout if reply_timeout is None else reply_timeout
+    replies = list(grid.send_and_receive(
+        [Message(RecordDict({}), dst_node_id=n, message_type="query") for n in nodes], timeout=wait))
+    if len(replies) < len(nodes):
+        raise FlowerRunError(f"only {len(replies)} of {len(nodes)} nodes answered which partition they hold "
+                             f"within {wait:.0f} s")
     found = {}
     for m in replies:
         if m.has_error():
@@ -90,7 +100,7 @@ def serve(grid: Grid, config: RunConfig, min_replies: int = 1, sink: dict[str, A
                                 min_replies)
     sink["strategy"] = strategy
     sink.update(federation=fed, config=config, failures=strategy.failures)
-    strategy.register_nodes(discover_partitions(grid, fed.num_clients))
+    strategy.register_nodes(discover_partitions(grid, fed.num_clients, reply_timeout=step_timeout))
     x_test = torch.as_tensor(model_inputs(bank, "test")).float()
     y_test = np.asarray(bank.test_labels)
     clock = {"t": time.perf_counter()}
