@@ -29,7 +29,6 @@ Prints one row per phase (time and FLOPs per unit, units, total) and the estimat
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 import time
 from collections.abc import Callable
@@ -47,6 +46,7 @@ from fedpurel_lite.backbone import RANDOM_INIT, load_backbone  # noqa: E402
 from fedpurel_lite.client import ClientData, predict_private, train_private, train_shared  # noqa: E402
 from fedpurel_lite.config import RunConfig  # noqa: E402
 from fedpurel_lite.features import FeatureBank  # noqa: E402
+from fedpurel_lite.local import batches  # noqa: E402
 from fedpurel_lite.partition import build_federation  # noqa: E402
 from fedpurel_lite.worlds.cifar import CIFAR100_COARSE  # noqa: E402
 
@@ -113,18 +113,16 @@ def main() -> None:
     parts = assemble(config, bank, backbone, federation=fed, progress=False)
     clients, peft = parts.clients(), parts.peft
     s1, bs = config.stage1, config.stage1.batch_size
-
-    def steps(n: int, drop_last: bool) -> int:
-        full, rest = divmod(n, bs)
-        return full + (1 if rest and not (drop_last and full) else 0)
-
+    # steps per client and epoch, by the same batching as training (stage 2 keeps the last batch)
+    per_client = [(len(batches(c.n, bs, torch.Generator(), s1.drop_last)), len(batches(c.n, bs, torch.Generator())))
+                  for c in clients]
     sampler = ClientSampler(fed.num_clients, config.federation.participation, config.run.seed)
     rounds = [sampler.sample(r) for r in range(config.federation.rounds)]
-    n1 = sum(steps(clients[k].n, s1.drop_last) * s1.local_epochs for chosen in rounds for k in chosen)
-    n2 = sum(steps(clients[k].n, False) * config.personalization.personal_epochs for chosen in rounds for k in chosen)
+    n1 = sum(per_client[k][0] for chosen in rounds for k in chosen) * s1.local_epochs
+    n2 = sum(per_client[k][1] for chosen in rounds for k in chosen) * config.personalization.personal_epochs
     biggest = max(clients, key=lambda c: c.n)
     batch = one_batch(biggest, bs)
-    g_state, initial = peft.shared_state(), peft.shared_state()
+    initial = peft.shared_state()
     prior = parts.class_prior()
     shared, personal = peft.clone(), parts.new_personal()
     rows: list[tuple[str, float, float, int]] = []
@@ -137,7 +135,7 @@ def main() -> None:
     n_images = len(bank.train_labels) + len(bank.test_labels)
     rows.append(("encode (per image)", t / args.encode_batch, f / args.encode_batch, n_images))
     if method.stage1 is not None:
-        t, f = measure(lambda: train_shared(shared, g_state, batch, config, method, 0, prior), device)
+        t, f = measure(lambda: train_shared(shared, initial, batch, config, method, 0, prior), device)
         rows.append(("stage 1 (per step)", t, f, n1))
     peft.eval()
     if method.personal is not None:
@@ -166,7 +164,7 @@ def main() -> None:
         print(f"{name:<24}{t:>10.4f}{f / 1e9:>14.2f}{n:>9}{t * n:>10.0f}{f * n / 1e15:>13.3f}")
     print(f"estimated full protocol: {total_s:.0f} s ({total_s / 3600:.2f} h), {total_f / 1e15:.2f} PFLOP "
           f"({total_f / max(total_s, 1e-9) / 1e12:.2f} TFLOP/s achieved); max client {biggest.n} samples, "
-          f"{math.ceil(biggest.n / bs)} steps")
+          f"{per_client[biggest.client_id][1]} steps")
 
 
 if __name__ == "__main__":
