@@ -14,7 +14,6 @@ import json
 import logging
 import math
 import os
-import secrets
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -29,6 +28,7 @@ from tqdm.auto import tqdm
 
 from fedpurel_lite import __version__
 from fedpurel_lite.backbone import Backbone, load_backbone, resolve_device, sha256_file, zero_shot_classifier
+from fedpurel_lite.cache_entry import DIGEST, manifest_digest, write_entry
 from fedpurel_lite.worlds.base import World
 
 try:
@@ -41,7 +41,6 @@ FORMAT_VERSION = 2
 #: Default cache folder: ``$FEDPUREL_CACHE`` or the repository's ``data/cache`` (shared whatever the cwd).
 DEFAULT_CACHE_DIR = Path(os.environ.get("FEDPUREL_CACHE", Path(__file__).resolve().parent.parent / "data" / "cache"))
 _TENSORS = ("train_features", "train_labels", "test_features", "test_labels", "text_features")
-_DIGEST = "manifest_sha256"
 
 
 class FeatureCacheWarning(UserWarning):
@@ -139,13 +138,6 @@ def _key(inputs: dict) -> str:
     digest = hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:16]
     stem = f"{inputs['world'].split(':', 1)[0]}-{inputs['model']}"
     return "".join(c if c.isalnum() or c in "-_" else "_" for c in stem) + f"-{digest}"
-
-
-def _manifest_digest(manifest: dict) -> str:
-    """SHA-256 of the canonical JSON of every manifest field but ``manifest_sha256`` (tensor hash included)."""
-    body = {k: v for k, v in manifest.items() if k != _DIGEST}
-    text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
-    return hashlib.sha256(text.encode()).hexdigest()
 
 
 @contextmanager
@@ -253,27 +245,12 @@ class FeatureBank:
                    text, backbone.logit_scale, list(world.class_names), world.class_order.copy(), manifest)
 
     def save(self, path: str | Path) -> None:
-        """Write ``<path>.safetensors`` then ``<path>.json`` via unique temporary names and ``os.replace``."""
-        from safetensors.torch import save_file
-
+        """Write ``<path>.safetensors`` then ``<path>.json`` (see :func:`~fedpurel_lite.cache_entry.write_entry`)."""
         path = Path(path)
-        mpath, tpath = path.with_suffix(".json"), path.with_suffix(".safetensors")
         path.parent.mkdir(parents=True, exist_ok=True)
-        tensors = {k: getattr(self, k).contiguous() for k in _TENSORS}
-        tag = f"{os.getpid()}-{secrets.token_hex(4)}"
-        ttmp, mtmp = (p.with_name(f"{p.name}.{tag}.tmp") for p in (tpath, mpath))
-        try:
-            save_file(tensors, str(ttmp))
-            manifest = {k: v for k, v in self.manifest.items() if k != _DIGEST}
-            manifest.update(content_sha256=sha256_file(ttmp), shapes={k: list(v.shape) for k, v in tensors.items()})
-            manifest[_DIGEST] = _manifest_digest(manifest)
-            mtmp.write_text(json.dumps(manifest, indent=1, sort_keys=True), encoding="utf-8")
-            os.replace(ttmp, tpath)
-            os.replace(mtmp, mpath)
-        finally:
-            for tmp in (ttmp, mtmp):
-                tmp.unlink(missing_ok=True)
-        self.manifest, self.path = manifest, path
+        manifest = {k: v for k, v in self.manifest.items() if k != DIGEST}
+        self.manifest = write_entry(path, {k: getattr(self, k) for k in _TENSORS}, manifest)
+        self.path = path
 
     @classmethod
     def _read(cls, base: Path, inputs: dict) -> FeatureBank | None:
@@ -287,9 +264,9 @@ class FeatureBank:
             return None
         try:
             manifest = json.loads(mpath.read_text(encoding="utf-8"))
-            altered = _manifest_digest(manifest) != manifest[_DIGEST]
+            altered = manifest_digest(manifest) != manifest[DIGEST]
         except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
-            raise _Damaged(mpath, f"the manifest is unreadable or has no valid {_DIGEST} ({exc!r})") from None
+            raise _Damaged(mpath, f"the manifest is unreadable or has no valid {DIGEST} ({exc!r})") from None
         if altered:
             raise _Damaged(mpath, "the manifest was altered (its SHA-256 does not match)")
         if manifest.get("inputs") != inputs:

@@ -18,8 +18,6 @@ are reported once (:class:`~fedpurel_lite.features.FeatureCacheWarning`), moved 
 from __future__ import annotations
 
 import json
-import os
-import secrets
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -31,10 +29,10 @@ from tqdm.auto import tqdm
 
 from . import features as fb
 from .backbone import Backbone, resolve_device, sha256_file
+from .cache_entry import DIGEST, manifest_digest, write_entry
 from .lora_tower import vision_tokens
 
 _TENSORS = ("train_tokens", "test_tokens")
-_DIGEST = "manifest_sha256"
 
 
 @dataclass
@@ -118,9 +116,9 @@ def _read(base: Path, inputs: dict) -> dict[str, torch.Tensor] | None:
         return None
     try:
         manifest = json.loads(mpath.read_text(encoding="utf-8"))
-        altered = fb._manifest_digest(manifest) != manifest[_DIGEST]
+        altered = manifest_digest(manifest) != manifest[DIGEST]
     except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
-        raise fb._Damaged(mpath, f"the manifest is unreadable or has no valid {_DIGEST} ({exc!r})") from None
+        raise fb._Damaged(mpath, f"the manifest is unreadable or has no valid {DIGEST} ({exc!r})") from None
     if altered:
         raise fb._Damaged(mpath, "the manifest was altered (its SHA-256 does not match)")
     if manifest.get("inputs") != inputs:
@@ -139,24 +137,8 @@ def _read(base: Path, inputs: dict) -> dict[str, torch.Tensor] | None:
 
 
 def _save(base: Path, tensors: dict[str, torch.Tensor], inputs: dict) -> dict:
-    """Write the tensors, then the manifest, each through a temporary file and ``os.replace``."""
-    from safetensors.torch import save_file
-
-    mpath, tpath = base.with_suffix(".json"), base.with_suffix(".safetensors")
-    tag = f"{os.getpid()}-{secrets.token_hex(4)}"
-    ttmp, mtmp = (p.with_name(f"{p.name}.{tag}.tmp") for p in (tpath, mpath))
-    try:
-        save_file({k: v.contiguous() for k, v in tensors.items()}, str(ttmp))
-        manifest = {"inputs": inputs, "content_sha256": sha256_file(ttmp),
-                    "shapes": {k: list(v.shape) for k, v in tensors.items()}}
-        manifest[_DIGEST] = fb._manifest_digest(manifest)
-        mtmp.write_text(json.dumps(manifest, indent=1, sort_keys=True), encoding="utf-8")
-        os.replace(ttmp, tpath)
-        os.replace(mtmp, mpath)
-    finally:
-        for tmp in (ttmp, mtmp):
-            tmp.unlink(missing_ok=True)
-    return manifest
+    """Write the tensors, then the manifest (:func:`~fedpurel_lite.cache_entry.write_entry`)."""
+    return write_entry(base, tensors, {"inputs": inputs})
 
 
 def load_or_build_tokens(features: Any, backbone: Backbone, world_fingerprint: str, make_world: Callable[[], Any],

@@ -93,3 +93,25 @@ def core_one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(old)
+
+
+def assert_pullback_matches_autograd(peft, x: torch.Tensor, cotangents: torch.Tensor) -> list[torch.Tensor]:
+    """``peft.forward_with_pullback(x)`` gives the logits and, per cotangent, the autograd gradients."""
+    logits, pullback = peft.forward_with_pullback(x)
+    torch.testing.assert_close(logits, peft(x).detach())
+    got = pullback(cotangents)
+    for i in range(cotangents.shape[0]):
+        want = torch.autograd.grad(peft(x), peft.trainable_parameters(), cotangents[i])
+        for g, w in zip(got, want, strict=True):
+            torch.testing.assert_close(g[i], w, atol=1e-5, rtol=1e-4)
+    return got
+
+
+def explorer_config(**kw):
+    """A small federation for the explorers (5 clients, IF 10, seed 3), with overrides ``kw``."""
+    from fedpurel_lite.config import RunConfig
+
+    base = dict(num_clients=5, participation=0.4, rounds=50, imbalance_ratio=10, min_client_size=5, lr=0.2,
+                personal_lr=0.2, batch_size=16, seed=3)
+    base.update(kw)
+    return RunConfig().with_overrides(base)

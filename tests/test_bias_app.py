@@ -5,21 +5,14 @@ from __future__ import annotations
 import matplotlib.pyplot as plt
 import numpy as np
 
-
-def _config(**kw):
-    from fedpurel_lite.config import RunConfig
-
-    base = dict(num_clients=5, participation=0.4, rounds=50, imbalance_ratio=10, min_client_size=5, lr=0.2,
-                personal_lr=0.2, batch_size=16, seed=3)
-    base.update(kw)
-    return RunConfig().with_overrides(base)
+from conftest import explorer_config
 
 
 def test_bias_view_measures_the_personal_models(core_bank, core_one_thread):
     from fedpurel_lite.bias_app import bias_view
 
     runs: dict = {}
-    view = bias_view(core_bank, _config(), 10, 1.0, ("fedavg", "fedpurel"), rounds=2, runs=runs)
+    view = bias_view(core_bank, explorer_config(), 10, 1.0, ("fedavg", "fedpurel"), rounds=2, runs=runs)
     assert view["config"].federation.rounds == 2 and set(view["results"]) == {"zero-shot", "fedavg", "fedpurel"}
     assert set(view["shift"]) == set(view["lean"]) == {"fedavg", "fedpurel"}
     assert view["shift"]["fedavg"].shape == (20,) and view["lean"]["fedpurel"].shape == (5,)
@@ -27,7 +20,7 @@ def test_bias_view_measures_the_personal_models(core_bank, core_one_thread):
     # the zero-shot row is the reference: no change against itself
     assert view["table"].loc["zero-shot", "PM all"] == round(view["groups_pm"]["zero-shot"]["accuracy"], 1)
     assert len(runs) == 3
-    again = bias_view(core_bank, _config(), 10, 1.0, ("fedpurel",), rounds=2, runs=runs)
+    again = bias_view(core_bank, explorer_config(), 10, 1.0, ("fedpurel",), rounds=2, runs=runs)
     assert len(runs) == 3, "finished runs are reused"
     assert again["results"]["fedpurel"] is view["results"]["fedpurel"]
 
@@ -35,7 +28,7 @@ def test_bias_view_measures_the_personal_models(core_bank, core_one_thread):
 def test_app_controls_recompute(core_bank, core_one_thread):
     from fedpurel_lite.bias_app import BiasTransferApp
 
-    app = BiasTransferApp(core_bank, _config(), rounds=1, methods=("fedavg",), draw=False)
+    app = BiasTransferApp(core_bank, explorer_config(), rounds=1, methods=("fedavg",), draw=False)
     assert app.methods == ("fedavg",) and app.data["config"].longtail.imbalance_ratio == 10
     app.boxes["fedpurel"].value = True  # ticking a method: the app recomputes
     assert set(app.data["lean"]) == {"fedavg", "fedpurel"}
@@ -47,7 +40,7 @@ def test_app_controls_recompute(core_bank, core_one_thread):
 def test_app_draws_headless_even_without_methods(core_bank, core_one_thread):
     from fedpurel_lite.bias_app import BiasTransferApp
 
-    app = BiasTransferApp(core_bank, _config(), rounds=1, methods=("fedavg",), draw=False)
+    app = BiasTransferApp(core_bank, explorer_config(), rounds=1, methods=("fedavg",), draw=False)
     fig = app.draw()
     assert len(fig.axes) == 3 and fig.legends
     plt.close(fig)

@@ -12,6 +12,7 @@ import torch
 from conftest import register_tiny_clip
 from fedpurel_lite import features as fb
 from fedpurel_lite.backbone import load_backbone
+from fedpurel_lite.cache_entry import manifest_digest
 from fedpurel_lite.metrics import group_means, per_class_accuracy
 from fedpurel_lite.worlds import shapes
 from fedpurel_lite.worlds.quality import default_groups, linear_probe_accuracy
@@ -90,7 +91,7 @@ def test_stale_cache_is_rebuilt(features_tiny, tmp_path) -> None:
     manifest = bank.path.with_suffix(".json")
     doctored = json.loads(manifest.read_text())
     doctored["inputs"]["world"] = "shapes:something-else"
-    doctored["manifest_sha256"] = fb._manifest_digest(doctored)  # intact but stale: rebuilt without a warning
+    doctored["manifest_sha256"] = manifest_digest(doctored)  # intact but stale: rebuilt without a warning
     manifest.write_text(json.dumps(doctored))
     with warnings.catch_warnings():
         warnings.simplefilter("error")

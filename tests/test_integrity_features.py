@@ -19,6 +19,7 @@ import torch
 from conftest import register_tiny_clip
 from fedpurel_lite import features as fb
 from fedpurel_lite.backbone import load_backbone, resolve_device
+from fedpurel_lite.cache_entry import manifest_digest
 from fedpurel_lite.errors import ConfigError
 from fedpurel_lite.worlds import shapes
 
@@ -86,7 +87,7 @@ def test_damage_is_reported_once_moved_aside_and_rebuilt(integrity_tiny, tmp_pat
     assert rebuilt.logit_scale == pytest.approx(backbone.logit_scale)
     assert torch.allclose(rebuilt.train_features, bank.train_features, atol=1e-6)
     manifest = json.loads(mpath.read_text())
-    assert manifest["manifest_sha256"] == fb._manifest_digest(manifest)
+    assert manifest["manifest_sha256"] == manifest_digest(manifest)
     assert manifest["content_sha256"] == fb.sha256_file(tpath)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
@@ -107,7 +108,7 @@ def test_second_damage_gets_a_new_suffix_and_a_resigned_forgery_is_still_checked
 
     def forge(d: dict) -> None:  # a consistent digest over fields that do not fit the tensors
         d["class_names"] = d["class_names"][:-1]
-        d["manifest_sha256"] = fb._manifest_digest(d)
+        d["manifest_sha256"] = manifest_digest(d)
 
     _edit_manifest(mpath, forge)
     with pytest.warns(fb.FeatureCacheWarning, match=mpath.name):

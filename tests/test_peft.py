@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from conftest import assert_pullback_matches_autograd
 from fedpurel_lite.peft import FeatureAdapter, PromptLearner, TextAnchoredHead, build_peft
 from fedpurel_lite.personalize import ResidualHead
 
@@ -122,13 +123,7 @@ def test_pullback_matches_autograd(core_bank, kind):
             p.add_(0.1 * torch.randn(p.shape, generator=torch.Generator().manual_seed(0)))
     x = core_bank.train_features[:16]
     cot = torch.randn(2, 16, len(core_bank.class_names))
-    logits, pullback = peft.forward_with_pullback(x)
-    torch.testing.assert_close(logits, peft(x).detach())
-    got = pullback(cot)
-    for i in range(2):
-        want = torch.autograd.grad(peft(x), peft.trainable_parameters(), cot[i])
-        for g, w in zip(got, want, strict=True):
-            torch.testing.assert_close(g[i], w, atol=1e-5, rtol=1e-4)
+    assert_pullback_matches_autograd(peft, x, cot)
 
 
 def test_prompt_learner_moves_its_frozen_text_tower(core_tiny_clip, core_bank):

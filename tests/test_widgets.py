@@ -1,5 +1,6 @@
 import numpy as np
 
+from conftest import explorer_config
 from fedpurel_lite.widgets import PartitionExplorer, ProfileExplorer
 
 ORDER = np.random.default_rng(0).permutation(100)
@@ -36,19 +37,10 @@ def test_drawing_headless_does_not_fail():
 
 
 # ----------------------------------------------------------------------------- FederationExplorer (notebook 06)
-def _fed_config(**kw):
-    from fedpurel_lite.config import RunConfig
-
-    base = dict(num_clients=5, participation=0.4, rounds=50, imbalance_ratio=10, min_client_size=5, lr=0.2,
-                personal_lr=0.2, batch_size=16, seed=3)
-    base.update(kw)
-    return RunConfig().with_overrides(base)
-
-
 def test_federation_view_runs_a_reduced_federation(core_bank, core_one_thread):
     from fedpurel_lite.widgets import federation_view
 
-    view = federation_view(core_bank, _fed_config(), imbalance_ratio=20, dirichlet_alpha=0.5,
+    view = federation_view(core_bank, explorer_config(), imbalance_ratio=20, dirichlet_alpha=0.5,
                            methods=("zero-shot", "fedavg"), rounds=2)
     cfg = view["config"]
     assert (cfg.federation.rounds, cfg.longtail.imbalance_ratio, cfg.federation.dirichlet_alpha) == (2, 20.0, 0.5)
@@ -64,7 +56,7 @@ def test_federation_view_runs_a_reduced_federation(core_bank, core_one_thread):
 def test_federation_sliders_rerun_the_federation(core_bank, core_one_thread):
     from fedpurel_lite.widgets import FederationExplorer
 
-    ex = FederationExplorer(core_bank, _fed_config(), methods=("zero-shot", "fedpurel"), rounds=2, draw=False)
+    ex = FederationExplorer(core_bank, explorer_config(), methods=("zero-shot", "fedpurel"), rounds=2, draw=False)
     assert ex.data["config"].longtail.imbalance_ratio == 10 and ex.data["config"].federation.rounds == 2
     sizes_before = ex.data["results"]["fedpurel"].federation["client_train_sizes"]
     ex.alpha.value = 0.1  # a user's drag: the observer re-runs the reduced federation
@@ -80,6 +72,6 @@ def test_federation_sliders_rerun_the_federation(core_bank, core_one_thread):
 def test_federation_explorer_draws_headless(core_bank, core_one_thread):
     from fedpurel_lite.widgets import FederationExplorer
 
-    ex = FederationExplorer(core_bank, _fed_config(), methods=("zero-shot", "fedavg"), rounds=1)
+    ex = FederationExplorer(core_bank, explorer_config(), methods=("zero-shot", "fedavg"), rounds=1)
     ex.ratio.value = 5
     assert ex.data["config"].longtail.imbalance_ratio == 5 and len(ex.table.outputs) <= 1
