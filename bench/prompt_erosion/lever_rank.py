@@ -4,8 +4,8 @@ A seed-independent, pre-FL objective for the shape ranking (see lever.py for the
 gain(order) = u^T G u / u^T u with u the centred log prior of the order and G = J J^T the bias-lever Gram
 matrix of the random-init context, averaged over context seeds 7 and 8 (never the evaluation seeds 1-3).
 Among the rankings whose zero-shot is flat (largest group gap <= GAP over the template ensemble and the
-random-context prompts of seeds 1, 7, 8, per-shape approximation then exact), print the gains of the
-known rankings and the top ones.
+random-context prompts of seeds 1, 7, 8), print the gains of the known rankings, the top and the bottom
+ones. Gaps and gains of all 10! rankings are exact table lookups (checked against the direct computation).
 
     WORLD=drift0.65 .venv/bin/python bench/prompt_erosion/lever_rank.py [GAP]
 """
@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import numpy as np  # noqa: E402
 import orders  # noqa: E402
 import torch  # noqa: E402
-from common import (  # noqa: E402  # noqa: E402
+from common import (  # noqa: E402
     base_config,
     build_peft,
     groups_of,
