@@ -31,15 +31,19 @@ def anova(v):
             "interaction": float((inter ** 2).sum())}
 
 
+def bias_jacobian(bank, backbone, seed=7):
+    """B = d(average logit per class) / d(context) at the random-init context of ``seed``: [100, n_ctx * width]."""
+    peft = build_peft("prompt", bank, backbone, base_config(peft="prompt", seed=seed)).eval()
+    m = bank.test_features.float().mean(0)
+    b = bank.logit_scale * (peft.class_features() @ m)  # [100] average logit per class
+    J = torch.stack([torch.autograd.grad(b[i], peft.ctx, retain_graph=True)[0].reshape(-1) for i in range(100)])
+    return J.double().numpy()
+
+
 def main():
     torch.set_num_threads(2)
     cfg, bank, backbone = load_default()
-    peft = build_peft("prompt", bank, backbone, base_config(peft="prompt")).eval()
-    m = bank.test_features.float().mean(0)
-    ctx = peft.ctx
-    b = bank.logit_scale * (peft.class_features() @ m)  # [100] average logit per class
-    J = torch.stack([torch.autograd.grad(b[i], ctx, retain_graph=True)[0].reshape(-1) for i in range(100)])
-    J = J.double().numpy()  # [100, n_ctx * width]
+    J = bias_jacobian(bank, backbone)
     # ANOVA of B's column space: fraction of ||B||_F^2 in each component
     parts = {k: 0.0 for k in ("common", "colour", "shape", "interaction")}
     for j in range(J.shape[1]):

@@ -19,8 +19,6 @@ import numpy as np  # noqa: E402
 import orders  # noqa: E402
 import torch  # noqa: E402
 from common import (  # noqa: E402
-    base_config,
-    build_peft,
     groups_of,
     load_default,
     log,
@@ -28,6 +26,7 @@ from common import (  # noqa: E402
     per_class_zs_template,
     variant,
 )
+from lever import bias_jacobian  # noqa: E402
 
 from fedpurel_lite import longtail  # noqa: E402
 from fedpurel_lite.worlds.quality import default_groups  # noqa: E402
@@ -36,11 +35,7 @@ KNOWN = {"3680195247": "shipped (eroded: s7 r40 -2.4, r100 -7.4)", "3478590612":
 
 
 def gram(bank, backbone, seed):
-    peft = build_peft("prompt", bank, backbone, base_config(peft="prompt", seed=seed)).eval()
-    m = bank.test_features.float().mean(0)
-    b = bank.logit_scale * (peft.class_features() @ m)
-    J = torch.stack([torch.autograd.grad(b[i], peft.ctx, retain_graph=True)[0].reshape(-1) for i in range(100)])
-    J = J.double().numpy()
+    J = bias_jacobian(bank, backbone, seed)
     return J @ J.T
 
 
