@@ -29,6 +29,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "report": ("fedpurel_lite.report", "main", "bias-transfer report (HTML + figures) of run folders"),
     "flower": ("fedpurel_lite.flower.run", "main", "the same run on the Flower engine"),
     "demo": ("fedpurel_lite.demo", "main", "execute all notebooks, write figures/"),
+    "student": ("fedpurel_lite.student", "main", "notebooks without solutions or outputs"),
 }
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -87,3 +89,73 @@ def test_frame_has_every_part() -> None:
     assert "Previous" not in frame("a", "b", ["x", "y"], 5, None, "[n](n.ipynb)")
     with pytest.raises(ValueError):
         frame("a", "b", ["only one"], 5, None, None)
+
+
+# ----------------------------------------------------------------------------- the student edition
+def _teacher_notebook():
+    import nbformat
+
+    v4 = nbformat.v4
+    nb = v4.new_notebook(cells=[
+        v4.new_markdown_cell("# 01 · a title"),
+        v4.new_code_cell("x = 1\nprint(x)", execution_count=1,
+                         outputs=[v4.new_output("stream", name="stdout", text="1\n")]),
+        v4.new_code_cell("# Solution: open this cell after you have tried the exercise.\nprint('the answer is 42')",
+                         execution_count=2, outputs=[v4.new_output("stream", name="stdout", text="the answer is 42\n")],
+                         metadata={"tags": ["solution"],
+                                   "jupyter": {"source_hidden": True, "outputs_hidden": True}}),
+    ])
+    nb.metadata["widgets"] = {"application/vnd.jupyter.widget-state+json": {"state": {"a": {}}}}
+    return nb
+
+
+def test_student_copy_drops_solutions_outputs_and_widget_state() -> None:
+    import nbformat
+
+    from fedpurel_lite.student import PROMPT, student_copy
+
+    teacher = _teacher_notebook()
+    before = nbformat.writes(teacher)
+    student = student_copy(teacher)
+    assert nbformat.writes(teacher) == before, "the teacher's notebook is not changed"
+    nbformat.validate(student)
+    text = nbformat.writes(student)
+    assert "42" not in text and "widget-state" not in text
+    assert [c.cell_type for c in student.cells] == ["markdown", "code", "markdown"]
+    assert student.cells[2].source == PROMPT
+    assert student.cells[1].outputs == [] and student.cells[1].execution_count is None
+    assert student.cells[1].source == "x = 1\nprint(x)"
+
+
+def test_student_command_writes_a_clean_series(tmp_path: Path) -> None:
+    import nbformat
+
+    from fedpurel_lite.__main__ import main
+    from fedpurel_lite.student import MARKER, series
+
+    out = tmp_path / "student"
+    assert main(["student", "--out", str(out)]) == 0
+    teacher = series()
+    written = sorted((out / "notebooks").glob("*.ipynb"))
+    assert [p.name for p in written] == [p.name for p in teacher]
+    assert (out / "notebooks" / "glossary.md").is_file()
+    assert (out / "configs" / "embedded.toml").is_file()
+    assert (out / "data" / "fedpurel-tiny.safetensors").is_file(), "the notebooks' ../data paths resolve"
+    for path in written:
+        nb = nbformat.read(path, as_version=4)
+        assert "widgets" not in nb.metadata
+        for cell in nb.cells:
+            assert "solution" not in cell.metadata.get("tags", []), path.name
+            if cell.cell_type == "code":
+                assert cell.outputs == [] and cell.execution_count is None, path.name
+                assert not cell.source.startswith("# Solution"), path.name
+    teacher_solutions = sum("solution" in c.metadata.get("tags", [])
+                            for p in teacher for c in nbformat.read(p, as_version=4).cells)
+    assert teacher_solutions > 0, "the teacher's copy keeps its solutions"
+    # a second run replaces the earlier edition; a foreign folder is refused before anything is written
+    assert main(["student", "--out", str(out)]) == 0 and (out / MARKER).exists()
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("keep me")
+    assert main(["student", "--out", str(foreign)]) == 2
+    assert [p.name for p in foreign.iterdir()] == ["notes.txt"]
