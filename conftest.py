@@ -1,4 +1,11 @@
-"""Repository-wide pytest hooks: every drawing notebook cell must produce an image; browser latencies.
+"""Repository-wide pytest hooks: pinned kernels, figures in a temporary folder, images from drawing cells, latencies.
+
+Before anything imports torch, the whole test session (and every notebook kernel, JupyterLab or
+Voilà server it starts, which inherit its environment) runs on the pinned CPU kernel paths of
+:mod:`fedpurel_lite.kernels`, so the figures it draws are the same bytes on any x86-64 CPU with
+AVX2. Notebooks executed by the tests write their figures into a temporary folder
+(``FEDPUREL_FIGURES``), never into ``figures/``, and each must equal its committed counterpart
+(``FEDPUREL_FIGURES_CHECK=1``: :func:`fedpurel_lite.plots.save_figure` raises otherwise).
 
 nbval (``--nbval-lax``) compares outputs only for cells tagged ``nbval-check-output``, so an empty
 figure (a cell that calls ``plt.show()`` after something switched matplotlib to a non-interactive
@@ -13,11 +20,19 @@ The browser tests (``tests/browser/``) write the widget latencies they measure t
 from __future__ import annotations
 
 import json
+import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
-import pytest
+from fedpurel_lite import kernels
+
+kernels.pin()
+os.environ["FEDPUREL_FIGURES"] = tempfile.mkdtemp(prefix="fedpurel-figures-")
+os.environ["FEDPUREL_FIGURES_CHECK"] = "1"
+
+import pytest  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent
 LATENCY_FILE = ROOT / "build" / "browser" / "latency.json"
@@ -41,6 +56,13 @@ def pytest_runtest_call(item):
         first = cell.source.strip().splitlines()[0] if cell.source.strip() else ""
         pytest.fail(f"this cell draws a figure but produced no image output: {first!r}", pytrace=False)
     return result
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Remove the temporary figures folder."""
+    import shutil
+
+    shutil.rmtree(os.environ["FEDPUREL_FIGURES"], ignore_errors=True)
 
 
 def pytest_terminal_summary(terminalreporter):

@@ -15,6 +15,7 @@ and :mod:`fedpurel_lite.assembly`.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -36,8 +37,19 @@ from .palette import (  # noqa: F401  (the palette is part of this module's publ
     style,
 )
 
-FIGURES = Path(__file__).resolve().parents[1] / "figures"
+COMMITTED_FIGURES = Path(__file__).resolve().parents[1] / "figures"
+"""The repository's ``figures/``: what the README and the site show."""
+FIGURES_ENV = "FEDPUREL_FIGURES"
+"""Environment variable: a folder that replaces ``figures/`` as the target (the tests set a temporary one)."""
+FIGURES = Path(os.environ.get(FIGURES_ENV) or COMMITTED_FIGURES)
+"""Where figures are written: ``$FEDPUREL_FIGURES`` when set (read at import), else ``figures/``."""
+CHECK_ENV = "FEDPUREL_FIGURES_CHECK"
+"""Environment variable: ``1`` makes every figure saved elsewhere than ``figures/`` equal the committed one there."""
 DPI = 110
+
+
+class FigureMismatchError(AssertionError):
+    """A figure drawn under the tests differs from the committed one (or none is committed)."""
 MARKERS_PER_LINE = 10
 
 
@@ -51,7 +63,14 @@ def save_figure(fig: Any, name: str | Path, folder: Path | None = None) -> Path:
     name : str or Path
         File name (``.png`` added if missing); relative names go to ``folder``.
     folder : Path, optional
-        Target folder, ``figures/`` of the repository by default.
+        Target folder, :data:`FIGURES` by default.
+
+    Raises
+    ------
+    FigureMismatchError
+        With ``FEDPUREL_FIGURES_CHECK=1``, when a figure saved without ``folder`` to a target other
+        than ``figures/`` is not byte-identical to the committed ``figures/<name>``: how the tests
+        check that what the notebooks draw is what the repository shows.
     """
     path = Path(name)
     if path.suffix != ".png":
@@ -62,6 +81,11 @@ def save_figure(fig: Any, name: str | Path, folder: Path | None = None) -> Path:
     tmp = path.with_name(path.name + ".tmp")
     fig.savefig(tmp, format="png", dpi=DPI, metadata={"Software": None}, bbox_inches="tight")
     tmp.replace(path)
+    committed = COMMITTED_FIGURES / path.name
+    if folder is None and os.environ.get(CHECK_ENV) == "1" and path.resolve() != committed.resolve():
+        if not committed.exists() or committed.read_bytes() != path.read_bytes():
+            raise FigureMismatchError(f"{path.name} differs from the committed figures/{path.name} (or it is not "
+                                      "committed): run `make demo` (pinned kernels) and commit figures/")
     return path
 
 
