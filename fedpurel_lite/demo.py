@@ -2,8 +2,9 @@
 
 ``python -m fedpurel_lite demo`` runs ``notebooks/NN_*.ipynb`` (and ``apps/*.ipynb``) in place
 with the current interpreter's kernel, so the notebooks keep their outputs and ``figures/`` is
-rewritten by them; it prints how long each took and writes a static HTML rendering of the series
-into ``build/html/``.
+rewritten by them; it prints how long each took and then builds the course site (the series,
+its glossary, the app and ``docs/`` as static pages with navigation and search) into ``build/site/``
+(:mod:`fedpurel_lite.site`).
 
 A re-run on the same machine must leave ``git status`` clean, so every executed notebook is
 *normalised* before it is written (:func:`normalise`): no execution timestamps, a fixed kernel
@@ -20,6 +21,8 @@ import re
 import time
 from pathlib import Path
 from typing import Any
+
+from . import kernels
 
 ROOT = Path(__file__).resolve().parents[1]
 WIDGET_STATE = "application/vnd.jupyter.widget-state+json"
@@ -166,24 +169,39 @@ def execute(path: Path, timeout: int = 1800) -> float:
     return time.perf_counter() - start
 
 
-# ----------------------------------------------------------------------------- static HTML
+# ----------------------------------------------------------------------------- static pages
+CONTROL_SUFFIXES = ("SliderModel", "CheckboxModel", "DropdownModel", "ButtonsModel", "ButtonModel", "TextModel",
+                    "SelectModel", "SelectMultipleModel", "ToggleButtonModel", "RadioButtonsModel", "PlayModel")
+STATIC_NOTE = ("*An explorer: its controls redraw the figure in JupyterLab or Voilà; "
+               "this page shows the figure of its stored setting.*")
+
+
 def static_copy(nb: Any) -> Any:
     """A copy for a static page: every displayed widget is replaced by what its Output widgets hold.
 
     A static page cannot run widget code, but the figures an explorer drew are in its stored
-    state; they are shown in place of the widget.
+    state; they are shown in place of the widget, after a one-line note when the widget has
+    controls (a slider, a check box) that only work in a live kernel.
     """
-    nb = copy.deepcopy(nb)
+    import nbformat
+
+    nb = nbformat.from_dict(copy.deepcopy(nb))
     state = nb["metadata"].get("widgets", {}).get(WIDGET_STATE, {}).get("state", {})
 
-    def outputs_of(model_id: str, seen: set[str]) -> list[Any]:
+    def walk(model_id: str, seen: set[str]) -> tuple[list[Any], bool]:
+        """The outputs held below ``model_id`` and whether a control is among its models."""
         if model_id in seen or model_id not in state:
-            return []
+            return [], False
         seen.add(model_id)
         body = state[model_id].get("state", {})
-        found = list(body.get("outputs", []) or []) if state[model_id].get("model_name") == "OutputModel" else []
-        return found + [o for ref in _refs({k: v for k, v in body.items() if k != "outputs"})
-                        for o in outputs_of(ref, seen)]
+        name = state[model_id].get("model_name", "")
+        found = list(body.get("outputs", []) or []) if name == "OutputModel" else []
+        control = name.endswith(CONTROL_SUFFIXES)
+        for ref in _refs({k: v for k, v in body.items() if k != "outputs"}):
+            more, more_control = walk(ref, seen)
+            found += more
+            control = control or more_control
+        return found, control
 
     for cell in nb["cells"]:
         if cell["cell_type"] != "code":
@@ -191,7 +209,11 @@ def static_copy(nb: Any) -> Any:
         new = []
         for out in cell.get("outputs", []):
             if WIDGET_VIEW in out.get("data", {}):
-                new.extend(copy.deepcopy(outputs_of(out["data"][WIDGET_VIEW]["model_id"], set())))
+                found, control = walk(out["data"][WIDGET_VIEW]["model_id"], set())
+                if found and control:
+                    new.append(nbformat.v4.new_output("display_data", data={
+                        "text/markdown": STATIC_NOTE, "text/plain": STATIC_NOTE.strip("*")}))
+                new.extend(copy.deepcopy(found))
             else:
                 new.append(out)
         cell["outputs"] = new
@@ -199,34 +221,18 @@ def static_copy(nb: Any) -> Any:
     return nb
 
 
-def write_html(paths: list[Path], out_dir: Path = ROOT / "build" / "html") -> list[Path]:
-    """Render executed notebooks as static HTML pages (figures inline) plus an ``index.html``."""
-    import nbformat
-    from nbconvert import HTMLExporter
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    exporter = HTMLExporter(template_name="lab", embed_images=True)
-    written = []
-    for path in paths:
-        nb = static_copy(nbformat.read(path, as_version=4))
-        body, _ = exporter.from_notebook_node(nb)
-        target = out_dir / f"{path.stem}.html"
-        target.write_text(body, encoding="utf-8")
-        written.append(target)
-    items = "\n".join(f'<li><a href="{p.name}">{p.stem}</a></li>' for p in written)
-    index = out_dir / "index.html"
-    index.write_text("<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>fedpurel-lite</title></head>\n"
-                     f"<body><h1>fedpurel-lite: the notebook series</h1>\n<ol>\n{items}\n</ol></body></html>\n",
-                     encoding="utf-8")
-    return [index, *written]
-
-
 def main(argv: list[str] | None = None) -> int:
-    """Run the series (or the notebooks named with ``--only``), then write the HTML pages."""
+    """Run the series (or the notebooks named with ``--only``), then build the course site."""
     parser = argparse.ArgumentParser(prog="python -m fedpurel_lite demo", description=__doc__)
     parser.add_argument("--only", nargs="*", default=None, help="notebook name prefixes, e.g. 01 03")
-    parser.add_argument("--no-html", action="store_true", help="do not write build/html/")
+    parser.add_argument("--no-site", "--no-html", dest="no_site", action="store_true",
+                        help="do not build the course site (build/site/) afterwards")
     args = parser.parse_args(argv)
+    kernels.pin()  # the notebook kernels inherit the pinned kernel paths: the same figures on any AVX2 machine
+    if not args.no_site:
+        from .site import preflight
+
+        preflight()
     series = notebooks() + apps()
     if args.only:
         series = [p for p in series if any(p.name.startswith(s) for s in args.only)]
@@ -239,8 +245,11 @@ def main(argv: list[str] | None = None) -> int:
         total += seconds
         print(f"executed {path.relative_to(ROOT)} in {seconds:.1f} s")
     print(f"{len(series)} notebook(s) in {total:.1f} s; figures in {ROOT / 'figures'}")
-    if not args.no_html:
-        pages = write_html(notebooks() + apps())
-        print(f"static HTML: {pages[0]} ({len(pages) - 1} pages)")
+    if not args.no_site:
+        from .site import OUT, build_site
+
+        start = time.perf_counter()
+        index = build_site()
+        print(f"course site: {index} ({len(list(OUT.rglob('*.html')))} pages) in {time.perf_counter() - start:.1f} s")
     return 0
 

@@ -64,4 +64,15 @@ def test_what_the_reader_sees_is_kept():
 def test_static_copy_shows_the_widgets_figures():
     nb = demo.static_copy(demo.normalise(_executed(1), "x.ipynb"))
     assert "widgets" not in nb.metadata
-    assert [o["data"] for o in nb.cells[1].outputs] == [{"image/png": "iVBOR"}]
+    note, figure = nb.cells[1].outputs
+    assert "JupyterLab" in note["data"]["text/markdown"], "a widget with a control says where it is live"
+    assert figure["data"] == {"image/png": "iVBOR"}
+
+
+def test_static_copy_of_a_widget_without_controls_adds_no_note():
+    nb = demo.normalise(_executed(1), "x.ipynb")
+    state = nb.metadata["widgets"][demo.WIDGET_STATE]["state"]
+    for model in state.values():
+        if model["model_name"] == "IntSliderModel":
+            model["model_name"] = "HTMLModel"
+    assert [o["data"] for o in demo.static_copy(nb).cells[1].outputs] == [{"image/png": "iVBOR"}]
