@@ -8,6 +8,9 @@ two clients ever share a trainable tensor. Every client step is a pure function 
 (own batch generator, own module copy, one intra-op thread) and results are returned in the input
 order, so the history does not depend on ``n`` (tested bit-for-bit).
 
+The pool starts threads, never processes: they live inside the calling process and end with it,
+however it ends (SIGKILL included), so nothing of a pool can outlive the run that made it.
+
 Measured on this repository's 2-core machine: two CoOp clients at once take 1.25 s where two in
 turn take 2.38 s.
 """

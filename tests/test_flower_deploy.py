@@ -8,6 +8,8 @@ simulator, so the heartbeat wait of the crash test overlaps the other run's work
 - ``crash``: 4 SuperNodes, 2 rounds; SuperNode 1 is killed (SIGKILL, with its children) once round 0 is saved.
 
 Every wait is bounded, ports are chosen at run time, and every process is stopped (checked) at the end.
+A pytest run killed from outside (CI time limit, Ctrl-C) strands none of them: each deployment's
+watchdog process ends them once this process is gone (``tests/test_lifetimes.py`` kills such a process).
 """
 
 from __future__ import annotations
@@ -196,5 +198,7 @@ def test_process_set_stops_its_processes_and_their_children(tmp_path):
             procs.track()
         running = procs.still_running()
         assert parent.pid in running and len(running) == 2
+        watchdog = procs.watchdog
     assert procs.still_running() == []
     assert parent.popen.returncode is not None
+    assert watchdog.popen.returncode == 0  # released with the set

@@ -193,3 +193,57 @@ def test_partition_discovery_waits_the_reply_timeout_and_names_silent_nodes():
     silent = SilentGrid([NODE[p] for p in range(3)], answering=1)
     with pytest.raises(FlowerRunError, match=r"only 1 of 3 nodes answered which partition they hold within 600 s"):
         discover_partitions(silent, 3, timeout=5.0, reply_timeout=600.0)
+
+
+def test_a_resumed_strategy_continues_the_round_numbers(setup):
+    cfg = setup[0]
+    s = _strategy(setup)
+    failure = {"round": 1, "stage": "train", "partition": 4, "reason": "Node Unavailable"}
+    saved = [{"round": 0, "clients": list(range(K))}, {"round": 1, "clients": [1, 2, 3], "failures": [failure]}]
+    s.resume_from(saved)
+    msgs = list(s.configure_train(1, ArrayRecord({"w": torch.zeros(2)}), ConfigRecord(), None))  # Flower's round 1
+    expected = ClientSampler(K, cfg.federation.participation, cfg.run.seed).sample(2)
+    assert [m.metadata.dst_node_id for m in msgs] == [NODE[int(k)] for k in expected]
+    assert {int(m.content["config"]["round-idx"]) for m in msgs} == {2}
+    assert {int(m.content["config"]["server-round"]) for m in msgs} == {3}
+    assert sorted(s.entries) == [1, 2, 3] and s.entries[3]["round"] == 2 and s.entries[2] == saved[1]
+    assert s.failures == [failure]
+
+
+def test_a_node_keeps_its_private_branch_per_round_on_its_own_disk(setup, tmp_path):
+    from fedpurel_lite.flower.client_app import load_personal, save_personal
+
+    for r in range(3):
+        save_personal(tmp_path, r, {"w": torch.full((2,), float(r))})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["personal_round_00001.safetensors",
+                                                          "personal_round_00002.safetensors"]
+    assert load_personal(tmp_path, 0) is None
+    assert torch.equal(load_personal(tmp_path, 2)["w"], torch.full((2,), 1.0))  # not the unfinished round's
+    assert torch.equal(load_personal(tmp_path, 7)["w"], torch.full((2,), 2.0))
+
+
+def test_a_restarted_node_evaluates_with_its_saved_branch(setup, tmp_path):
+    """Round 1 trains the branch on one node; a fresh context (the node started again) picks it up in round 2."""
+    rt = _runtime(setup, 0)
+
+    def evaluate(ctx: Context, personalize: bool, r: int) -> Message:
+        msg = Message(RecordDict({"arrays": ArrayRecord(rt.initial_state), "config": ConfigRecord(
+            {"round-idx": r, "server-round": r + 1, "personalize": personalize})}), dst_node_id=NODE[0],
+            message_type="evaluate")
+        return evaluate_step(msg, ctx, rt)
+
+    def branch(ctx: Context) -> dict:
+        return ctx.state["personal"].to_torch_state_dict()
+
+    node_config = {"partition-id": 0, "state-dir": str(tmp_path)}
+    before = Context(run_id=1, node_id=NODE[0], node_config=node_config, state=RecordDict(), run_config={})
+    evaluate(before, True, 1)
+    kept = evaluate(before, True, 2)
+    after = Context(run_id=2, node_id=NODE[0], node_config=node_config, state=RecordDict(), run_config={})
+    again = evaluate(after, True, 2)  # round 2 again on a restarted node: from round 1's branch on disk
+    assert again.content["metrics"]["pm-pred"] == kept.content["metrics"]["pm-pred"]
+    for name, value in branch(before).items():
+        torch.testing.assert_close(branch(after)[name], value, rtol=0, atol=0)
+    lost = Context(run_id=3, node_id=NODE[0], node_config={"partition-id": 0}, state=RecordDict(), run_config={})
+    evaluate(lost, True, 2)  # without its saved branch the node would start round 2 from scratch
+    assert any(not torch.equal(branch(lost)[k], v) for k, v in branch(before).items())

@@ -69,3 +69,15 @@ def test_intra_op_threads_restores():
     with IntraOpThreads(1):
         assert torch.get_num_threads() == 1
     assert torch.get_num_threads() == old
+
+
+def test_a_pool_starts_no_process_that_could_outlive_the_run():
+    """Threads only: nothing below this process appears while a pool works (a process pool would show)."""
+    import os
+
+    from fedpurel_lite.flower.procs import descendants
+
+    before = {p.pid for p in descendants(os.getpid())}
+    with ClientPool(2, lambda: None) as pool:
+        seen = pool.map(lambda slot, item: {p.pid for p in descendants(os.getpid())} - before, range(4))
+    assert seen == [set()] * 4

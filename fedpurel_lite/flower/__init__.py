@@ -20,8 +20,13 @@ Needs the ``flower`` extra (``pip install -e '.[flower]'``).
 from __future__ import annotations
 
 import os
+import warnings
 
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")  # no phoning home: this toolkit runs offline
+# Flower 1.42's CLI module uses click helpers that click 8.2 deprecates; not ours to act on, and it would
+# add two lines to every command's output
+warnings.filterwarnings("ignore", message=r"'click\.utils\.get_\w+_stream' is deprecated",
+                        category=DeprecationWarning)
 
 
 def require_flwr() -> None:

@@ -3,7 +3,9 @@
 A node finds its data either by ``partition-id`` in its node config (simulation, or deployment
 where every node can rebuild the same seeded federation) or by ``client-data``, the path of a
 file written by :func:`export_client_data` (deployment: a node holds only its own features).
-The private personal branch lives in ``context.state["personal"]`` and never leaves the node.
+The private personal branch lives in ``context.state["personal"]`` and never leaves the node. With
+``state-dir`` in its node config (deployment), the node also keeps it on its own disk after every
+round it trains it, so a node started again (a run resumed after its launcher died) continues from it.
 """
 
 from __future__ import annotations
@@ -92,17 +94,47 @@ def train_step(msg: Message, rt: ClientRuntime) -> Message:
     return Message(RecordDict({"arrays": arrays, "metrics": MetricRecord(metrics)}), reply_to=msg)
 
 
+PERSONAL_KEEP = 2  # newest private-branch files kept on a node (one may belong to an unfinished round)
+
+
+def save_personal(state_dir: str | Path, round_idx: int, state: dict[str, torch.Tensor]) -> Path:
+    """Write the node's private branch after round ``round_idx`` (atomically); keep the newest two."""
+    folder = Path(state_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"personal_round_{int(round_idx):05d}.safetensors"
+    tmp = path.with_suffix(".tmp")
+    save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, str(tmp))
+    tmp.replace(path)
+    for old in sorted(folder.glob("personal_round_*.safetensors"))[:-PERSONAL_KEEP]:
+        old.unlink(missing_ok=True)
+    return path
+
+
+def load_personal(state_dir: str | Path, before_round: int) -> dict[str, torch.Tensor] | None:
+    """The newest private branch saved in ``state_dir`` before round ``before_round`` (``None``: none)."""
+    found = [f for f in sorted(Path(state_dir).glob("personal_round_*.safetensors"))
+             if int(f.stem.rsplit("_", 1)[1]) < int(before_round)]
+    return load_file(str(found[-1])) if found else None
+
+
 def evaluate_step(msg: Message, context: Context, rt: ClientRuntime) -> Message:
     """Stage 2 (if this client was sampled) against the new global model, then predict the test split."""
     cfg = msg.content["config"]
+    round_idx = int(cfg["round-idx"])
+    state_dir = str(context.node_config.get("state-dir", "")) or None
     rt.peft.load_shared_state(msg.content["arrays"].to_torch_state_dict())
     rt.peft.eval()
-    previous = context.state["personal"].to_torch_state_dict() if "personal" in context.state else None
+    if "personal" in context.state:
+        previous = context.state["personal"].to_torch_state_dict()
+    else:  # a node started again: its own saved branch, if any
+        previous = load_personal(state_dir, round_idx) if state_dir else None
     loss = float("nan")
     if rt.personal is not None and bool(cfg["personalize"]):
         previous, loss = train_private(rt.personal, rt.peft, previous, rt.initial_state, rt.data, rt.config,
-                                       rt.method, int(cfg["round-idx"]))
+                                       rt.method, round_idx)
         context.state["personal"] = ArrayRecord({k: v.detach().cpu().contiguous() for k, v in previous.items()})
+        if state_dir:
+            save_personal(state_dir, round_idx, previous)
     with torch.no_grad():
         global_logits = rt.peft.predict_logits(rt.data.x_test, rt.config.run.eval_batch_size)
     gm_pred = global_logits.argmax(dim=1).cpu().numpy()

@@ -16,7 +16,16 @@ from ..assembly import assemble, with_method
 from ..config import RunConfig
 from ..errors import ConfigError
 from ..metrics import evaluate_predictions
-from ..results import RunResult, atomic_write, clean_json, federation_info, summarise
+from ..results import (
+    RESULT_JSON,
+    RUNTIME_KEYS,
+    RunResult,
+    atomic_write,
+    clean_json,
+    config_differences,
+    federation_info,
+    summarise,
+)
 from ..token_bank import model_inputs
 from .client_app import config_from_context
 from .strategy import FedPuReLStrategy, FlowerRunError
@@ -83,14 +92,32 @@ def check_servable(config: RunConfig) -> None:
                           "separate Flower nodes cannot share; use optimizer_scope='client-round'")
 
 
+def saved_run(out: str | Path, config: RunConfig) -> RunResult | None:
+    """The result saved in ``out`` by an earlier (interrupted) run of ``config``; ``None`` when there is none.
+
+    Raises
+    ------
+    ConfigError
+        The saved run was made with other settings (``federation.rounds`` aside).
+    """
+    if not (Path(out) / RESULT_JSON).exists():
+        return None
+    saved = RunResult.load(out)
+    diffs = config_differences(saved.config, config.to_dict(), ignore=(*RUNTIME_KEYS, "federation.rounds"))
+    if diffs:
+        raise ConfigError(f"cannot resume {out}: it was run with other settings ({'; '.join(diffs)})")
+    return saved
+
+
 def serve(grid: Grid, config: RunConfig, min_replies: int = 1, sink: dict[str, Any] | None = None,
-          step_timeout: float = 900.0, out: str | Path | None = None) -> dict[str, Any]:
+          step_timeout: float = 900.0, out: str | Path | None = None, resume: bool = False) -> dict[str, Any]:
     """Run ``config`` on ``grid``; returns (and fills ``sink`` with) history, final arrays and failures.
 
     ``step_timeout`` bounds every wait for client replies; a client that does not reply in time is left
     out of that step. With ``out`` (deployment: the ServerApp runs in its own process), the result of
     the completed rounds is saved there after every round (``result.json`` + ``final_state.safetensors``,
-    as :meth:`RunResult.save`) together with ``status.json``, so a run that stops keeps what it had done.
+    as :meth:`RunResult.save`) together with ``status.json``, so a run that stops keeps what it had done;
+    ``resume=True`` continues from that saved result (its global tensors, history and failures).
     """
     sink = {} if sink is None else sink
     check_servable(config)
@@ -100,6 +127,12 @@ def serve(grid: Grid, config: RunConfig, min_replies: int = 1, sink: dict[str, A
                                 min_replies)
     sink["strategy"] = strategy
     sink.update(federation=fed, config=config, failures=strategy.failures)
+    initial = peft.shared_state()
+    saved = saved_run(out, config) if resume and out is not None else None
+    if saved is not None:
+        strategy.resume_from(saved.history)
+        initial = {k.removeprefix("global/"): v for k, v in saved.final_state.items()}
+        sink["history"], sink["final"] = list(saved.history), initial
     strategy.register_nodes(discover_partitions(grid, fed.num_clients, reply_timeout=step_timeout))
     x_test = torch.as_tensor(model_inputs(bank, "test")).float()
     y_test = np.asarray(bank.test_labels)
@@ -108,6 +141,7 @@ def serve(grid: Grid, config: RunConfig, min_replies: int = 1, sink: dict[str, A
     def evaluate_fn(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
         if server_round == 0:  # the simulator has no round-0 evaluation either
             return None
+        server_round += strategy.offset
         peft.load_shared_state(arrays.to_torch_state_dict())
         with torch.no_grad():
             pred = peft.predict_logits(x_test, config.run.eval_batch_size).argmax(dim=1).numpy()
@@ -127,10 +161,12 @@ def serve(grid: Grid, config: RunConfig, min_replies: int = 1, sink: dict[str, A
         return MetricRecord({k: float(gm[k]) for k in ("accuracy", "head", "medium", "tail")})
 
     torch.set_num_threads(1)
-    result = strategy.start(grid=grid, initial_arrays=ArrayRecord(peft.shared_state()),
-                            num_rounds=config.federation.rounds, timeout=step_timeout, evaluate_fn=evaluate_fn)
+    remaining = config.federation.rounds - strategy.offset
+    if remaining > 0:
+        result = strategy.start(grid=grid, initial_arrays=ArrayRecord(initial), num_rounds=remaining,
+                                timeout=step_timeout, evaluate_fn=evaluate_fn)
+        sink["final"] = result.arrays.to_torch_state_dict()
     sink["history"] = [clean_json(strategy.entries[r]) for r in sorted(strategy.entries)]
-    sink["final"] = result.arrays.to_torch_state_dict()
     sink["failures"] = list(strategy.failures)
     if out is not None:
         result_of(sink, "flower-deployment").save(out)
@@ -152,7 +188,7 @@ def build_server_app(config: RunConfig | None = None, min_replies: int = 1,
         out = str(rc.get("out", "")) or None
         state: dict[str, Any] = {} if sink is None else sink
         try:
-            serve(grid, cfg, replies, state, float(rc.get("step-timeout", 900.0)), out)
+            serve(grid, cfg, replies, state, float(rc.get("step-timeout", 900.0)), out, bool(rc.get("resume", False)))
         except Exception as exc:
             state["error"] = exc
             if out is not None:

@@ -1,6 +1,7 @@
 """``FedPuReLStrategy``: Flower's FedAvg strategy driven by the toolkit's sampler and aggregation.
 
-Round ``t`` (Flower's ``server_round = t + 1``):
+Round ``t`` (Flower's ``server_round = t + 1``; ``+ offset`` for a run resumed after ``offset`` saved
+rounds, :meth:`FedPuReLStrategy.resume_from`):
 
 - ``configure_train`` sends the global shared tensors to the clients the toolkit's seeded
   :class:`~fedpurel_lite.aggregate.ClientSampler` picks (round 0: all), by partition id;
@@ -75,6 +76,13 @@ class FedPuReLStrategy(FedAvg):
         self.node_of: dict[int, int] = {}
         self.failures: list[dict[str, Any]] = []
         self.entries: dict[int, dict[str, Any]] = {}
+        self.offset = 0  # rounds done before Flower's round 1 (a resumed run)
+
+    def resume_from(self, history: list[dict[str, Any]]) -> None:
+        """Continue after the rounds in ``history`` (a saved result's): Flower's round 1 becomes round ``len``."""
+        self.offset = len(history)
+        self.entries = {int(h["round"]) + 1: dict(h) for h in history}
+        self.failures[:] = [f for h in history for f in h.get("failures", [])]
 
     # ------------------------------------------------------------------ helpers
     def register_nodes(self, partition_of_node: dict[int, int]) -> None:
@@ -122,12 +130,14 @@ class FedPuReLStrategy(FedAvg):
     # ------------------------------------------------------------------ Flower's strategy interface
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
+        server_round += self.offset
         chosen = self.sampler.sample(server_round - 1)
         self.entries[server_round] = {"round": server_round - 1, "clients": [int(k) for k in chosen]}
         return self._messages(chosen, arrays, server_round, "train")
 
     def aggregate_train(self, server_round: int,
                         replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        server_round += self.offset
         ok = self._split(server_round, replies, "train", self.entries[server_round]["clients"])
         states = [m.content["arrays"].to_torch_state_dict() for m in ok]
         weights = [int(m.content["metrics"]["num-examples"]) for m in ok]
@@ -139,11 +149,13 @@ class FedPuReLStrategy(FedAvg):
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                            grid: Grid) -> Iterable[Message]:
+        server_round += self.offset
         chosen = set(self.entries[server_round]["clients"])
         flags = {pid: {"personalize": pid in chosen} for pid in range(self.federation.num_clients)}
         return self._messages(range(self.federation.num_clients), arrays, server_round, "evaluate", flags)
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        server_round += self.offset
         ok = self._split(server_round, replies, "evaluate", range(self.federation.num_clients))
         pids = [int(m.content["metrics"]["partition-id"]) for m in ok]
         truths = [self.test_truths[p] for p in pids]

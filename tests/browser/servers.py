@@ -3,6 +3,11 @@
 Every server runs in its own session (process group) on a free port with a random token, from a
 temporary copy of the notebooks (so JupyterLab's autosave never touches the repository), and is
 stopped by its PID when the fixture ends: SIGTERM to its group, SIGKILL after a bounded wait.
+
+A test process that dies before its fixtures end (killed, timed out in CI, Ctrl-C at the wrong moment)
+strands no server: each server is handed, as it starts, to one watchdog process per test process
+(:mod:`fedpurel_lite.flower.watchdog`), which ends the server and its kernels (by PID and start stamp,
+and the process groups they lead) as soon as the test process is gone, whatever the signal.
 """
 
 from __future__ import annotations
@@ -68,14 +73,29 @@ def copy_tree(dest: Path) -> Path:
     return dest
 
 
+_WATCHDOG = None
+
+
+def watchdog():
+    """This test process's watchdog (started on first use): it ends every server handed to it if we die."""
+    global _WATCHDOG
+    if _WATCHDOG is None or not _WATCHDOG.alive():
+        from fedpurel_lite.flower.watchdog import Watchdog
+
+        _WATCHDOG = Watchdog()
+    return _WATCHDOG
+
+
 class Server:
-    """A Jupyter server process (JupyterLab or Voilà) in its own process group."""
+    """A Jupyter server process (JupyterLab or Voilà) in its own process group, tied to this process's life."""
 
     def __init__(self, args: list[str], port: int, token: str, cwd: Path, log: Path, env: dict[str, str]) -> None:
         self.port, self.token, self.log = port, token, log
+        guard = watchdog()  # running before the server starts
         self._log_file = open(log, "w")  # noqa: SIM115  (closed in stop())
         self.proc = subprocess.Popen(args, cwd=cwd, env=env, stdout=self._log_file, stderr=subprocess.STDOUT,
                                      start_new_session=True)
+        guard.watch(self.proc.pid)
 
     @property
     def url(self) -> str:
