@@ -1,14 +1,15 @@
 # The two commands of the README:
 #   make demo   set up .venv and run the main job on the embedded default (notebooks, figures, build/html/)
 #   make test   set up .venv and run every test (ruff, pytest, notebooks under nbval, browser tests)
-# and one more:
+# and more:
+#   make check  the inner loop: ruff, mypy and the fast test tier (no notebooks, browser, deployments)
 #   make app    serve the bias-transfer app (apps/bias_transfer.ipynb) with Voila on 127.0.0.1
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test lint app clean
+.PHONY: setup demo test check lint types app clean
 
 setup: $(STAMP)
 
@@ -22,13 +23,19 @@ demo: setup
 	$(PY) -m fedpurel_lite demo
 
 app: setup
-	$(VENV)/bin/voila apps/bias_transfer.ipynb --Voila.ip=127.0.0.1
+	$(VENV)/bin/voila apps/bias_transfer.ipynb --Voila.ip=127.0.0.1 --token
 
 lint: setup
 	$(PY) -m ruff check .
 
-test: lint
-	$(PY) -m pytest
+types: setup
+	$(PY) -m mypy
+
+test: lint types
+	$(PY) -m pytest --durations=25
+
+check: lint types
+	$(PY) -m pytest -q -m "not slow" tests
 
 clean:
 	rm -rf $(VENV) data/cache runs build

@@ -33,6 +33,11 @@ os.environ["FEDPUREL_FIGURES"] = tempfile.mkdtemp(prefix="fedpurel-figures-")
 os.environ["FEDPUREL_FIGURES_CHECK"] = "1"
 
 import pytest  # noqa: E402
+from hypothesis import settings  # noqa: E402
+
+# no example database in the source tree: the failures Hypothesis finds are kept as explicit cases in the tests
+settings.register_profile("repo", database=None, deadline=None)
+settings.load_profile("repo")
 
 ROOT = Path(__file__).resolve().parent
 LATENCY_FILE = ROOT / "build" / "browser" / "latency.json"
@@ -44,6 +49,22 @@ sys.path.insert(0, str(ROOT / "tests" / "browser"))
 from notebook_checks import draws, has_image  # noqa: E402
 
 pytest_plugins = ["servers"]  # the browser tests' fixtures: chromium_browser, work_copy, new_page
+
+
+# The complete suite is `make test`; `make check` runs the fast tier (`-m "not slow"`) for the inner loop.
+# Slow: every notebook under nbval, the browser tests, and the files below (whole runs, subprocess pipelines,
+# real Flower deployments, a ViT-B/16).
+SLOW_FILES = {"test_claims.py", "test_flower_deploy.py", "test_flower_engine.py", "test_kernels.py",
+              "test_lifetimes.py", "test_real_clip_presets.py", "test_site.py", "test_lora.py",
+              "test_reference_options.py", "test_explore_grid.py"}
+
+
+def pytest_collection_modifyitems(config, items):
+    """Mark the slow tier (see :data:`SLOW_FILES`)."""
+    for item in items:
+        path = Path(str(item.fspath))
+        if path.suffix == ".ipynb" or "browser" in path.parts or path.name in SLOW_FILES:
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.hookimpl(wrapper=True)

@@ -9,6 +9,9 @@ last bits of a float32 result depend on that choice:
   reproducibility* mode ``MKL_CBWR=AVX2,STRICT`` makes it run the AVX2 path, with the same results
   on every processor that has AVX2.
 - oneDNN (convolutions and some fused ops) dispatches by ISA; ``ONEDNN_MAX_CPU_ISA`` caps it.
+- NumPy's own loops (``exp``, ``log``, ``einsum``) dispatch by CPU feature too
+  (``NPY_DISABLE_CPU_FEATURES`` turns the AVX-512 ones off), and its OpenBLAS picks a matrix
+  kernel per processor family (``OPENBLAS_CORETYPE=Haswell`` is its AVX2 kernel).
 - A parallel reduction adds in an order that depends on the thread count; one thread fixes it.
 
 The variables are read once, when the libraries initialise, so they must be in the environment
@@ -34,8 +37,11 @@ PINNED: dict[str, str] = {
     "ATEN_CPU_CAPABILITY": "avx2",
     "MKL_CBWR": "AVX2,STRICT",
     "ONEDNN_MAX_CPU_ISA": "AVX2",
+    "NPY_DISABLE_CPU_FEATURES": "X86_V4 AVX512_ICL AVX512_SPR",
+    "OPENBLAS_CORETYPE": "Haswell",
     "OMP_NUM_THREADS": "1",
     "MKL_NUM_THREADS": "1",
+    "OPENBLAS_NUM_THREADS": "1",
 }
 """The environment of a pinned process: AVX2 kernels everywhere and one thread."""
 

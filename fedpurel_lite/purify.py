@@ -85,10 +85,10 @@ def find_temperature(
     llo_t = torch.full_like(target, math.log(lo))
     lhi_t = torch.full_like(target, math.log(hi))
     for _ in range(iters):
-        mid = 0.5 * (llo_t + lhi_t)
-        above = entropy(logits * torch.exp(-mid).unsqueeze(-1)) > target
-        lhi_t = torch.where(above, mid, lhi_t)
-        llo_t = torch.where(above, llo_t, mid)
+        mid_t = 0.5 * (llo_t + lhi_t)
+        above_t = entropy(logits * torch.exp(-mid_t).unsqueeze(-1)) > target
+        lhi_t = torch.where(above_t, mid_t, lhi_t)
+        llo_t = torch.where(above_t, llo_t, mid_t)
     return torch.exp(0.5 * (llo_t + lhi_t))
 
 

@@ -4,7 +4,7 @@ Run in a subprocess by ``tests/test_kernels.py`` under different kernel environm
 render 200 shapes images, encode them with the shipped tiny CLIP, train a linear head for a few
 purified steps (cross-entropy, its gradient projected against a temperature-aligned KL to the
 zero-shot classifier), and draw the per-class accuracy change as a PNG with ``save_figure``.
-The last line is JSON: ``{"features": sha, "head": sha, "figure": sha}``.
+The last line is JSON: ``{"features": sha, "head": sha, "numpy": sha, "figure": sha}``.
 """
 
 from __future__ import annotations
@@ -58,7 +58,9 @@ def main(out: Path) -> dict[str, str]:
     ax.bar(np.arange(100), change)
     ax.set_title(f"mean logit {float((scale * x @ head.T).mean()):.9f}")
     png = save_figure(fig, "probe", folder=out)
-    return {"features": _sha(x), "head": _sha(head), "figure": hashlib.sha256(png.read_bytes()).hexdigest()}
+    gram = x.double().numpy() @ x.double().numpy().T  # NumPy's OpenBLAS, as the analysis code uses it
+    return {"features": _sha(x), "head": _sha(head), "numpy": hashlib.sha256(gram.tobytes()).hexdigest(),
+            "figure": hashlib.sha256(png.read_bytes()).hexdigest()}
 
 
 if __name__ == "__main__":

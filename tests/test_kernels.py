@@ -3,7 +3,8 @@
 ``tests/kernel_probe.py`` is the short pipeline behind a figure (encode images with the tiny
 CLIP, a few purified steps, a PNG). It runs in subprocesses on two "machines": this processor
 as it is, and one emulated by other kernel choices (ATen's ``default`` kernels instead of its
-best, MKL limited to AVX2, oneDNN limited to AVX2, two threads). Without the pinned settings the
+best, MKL and oneDNN limited to AVX2, NumPy without its AVX2/AVX-512 loops, OpenBLAS on an older
+core's kernel, two threads). Without the pinned settings the
 two give different bytes (so the test can fail); with them (:data:`fedpurel_lite.kernels.PINNED`
 added on top of either machine) the features, the trained head and the figure are identical.
 """
@@ -23,8 +24,9 @@ from fedpurel_lite import kernels
 
 ROOT = Path(__file__).resolve().parents[1]
 PROBE = ROOT / "tests" / "kernel_probe.py"
-OTHER_MACHINE = {"ATEN_CPU_CAPABILITY": "default", "MKL_ENABLE_INSTRUCTIONS": "AVX2",
-                 "ONEDNN_MAX_CPU_ISA": "AVX2", "OMP_NUM_THREADS": "2", "MKL_NUM_THREADS": "2"}
+OTHER_MACHINE = {"ATEN_CPU_CAPABILITY": "default", "MKL_ENABLE_INSTRUCTIONS": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2",
+                 "NPY_DISABLE_CPU_FEATURES": "X86_V3 X86_V4 AVX512_ICL AVX512_SPR", "OPENBLAS_CORETYPE": "Prescott",
+                 "OMP_NUM_THREADS": "2", "MKL_NUM_THREADS": "2", "OPENBLAS_NUM_THREADS": "2"}
 
 pytestmark = pytest.mark.skipif(not kernels.has_avx2(), reason="the pinned path needs a processor with AVX2")
 
@@ -52,6 +54,7 @@ def test_pinned_paths_give_the_same_bytes_on_another_machine(tmp_path):
                          strict=True))
     assert found["this"]["features"] != found["other"]["features"], "the emulated machine must differ unpinned"
     assert found["this"]["head"] != found["other"]["head"]
+    assert found["this"]["numpy"] != found["other"]["numpy"]
     assert found["this pinned"] == found["other pinned"]
 
 
