@@ -108,7 +108,7 @@ def book_config(title: str = "fedpurel-lite") -> dict[str, Any]:
         "launch_buttons": {"thebe": False, "binderhub_url": "", "jupyterhub_url": "", "colab_url": "",
                            "deepnote_url": ""},
         "repository": {"url": ""},
-        "sphinx": {"config": {
+        "sphinx": {"extra_extensions": ["fedpurel_lite.site"], "config": {
             "mathjax_path": f"mathjax/MathJax.js?config={MATHJAX_CONFIG}",
             "mathjax2_config": mathjax2,
             "mathjax3_config": None,
@@ -267,6 +267,28 @@ def assemble(source: Path = SOURCE, root: Path = ROOT) -> list[Part]:
     (source / "_toc.yml").write_text(yaml.safe_dump(toc_yaml(parts), sort_keys=False), encoding="utf-8")
     (source / "_config.yml").write_text(yaml.safe_dump(book_config(), sort_keys=False), encoding="utf-8")
     return parts
+
+
+# ----------------------------------------------------------------------------- Sphinx extension
+def _ids_as_anchors(app: Any, doctree: Any) -> None:
+    """Let ``[...](page.md#name)`` find a section by any of its ids (a target ``(name)=``), as a browser does.
+
+    MyST resolves a fragment only against heading slugs and warns otherwise, although the page
+    has the id and the link works; the section's other ids are added beside its slug.
+    """
+    from docutils import nodes
+
+    slugs = app.env.metadata[app.env.docname].setdefault("myst_slugs", {})
+    for section in doctree.findall(nodes.section):
+        title = section.next_node(nodes.title)
+        for node_id in section["ids"]:
+            slugs.setdefault(node_id, (section.line, node_id, title.astext() if title else node_id))
+
+
+def setup(app: Any) -> dict[str, Any]:
+    """Sphinx entry point (the site's build loads this module as an extension)."""
+    app.connect("doctree-read", _ids_as_anchors)
+    return {"parallel_read_safe": True, "parallel_write_safe": True}
 
 
 # ----------------------------------------------------------------------------- build
