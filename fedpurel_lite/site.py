@@ -255,8 +255,8 @@ def assemble(source: Path = SOURCE, root: Path = ROOT) -> list[Part]:
     for extra in (d for d in ("docs",) if (root / d).is_dir()):  # images and other files beside the pages
         shutil.copytree(root / extra, source / extra, dirs_exist_ok=True,
                         ignore=lambda folder, names: [n for n in names if n.endswith(".md")])
-    for page in pages:
-        for path in linked_files(page, root):
+    for written in pages:
+        for path in linked_files(written, root):
             target = source / path.relative_to(root.resolve())
             if not target.exists():
                 target.parent.mkdir(parents=True, exist_ok=True)

@@ -164,3 +164,21 @@ def test_the_command_refuses_a_foreign_output_folder_with_one_error_line(tmp_pat
     assert len(lines) == 1 and lines[0].startswith("error: --out") and "never overwritten" in lines[0]
     assert (foreign / "index.html").read_text() == "someone's page"
     assert not (tmp_path / "src").exists(), "nothing is written before the check"
+
+
+def test_jupyterlab_heading_links_become_the_sites_anchors():
+    text = ("[a](#The-student-edition) [b](02_x.ipynb#4-·-Explore:-IF-×-Dirichlet-α) [c](glossary.md#if) "
+            "[d](https://example.org/#Top)")
+    assert site.heading_fragments(text) == ("[a](#the-student-edition) [b](02_x.ipynb#4--explore-if--dirichlet-α) "
+                                            "[c](glossary.md#if) [d](https://example.org/#Top)")
+
+
+def test_a_notebooks_jupyterlab_anchor_is_rewritten_in_the_site_copy(tmp_path):
+    repo, source = _repo(tmp_path / "repo"), tmp_path / "src"
+    path = repo / "notebooks" / "02_second.ipynb"
+    nb = nbformat.read(path, as_version=4)
+    nb.cells.append(nbformat.v4.new_markdown_cell("## The student edition\n\nSee [above](#The-student-edition)."))
+    nbformat.write(nb, path)
+    site.assemble(source, repo)
+    copied = nbformat.read(source / "notebooks" / "02_second.ipynb", as_version=4)
+    assert "[above](#the-student-edition)" in copied.cells[-1].source
