@@ -6,6 +6,7 @@ The build itself (Sphinx) runs in tests/browser/test_site.py, which opens every 
 from __future__ import annotations
 
 import io
+import re
 from contextlib import redirect_stderr
 from pathlib import Path
 
@@ -182,3 +183,14 @@ def test_a_notebooks_jupyterlab_anchor_is_rewritten_in_the_site_copy(tmp_path):
     site.assemble(source, repo)
     copied = nbformat.read(source / "notebooks" / "02_second.ipynb", as_version=4)
     assert "[above](#the-student-edition)" in copied.cells[-1].source
+
+
+def test_the_readme_is_a_front_door_that_links_every_docs_page():
+    readme = (site.ROOT / "README.md").read_text(encoding="utf-8")
+    assert len(readme.splitlines()) <= 250, "the README stays a front door; long sections go to docs/"
+    for command in ("make demo", "make test"):
+        assert f"\n{command} " in readme
+    linked = set(re.findall(r"\]\((docs/[\w-]+\.md)\)", readme))
+    pages = {f"docs/{p.name}" for p in (site.ROOT / "docs").glob("*.md")}
+    assert pages <= linked, f"docs pages the README does not link: {sorted(pages - linked)}"
+    assert all((site.ROOT / page).is_file() for page in linked), "every docs link of the README resolves"
