@@ -1,5 +1,5 @@
 # The two commands of the README:
-#   make demo   set up .venv and run the main job on the embedded default (notebooks, figures, build/html/)
+#   make demo   set up .venv and run the main job on the embedded default (notebooks, figures, build/site/)
 #   make test   set up .venv and run every test (ruff, pytest, notebooks under nbval, browser tests)
 # and more:
 #   make check  the inner loop: ruff, mypy and the fast test tier (no notebooks, browser, deployments)
