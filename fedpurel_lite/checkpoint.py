@@ -122,10 +122,20 @@ def read_checkpoint(directory: str | Path, round_idx: int) -> Checkpoint:
     try:
         if meta["format"] != FORMAT_VERSION or meta["round"] != round_idx:
             raise IntegrityError(f"{path}: format {meta['format']} / round {meta['round']} not expected here")
+        if not (_is_config(meta["config"]) and isinstance(meta["method"], str) and isinstance(meta["history"], list)
+                and isinstance(meta["tensors"]["file"], str) and isinstance(meta["tensors"]["sha256"], str)):
+            raise TypeError("config, method, history or tensors of the wrong type")
         tensors = read_tensors(Path(directory) / Path(meta["tensors"]["file"]).name, meta["tensors"]["sha256"])
         return Checkpoint(meta["round"], meta["method"], meta["config"], meta["history"], tensors)
-    except (KeyError, TypeError) as exc:
+    except (KeyError, TypeError, ValueError) as exc:
+        if isinstance(exc, IntegrityError):
+            raise
         raise IntegrityError(f"{path}: missing or malformed field ({exc})") from None
+
+
+def _is_config(value: Any) -> bool:
+    """A nested config as written: a dict of section dicts."""
+    return isinstance(value, dict) and all(isinstance(v, dict) for v in value.values())
 
 
 def _set_aside(directory: Path, round_idx: int) -> None:
@@ -245,6 +255,8 @@ def check_output_dir(out_dir: str | Path, config: dict[str, Any], method: str, r
         saved = read_json(out / RESULT_JSON if finished else ckpt / f"{_stem(rounds[-1])}.json")
     except IntegrityError:
         saved = {}
+    if not _is_config(saved.get("config")):
+        saved = {**saved, "config": {}}  # damaged: compared as an empty config, so it differs and is named
     diff = config_differences(saved.get("config", {}), config, RUNTIME_KEYS)
     if saved.get("method") != method:
         diff.insert(0, f"method.name: {saved.get('method')!r} there, {method!r} now")

@@ -55,10 +55,22 @@ def parser(prog: str, doc: str) -> argparse.ArgumentParser:
 
 
 def load_config(args: argparse.Namespace) -> RunConfig:
-    """The config of ``--config`` with the ``--set`` overrides, checked (no work done yet)."""
+    """The config of ``--config`` with the ``--set`` overrides, checked (no work done yet).
+
+    The file is first read through :func:`fedpurel_lite.safe_load.load_toml` (size, nesting and
+    UTF-8 bounded), so no preset can end in a parser's ``RecursionError``.
+    """
+    from .safe_load import load_toml
+
     if not Path(args.config).is_file():
         raise ConfigError(f"--config {args.config!r}: file not found")
+    load_toml(args.config, "config file", error=ConfigError)
     return RunConfig.load(args.config).with_overrides(args.set)
+
+
+def _resource_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--ignore-resources", action="store_true",
+                   help="start even when the estimated disk or memory exceeds what is free")
 
 
 def _check_methods(names: Sequence[str]) -> None:
@@ -69,35 +81,52 @@ def _check_methods(names: Sequence[str]) -> None:
 
 
 def run_main(argv: Sequence[str]) -> int:
-    """``run --config FILE [--set k=v ...] [--out DIR] [--resume [--resume-round N]] [--overwrite]``."""
+    """``run --config FILE [--set k=v ...] [--out DIR] [--resume [--resume-round N]] [--overwrite]``.
+
+    Before any work: the config, the output folder (not a file, nothing in the way of its files,
+    not locked by another command, not holding another run), the machine (:func:`preflight`) and
+    the resources (:func:`~fedpurel_lite.preflight.bound_resources`). The folder is then locked
+    (:mod:`fedpurel_lite.outlock`) until the result is written.
+    """
     p = parser("run", "one federated run")
     p.add_argument("--out", default=None, help="output folder (default runs/<method>-seed<seed>)")
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
     p.add_argument("--resume-round", type=int, default=None, metavar="N",
                    help="with --resume: continue from completed round N (after a damaged newest round)")
     p.add_argument("--overwrite", action="store_true", help="replace a different run's output folder")
+    _resource_options(p)
     args = p.parse_args(argv)
     if args.resume_round is not None and not args.resume:
         raise ConfigError("--resume-round needs --resume")
+    if args.resume_round is not None and args.resume_round < 0:
+        raise ConfigError(f"--resume-round {args.resume_round}: allowed a completed round, >= 0")
     config = load_config(args)
     from .assembly import with_method
     from .checkpoint import check_output_dir
-    from .preflight import preflight
+    from .outlock import check_unlocked, output_lock
+    from .preflight import check_folder_destination, preflight
+    from .resources import bound_resources
+    from .results import ANALYSIS, FINAL_STATE, RESULT_JSON
 
     effective, method = with_method(config)
     out = Path(args.out or f"runs/{method.name}-seed{config.run.seed}")
+    check_folder_destination(out, "--out", files=(RESULT_JSON, FINAL_STATE, ANALYSIS), folders=("checkpoint",))
+    check_unlocked(out)
     check_output_dir(out, effective.to_dict(), method.name, args.resume, args.overwrite)
     preflight(effective, outputs=[("--out", out)])
     if args.resume:
         from .checkpoint import check_resumable, find_resume_point
 
         check_resumable(find_resume_point(out / "checkpoint", args.resume_round), effective.to_dict(), method.name)
+    config = bound_resources(config, [out], ignore=args.ignore_resources)
     from .simulate import run
 
-    result = run(config, progress=not args.quiet, checkpoint_dir=out / "checkpoint", resume=args.resume,
-                 resume_round=args.resume_round)
-    print_results({result.method: result})
-    print(f"wrote {result.save(out)}")
+    with output_lock(out, "--out", f"run {method.name}"):
+        check_output_dir(out, effective.to_dict(), method.name, args.resume, args.overwrite)  # now under the lock
+        result = run(config, progress=not args.quiet, checkpoint_dir=out / "checkpoint", resume=args.resume,
+                     resume_round=args.resume_round)
+        print_results({result.method: result})
+        print(f"wrote {result.save(out)}")
     return 0
 
 
@@ -113,39 +142,61 @@ def compare_main(argv: Sequence[str]) -> int:
     p.add_argument("--csv", default=None, help="also write the table as CSV")
     p.add_argument("--report", default=None, metavar="DIR",
                    help="also save the runs under DIR/runs/ and write their bias-transfer report DIR/report.html")
+    _resource_options(p)
     args = p.parse_args(argv)
     config = load_config(args)
+    if not args.methods:
+        raise ConfigError("--methods: name at least one method")
     _check_methods(args.methods)
-    from .preflight import preflight
+    from .outlock import check_unlocked, output_lock
+    from .preflight import check_file_destination, check_folder_destination, preflight
+    from .report import REPORT_HTML
+    from .resources import bound_resources
 
-    outputs = [("--csv", Path(args.csv).parent)] if args.csv else []
+    outputs = []
+    if args.csv:
+        check_file_destination(args.csv, "--csv")
     if args.report:
-        outputs.append(("--report", Path(args.report)))
+        report = Path(args.report)
+        check_folder_destination(report, "--report", files=(REPORT_HTML,), folders=("runs",))
+        for name in args.methods:
+            check_folder_destination(report / "runs" / name, "--report")
+        check_unlocked(report, "--report")
+        outputs.append(("--report", report))
     for name in args.methods:
         preflight(config.with_overrides({"method.name": name}), outputs=outputs)
+    config = bound_resources(config, [Path(args.report)] if args.report else [], ignore=args.ignore_resources,
+                             runs=len(args.methods), checkpoints=False)
+    from contextlib import nullcontext
+
     from .simulate import compare
 
-    frame = compare(config, args.methods, progress=not args.quiet)
-    results = frame.attrs["results"]
-    table = print_results(results)
-    if args.csv:
-        table.to_csv(args.csv)
-    if args.report:
-        from .report import views_of, write_report
+    with output_lock(args.report, "--report", "compare") if args.report else nullcontext():
+        frame = compare(config, args.methods, progress=not args.quiet)
+        results = frame.attrs["results"]
+        table = print_results(results)
+        if args.csv:
+            table.to_csv(args.csv)
+        if args.report:
+            from .report import views_of, write_report
 
-        sources = {name: str(res.save(Path(args.report) / "runs" / name)) for name, res in results.items()}
-        print(f"wrote {write_report(views_of(results, sources), args.report)}")
+            sources = {name: str(res.save(Path(args.report) / "runs" / name)) for name, res in results.items()}
+            print(f"wrote {write_report(views_of(results, sources), args.report)}")
     return 0
 
 
 def features_main(argv: Sequence[str]) -> int:
     """``features --config FILE``: build (or verify and reuse) the feature cache of the config's world."""
-    args = parser("features", "build or verify a feature cache").parse_args(argv)
+    p = parser("features", "build or verify a feature cache")
+    _resource_options(p)
+    args = p.parse_args(argv)
     config = load_config(args)
     from .assembly import load_bank
     from .preflight import preflight
+    from .resources import bound_resources
 
     preflight(config)
+    config = bound_resources(config, ignore=args.ignore_resources, runs=0, checkpoints=False)
     bank = load_bank(config, progress=not args.quiet)
     print(f"features: train {tuple(bank.train_features.shape)}, test {tuple(bank.test_features.shape)}, "
           f"classes {len(bank.class_names)}, logit scale {float(bank.logit_scale):.2f}")

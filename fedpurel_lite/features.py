@@ -26,9 +26,10 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from fedpurel_lite import __version__
+from fedpurel_lite import __version__, kernels
 from fedpurel_lite.backbone import Backbone, load_backbone, resolve_device, sha256_file, zero_shot_classifier
 from fedpurel_lite.cache_entry import DIGEST, manifest_digest, write_entry
+from fedpurel_lite.safe_load import load_json
 from fedpurel_lite.worlds.base import World
 
 try:
@@ -131,7 +132,7 @@ def _transform_id(backbone: Backbone) -> str:
 def _inputs(backbone: Backbone, world_fingerprint: str, templates: list[str]) -> dict:
     return {"format": FORMAT_VERSION, "package_version": __version__, "model": backbone.name,
             "pretrained": backbone.pretrained, "weights_id": backbone.weights_id, "world": world_fingerprint,
-            "transform": _transform_id(backbone), "templates": list(templates)}
+            "transform": _transform_id(backbone), "templates": list(templates), "kernels": kernels.tag()}
 
 
 def _key(inputs: dict) -> str:
@@ -263,7 +264,7 @@ class FeatureBank:
                 raise _Damaged(mpath, "the manifest is missing (its tensor file is there)")
             return None
         try:
-            manifest = json.loads(mpath.read_text(encoding="utf-8"))
+            manifest = load_json(mpath, "feature-cache manifest")  # bounded; damage is an IntegrityError (ValueError)
             altered = manifest_digest(manifest) != manifest[DIGEST]
         except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
             raise _Damaged(mpath, f"the manifest is unreadable or has no valid {DIGEST} ({exc!r})") from None

@@ -1,11 +1,13 @@
 """The bias-transfer report: the measures of :mod:`fedpurel_lite.metrics` and their figures, for any runs.
 
 ``python -m fedpurel_lite report RUN_DIR [RUN_DIR ...] [--out DIR]`` reads run folders (written by
-``run``, or by ``compare --report``) and writes ``report.html`` with its PNG figures beside it:
-convergence, the erosion map, group bars, calibration by group, the bias-transfer grid, per-client
-head lean and purification telemetry, every run on the same page. The page embeds no date or
-machine detail, and the figures are written with fixed metadata, so the same runs give the same
-bytes.
+``run``, or by ``compare --report``) and writes ``report.html``, one self-contained page with its
+PNG figures embedded (``data:`` URIs; the file can be moved or mailed alone): convergence, the
+erosion map, group bars, calibration by group, the bias-transfer grid, per-client head lean and
+purification telemetry, every run on the same page. The page embeds no date or machine detail, and
+the figures are drawn with fixed metadata, so the same runs give the same bytes. Every input and
+the output folder are checked before anything is drawn, and the folder is locked while it is
+written (:mod:`fedpurel_lite.outlock`).
 
 Everything is measured on the last round: the global model on the balanced test set
 (``test``), and zero-shot, the global model and the personal models on the client test splits
@@ -17,7 +19,9 @@ per-class accuracies.
 from __future__ import annotations
 
 import argparse
+import base64
 import html
+import io
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from . import metrics
-from .errors import ConfigError
+from .errors import ConfigError, IntegrityError, UserError
 from .longtail import GROUP_NAMES
 from .results import RunResult, atomic_write
 
@@ -275,9 +279,18 @@ _CSS = ("body{font-family:sans-serif;max-width:1200px;margin:2em auto;color:#222
         "td:first-child,td:nth-child(2){text-align:left}img{max-width:100%}figcaption{font-size:13px;color:#555}")
 
 
+def png_bytes(fig: Any) -> bytes:
+    """``fig`` as PNG bytes at the report's DPI, without the ``Software`` stamp (same figure, same bytes)."""
+    from .report_figures import DPI
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=DPI, metadata={"Software": None}, bbox_inches="tight")
+    return buf.getvalue()
+
+
 def write_report(results: Mapping[str, RunResult] | Sequence[RunView], out_dir: str | Path,
                  title: str = "Bias-transfer report") -> Path:
-    """Write ``report.html`` and its figures into ``out_dir``; return the page's path.
+    """Write ``report.html``, one self-contained page with its figures embedded, into ``out_dir``; return its path.
 
     Parameters
     ----------
@@ -288,7 +301,7 @@ def write_report(results: Mapping[str, RunResult] | Sequence[RunView], out_dir: 
     title : str
         Page title.
     """
-    from .report_figures import FIGURES, save_png
+    from .report_figures import FIGURES
 
     views = list(results) if not isinstance(results, Mapping) else views_of(results)
     if not views:
@@ -305,8 +318,9 @@ def write_report(results: Mapping[str, RunResult] | Sequence[RunView], out_dir: 
         parts.append(f"<h2>{html.escape(heading)}</h2>{body}")
     parts.append("<h2>Figures</h2>")
     for name, (draw, caption) in FIGURES.items():
-        save_png(draw(views), out / name)
-        parts.append(f"<figure><img src='{name}' alt='{html.escape(caption)}'>"
+        png = png_bytes(draw(views))
+        parts.append(f"<figure><img src='data:image/png;base64,{base64.b64encode(png).decode()}' "
+                     f"alt='{html.escape(caption)}' title='{html.escape(name)}'>"
                      f"<figcaption>{html.escape(caption)}</figcaption></figure>")
     parts.append("</body></html>\n")
     page = out / REPORT_HTML
@@ -317,7 +331,7 @@ def write_report(results: Mapping[str, RunResult] | Sequence[RunView], out_dir: 
 def main(argv: Sequence[str]) -> int:
     """``report RUN_DIR [RUN_DIR ...] [--out DIR] [--title TEXT] [--local-mass SHARE]``."""
     p = argparse.ArgumentParser(prog="python -m fedpurel_lite report",
-                                description="bias-transfer report (HTML + PNG figures) of one or more run folders")
+                                description="bias-transfer report (one self-contained HTML page) of run folders")
     p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="folders written by `run` (result.json inside)")
     p.add_argument("--out", default="report", help="output folder (default: report)")
     p.add_argument("--title", default="Bias-transfer report", help="page title")
@@ -325,8 +339,26 @@ def main(argv: Sequence[str]) -> int:
                    help="a client's own head holds this share of its training images (default 0.5)")
     p.add_argument("--debug", action="store_true", help="show the traceback of an error")
     args = p.parse_args(argv)
+    from .outlock import check_unlocked, output_lock
+    from .preflight import check_folder_destination
+
+    if not 0 < args.local_mass <= 1:
+        raise ConfigError(f"--local-mass {args.local_mass!r}: allowed a share in (0, 1]")
+    try:
+        args.title.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ConfigError(f"--title {args.title!r}: not writable as UTF-8 text") from None
+    check_folder_destination(args.out, "--out", files=(REPORT_HTML,))
+    check_unlocked(args.out)
     results = load_runs(args.runs)
-    views = views_of(results, dict(zip(results, args.runs, strict=True)), args.local_mass)
-    page = write_report(views, args.out, args.title)
+    try:
+        views = views_of(results, dict(zip(results, args.runs, strict=True)), args.local_mass)
+    except UserError:
+        raise
+    except (KeyError, IndexError, TypeError, ValueError) as exc:  # a result.json edited into another shape
+        raise IntegrityError(f"the runs {', '.join(map(str, args.runs))}: a result.json does not hold what a run "
+                             f"writes ({type(exc).__name__}: {exc})") from None
+    with output_lock(args.out, "--out", "report"):
+        page = write_report(views, args.out, args.title)
     print(f"wrote {page}")
     return 0

@@ -196,12 +196,9 @@ class RunResult:
 
 def read_json(path: Path) -> dict:
     """A JSON object from ``path``; damage is an :class:`IntegrityError` naming the file."""
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise IntegrityError(f"{path}: missing") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise IntegrityError(f"{path}: not readable JSON ({exc})") from None
+    from .safe_load import load_json
+
+    data = load_json(path, what="")  # size and nesting bounded; every failure an IntegrityError naming the file
     if not isinstance(data, dict):
         raise IntegrityError(f"{path}: expected a JSON object")
     return data

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 import subprocess
@@ -46,8 +47,11 @@ def run_dirs(core_bank, tmp_path_factory):
         torch.set_num_threads(old)
 
 
-def _referenced_images(page: Path) -> list[str]:
-    return re.findall(r"<img src='([^']+)'", page.read_text())
+def _embedded_figures(page: Path) -> dict[str, bytes]:
+    """Figure name -> the PNG bytes embedded in the page (no figure is a separate file)."""
+    found = re.findall(r"<img src='data:image/png;base64,([A-Za-z0-9+/=]+)' alt='[^']*' title='([^']+)'",
+                       page.read_text())
+    return {name: base64.b64decode(data) for data, name in found}
 
 
 def test_analysis_arrays_match_the_last_round(run_dirs, core_bank):
@@ -113,11 +117,12 @@ def test_analysis_file_is_hashed_and_checked(run_dirs, tmp_path):
 def test_report_writes_every_figure_and_references_it(run_dirs, tmp_path):
     page = write_report(load_runs(run_dirs[:2]), tmp_path / "rep")
     assert page.name == REPORT_HTML
-    images = _referenced_images(page)
+    assert [p.name for p in page.parent.iterdir()] == [REPORT_HTML]  # one self-contained file
+    images = _embedded_figures(page)
     assert sorted(images) == sorted(FIGURES)
-    for name in images:
-        assert (page.parent / name).stat().st_size > 5000, name
-        assert (page.parent / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for name, png in images.items():
+        assert len(png) > 5000, name
+        assert png[:8] == b"\x89PNG\r\n\x1a\n"
     text = page.read_text()
     for heading in ("Bias-transfer grid", "Expected calibration error", "Head lean", "worst class",
                     "harmonic mean", "geometric mean", "per-class std"):
@@ -128,9 +133,8 @@ def test_report_writes_every_figure_and_references_it(run_dirs, tmp_path):
 def test_report_is_byte_identical_when_rewritten(run_dirs, tmp_path):
     results = load_runs(run_dirs)
     a, b = write_report(results, tmp_path / "a").parent, write_report(results, tmp_path / "b").parent
-    names = sorted(p.name for p in a.iterdir())
-    assert names == sorted(p.name for p in b.iterdir()) == sorted([*FIGURES, REPORT_HTML])
-    assert all((a / n).read_bytes() == (b / n).read_bytes() for n in names)
+    assert [p.name for p in a.iterdir()] == [p.name for p in b.iterdir()] == [REPORT_HTML]
+    assert (a / REPORT_HTML).read_bytes() == (b / REPORT_HTML).read_bytes()
 
 
 def test_report_of_results_without_arrays_and_repeated_methods(run_dirs, tmp_path):
@@ -142,7 +146,7 @@ def test_report_of_results_without_arrays_and_repeated_methods(run_dirs, tmp_pat
     views = views_of(results)
     assert [v.style for v in views] == ["-", "--", "-"]
     page = write_report(views, tmp_path / "rep")
-    assert all((page.parent / n).is_file() for n in _referenced_images(page))
+    assert sorted(_embedded_figures(page)) == sorted(FIGURES)
     assert "<td>fedavg [old]</td><td>fedavg</td>" in page.read_text()
 
 
@@ -161,8 +165,8 @@ def test_report_command_on_two_run_folders(run_dirs, tmp_path):
                            str(out)], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert f"wrote {out / REPORT_HTML}" in done.stdout
-    assert sorted(_referenced_images(out / REPORT_HTML)) == sorted(FIGURES)
-    assert all((out / n).is_file() for n in FIGURES)
+    assert sorted(_embedded_figures(out / REPORT_HTML)) == sorted(FIGURES)
+    assert [p.name for p in out.iterdir()] == [REPORT_HTML]  # the lock is gone, no figure file beside
     bad = subprocess.run([sys.executable, "-m", "fedpurel_lite", "report", str(tmp_path / "nowhere"), "--out",
                           str(out)], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and bad.stderr.startswith("error: ") and "result.json: missing" in bad.stderr
@@ -181,8 +185,8 @@ def test_embedded_run_folders_give_a_report(tmp_path):
     done = subprocess.run([sys.executable, "-m", "fedpurel_lite", "report", *map(str, dirs), "--out", str(out)],
                           cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
-    assert sorted(_referenced_images(out / REPORT_HTML)) == sorted(FIGURES)
-    assert all((out / n).stat().st_size > 5000 for n in FIGURES)
+    assert sorted(_embedded_figures(out / REPORT_HTML)) == sorted(FIGURES)
+    assert all(len(png) > 5000 for png in _embedded_figures(out / REPORT_HTML).values())
 
 
 def test_local_mass_sets_the_clients_own_head(run_dirs, tmp_path, capsys):

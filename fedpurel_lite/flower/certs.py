@@ -19,6 +19,7 @@ import argparse
 import datetime as dt
 import ipaddress
 import os
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -105,6 +106,53 @@ def make_node_keys(out_dir: str | Path, names: Sequence[str]) -> list[tuple[Path
     return pairs
 
 
+#: bounds of the options: a certificate valid at least a day and at most ten years; nodes a deployment can hold
+MAX_DAYS, MAX_NODES, MAX_HOSTS = 3650, 1000, 100
+_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
+
+
+def check_host(host: str) -> None:
+    """``host`` is an IP address or an ASCII DNS name (labels of letters, digits and inner hyphens).
+
+    Raises
+    ------
+    ConfigError
+        Naming the host.
+    """
+    try:
+        ipaddress.ip_address(host)
+        return
+    except ValueError:
+        pass
+    name = host[:-1] if host.endswith(".") else host
+    if not (0 < len(name) <= 253 and all(_LABEL.fullmatch(label) for label in name.split("."))):
+        raise ConfigError(f"--host {host!r}: allowed an IP address or a DNS name (ASCII letters, digits, hyphens "
+                          "and dots, at most 253 characters)")
+
+
+def check_options(out: Path, num_nodes: int, hosts: Sequence[str], days: int) -> None:
+    """Every option of ``flower certs`` checked before any key is made or file written.
+
+    Raises
+    ------
+    ConfigError
+        Naming the option, the value and what is allowed.
+    """
+    from ..preflight import check_folder_destination
+
+    if not 1 <= days <= MAX_DAYS:
+        raise ConfigError(f"--days {days}: allowed [1, {MAX_DAYS}] (certificate validity in days)")
+    if not 0 <= num_nodes <= MAX_NODES:
+        raise ConfigError(f"--nodes {num_nodes}: allowed [0, {MAX_NODES}]")
+    if len(hosts) > MAX_HOSTS:
+        raise ConfigError(f"--host: {len(hosts)} names; at most {MAX_HOSTS} allowed")
+    for host in hosts:
+        check_host(host)
+    names = [CA_CERT, CA_KEY, SERVER_CERT, SERVER_KEY, *(f"supernode_{k}{x}" for k in range(num_nodes)
+                                                          for x in ("", ".pub"))]
+    check_folder_destination(out, "DIR", files=names)
+
+
 def make_credentials(out_dir: str | Path, num_nodes: int, hosts: Sequence[str] = (), days: int = 30,
                      overwrite: bool = False) -> dict[str, Path]:
     """Write the CA, the SuperLink's certificate and ``num_nodes`` SuperNode key pairs into ``out_dir``.
@@ -128,10 +176,9 @@ def make_credentials(out_dir: str | Path, num_nodes: int, hosts: Sequence[str] =
         ``ca``, ``ca_key``, ``server_cert``, ``server_key`` paths and ``node_<k>`` private-key paths.
     """
     out = Path(out_dir)
+    check_options(out, num_nodes, hosts, days)
     if (out / CA_CERT).exists() and not overwrite:
         raise ConfigError(f"{out} already holds credentials ({CA_CERT}); pass --overwrite to replace them")
-    if num_nodes < 0:
-        raise ConfigError(f"--nodes must be >= 0, got {num_nodes}")
     out.mkdir(parents=True, exist_ok=True)
     ca_key, ca_cert = make_ca(days)
     server_key, server_cert = make_server_cert(ca_key, ca_cert, hosts, days)
@@ -153,6 +200,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--host", nargs="*", default=[], help="extra host names / IPs of the SuperLink")
     p.add_argument("--days", type=int, default=30, help="certificate validity in days (default 30)")
     p.add_argument("--overwrite", action="store_true", help="replace credentials already in DIR")
+    p.add_argument("--debug", action="store_true", help="show the traceback of an error")
     args = p.parse_args(list(argv) if argv is not None else None)
     paths = make_credentials(args.out, args.nodes, args.host, args.days, args.overwrite)
     print(f"wrote a CA, the SuperLink certificate and {args.nodes} SuperNode key pairs to {args.out}")
