@@ -56,7 +56,7 @@ def _wait_ready(parent: subprocess.Popen, timeout: float) -> str:
             if not line:
                 break
     parent.kill()
-    raise AssertionError(f"the parent did not get ready (exit code {parent.poll()})")
+    raise AssertionError(f"the parent did not get ready (exit code {parent.wait()})")
 
 
 def _tree(pid: int, at_least: int, timeout: float = 60.0) -> list[Proc]:
@@ -74,8 +74,10 @@ def _kill_and_check(parent: subprocess.Popen, tree: list[Proc], sig: int) -> Non
     in_own_session = [p for p in tree if p.pid != parent.pid and os.getsid(p.pid) == p.pid]
     assert in_own_session, "the test needs a process in a session of its own (one that would be stranded)"
     os.kill(parent.pid, sig)
+    start = time.monotonic()
     parent.wait(timeout=30)
     left = wait_gone(tree, GONE_S)
+    print(f"{len(tree)} processes, signal {sig}: {len(left)} left after {time.monotonic() - start:.1f} s")
     for p in left:  # clean up before failing (only the processes this test started, by PID and stamp)
         p.signal(signal.SIGKILL)
     assert left == [], f"still running {GONE_S:.0f} s after the parent got signal {sig}: {left}"
@@ -266,8 +268,11 @@ def test_kill_9_of_flower_deploy_mid_run_leaves_nothing_and_resume_finishes_the_
         tree.update({int(pid): Proc(int(pid), info["stamp"]) for pid, info in record["processes"].items()})
         assert len(tree) >= 10  # launcher, watchdog, SuperLink + SuperExec, 3 SuperNodes + SuperExecs, flwr run, ...
         os.kill(first.pid, signal.SIGKILL)
+        start = time.monotonic()
         first.popen.wait(timeout=30)
         left = wait_gone(list(tree.values()), GONE_S)
+        print(f"kill -9 of flower deploy: {len(tree)} processes, {len(left)} left after "
+              f"{time.monotonic() - start:.1f} s")
         for p in left:
             p.signal(signal.SIGKILL)
         assert left == [], f"still running {GONE_S:.0f} s after kill -9 of flower deploy: {left}"
@@ -300,7 +305,7 @@ def test_a_deployment_in_a_thread_of_a_terminated_test_process_leaves_nothing(tm
         import threading, time
         from fedpurel_lite.config import RunConfig
         from fedpurel_lite.flower.deploy import Deployment
-        cfg = RunConfig.load("configs/embedded.toml").with_overrides({SETS!r} + ["rounds=50"])
+        cfg = RunConfig.load("configs/embedded.toml").with_overrides({SETS[:1]!r} + ["rounds=50", "min_client_size=5"])
 
         def go():
             with Deployment(cfg, {str(tmp_path / "d")!r}, echo=lambda line: None) as d:

@@ -160,15 +160,17 @@ class Watched:
         self.note(table)
         groups = {g for g in self.leaders if any(table[p].pgid == g for p in self.known)}  # led by us, not empty
         signalled: set[tuple[int, str]] = set()
+        termed_groups: set[int] = set()
         term_until, kill_until = time.monotonic() + grace, time.monotonic() + grace + KILL_WAIT_S
         while True:
             targets = self.targets(table, groups)
             if not targets or time.monotonic() > kill_until:
                 break
             sig = signal.SIGTERM if time.monotonic() < term_until else signal.SIGKILL
-            live_groups = {row.pgid for row in targets.values()} & groups
-            for g in live_groups:
-                _send(lambda s, g=g: os.killpg(g, s), sig)
+            for g in {row.pgid for row in targets.values()} & groups:
+                if sig == signal.SIGKILL or g not in termed_groups:
+                    _send(lambda s, g=g: os.killpg(g, s), sig)
+                    termed_groups.add(g)
             for pid, row in targets.items():
                 if sig == signal.SIGKILL or (pid, row.stamp) not in signalled:
                     _send(lambda s, pid=pid: os.kill(pid, s), sig)
@@ -210,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
     launcher = Proc(int(pid), stamp)
     watched = Watched(args.launcher_pgid)
     fd, buf, next_scan = sys.stdin.fileno(), b"", 0.0
-    why = "the launcher closed the pipe"
+    why = "the pipe from the launcher closed"
     try:
         while True:
             ready, _, _ = select.select([fd], [], [], SCAN_S / 2)
