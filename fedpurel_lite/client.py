@@ -21,6 +21,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from .errors import NonFiniteError
+from .finite import check_tensors, located
 from .local import local_train
 from .methods import Method
 from .partition import Federation
@@ -107,21 +109,45 @@ def make_clients(bank: Any, fed: Federation, device: torch.device | str = "cpu")
 
 def train_shared(peft: PEFTModule, global_state: dict[str, Tensor], data: ClientData, config: Any, method: Method,
                  round_idx: int, prior: Tensor | None) -> tuple[dict[str, Tensor], dict[str, float]]:
-    """Stage 1: load the global state, run the method's local training; returns (state, telemetry)."""
+    """Stage 1: load the global state, run the method's local training; returns (state, telemetry).
+
+    Raises
+    ------
+    NonFiniteError
+        A loss, gradient or the returned state is not finite (naming the round, the client and the
+        setting most likely at fault).
+    """
     peft.load_shared_state(global_state)
     generator = client_generator(config.run.seed, round_idx, data.client_id, 1)
-    tele = local_train(peft, data.x, data.y, data.z, config, generator, method.stage1, prior)
-    return peft.shared_state(), tele
+    try:
+        tele = local_train(peft, data.x, data.y, data.z, config, generator, method.stage1, prior)
+        state = peft.shared_state()
+        check_tensors(state, "the trained state's tensor")
+    except NonFiniteError as exc:
+        raise located(exc, round_idx, data.client_id, 1, config, method.stage1) from None
+    return state, tele
 
 
 def train_private(personal: nn.Module, peft: PEFTModule, previous: dict[str, Tensor] | None,
                   initial_state: dict[str, Tensor], data: ClientData, config: Any, method: Method,
                   round_idx: int) -> tuple[dict[str, Tensor], float]:
-    """Stage 2: train the personal branch against the frozen global ``peft``; returns (state, loss)."""
+    """Stage 2: train the personal branch against the frozen global ``peft``; returns (state, loss).
+
+    Raises
+    ------
+    NonFiniteError
+        A loss, gradient or the returned state is not finite (naming the round, the client and the
+        setting most likely at fault).
+    """
     load_state(personal, start_state(method.personal, previous, peft, initial_state, config))
-    out = train_personal(method.personal, personal, peft, data.x, data.y, config,
-                         client_generator(config.run.seed, round_idx, data.client_id, 2))
-    return module_state(personal), float(out["loss"])
+    try:
+        out = train_personal(method.personal, personal, peft, data.x, data.y, config,
+                             client_generator(config.run.seed, round_idx, data.client_id, 2))
+        state = module_state(personal)
+        check_tensors(state, "the personal state's tensor")
+    except NonFiniteError as exc:
+        raise located(exc, round_idx, data.client_id, 2, config, method.stage1, method.personal) from None
+    return state, float(out["loss"])
 
 
 @torch.no_grad()

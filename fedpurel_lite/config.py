@@ -16,11 +16,15 @@ A preset (``configs/*.toml``) has one table per section::
     [run]            seed, eval_batch_size, workers, num_threads
 
 Types are strict: an integer field rejects floats and booleans, every float is finite, a boolean
-is ``true`` or ``false``; unknown tables, unknown keys and keys given twice are errors. Overrides
+is ``true`` or ``false``, a string holds no control character and at most 4096 characters; every
+number lies in its range (:data:`~fedpurel_lite.config_checks.RANGES`, all bounded above);
+unknown tables, unknown keys and keys given twice are errors. Overrides
 (``--set`` on the command line, :meth:`RunConfig.with_overrides` in Python) name a key as
 ``section.key`` or by its bare name, which is unique across sections (``lr``, ``rounds``);
 ``world`` and ``method`` name the world's and the method's ``name``. Every bad value raises one
-:class:`~fedpurel_lite.errors.ConfigError` naming the key, the value and what is allowed. Checks
+:class:`~fedpurel_lite.errors.ConfigError` naming the key, the value and what is allowed, in one
+line, whatever the input (any type, size or nesting: values are shown shortened); no other
+exception escapes. Checks
 that need the machine or the files (device, weights, dataset, writable folders, clients against
 samples) live in :mod:`fedpurel_lite.preflight` and also run before any work.
 
@@ -32,7 +36,9 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
+import reprlib
 import tomllib
+import unicodedata
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -40,7 +46,7 @@ from typing import Any
 
 import tomli_w
 
-from .config_checks import CHOICES, MAX_SEED, RANGES, check_combinations, in_range
+from .config_checks import CHOICES, MAX_SEED, MAX_TEXT, RANGES, check_combinations, in_range
 from .errors import ConfigError
 
 __all__ = ["CHOICES", "MAX_SEED", "RunConfig", "resolve_key"]
@@ -212,25 +218,29 @@ class RunConfig:
         ConfigError
             An unknown table or key, a value of the wrong type or out of range.
         """
+        if not isinstance(data, Mapping):
+            raise ConfigError(f"{source}: a config is a table of tables, got {_show(data)}")
         names = {sec.name for sec in fields(cls)}
         for key, value in data.items():
-            if key not in names and not isinstance(value, Mapping) and len(_BARE.get(key, [])) == 1:
-                raise ConfigError(f"{source}: {key} = {value!r} belongs in its table: [{_BARE[key][0].split('.')[0]}]")
+            if (isinstance(key, str) and key not in names and not isinstance(value, Mapping)
+                    and len(_BARE.get(key, [])) == 1):
+                raise ConfigError(f"{source}: {key} = {_show(value)} belongs in its table: "
+                                  f"[{_BARE[key][0].split('.')[0]}]")
         sections = {}
         for sec in fields(cls):
             given = data.get(sec.name, {})
             if not isinstance(given, Mapping):
-                raise ConfigError(f"{source}: [{sec.name}] must be a table, got {given!r}")
+                raise ConfigError(f"{source}: [{sec.name}] must be a table, got {_show(given)}")
             known = {f.name: f for f in fields(sec.default_factory)}  # type: ignore[misc]
-            unknown = sorted(set(given) - set(known))
+            unknown = sorted((k for k in given if k not in known), key=str)
             if unknown:
-                raise ConfigError(f"{source}: unknown key(s) {', '.join(f'{sec.name}.{k}' for k in unknown)}; "
+                raise ConfigError(f"{source}: unknown key(s) {', '.join(f'{sec.name}.{_name(k)}' for k in unknown)}; "
                                   f"[{sec.name}] has {', '.join(known)}")
             sections[sec.name] = sec.default_factory(  # type: ignore[misc]
                 **{k: _typed(f"{sec.name}.{k}", known[k].type, v) for k, v in given.items()})
-        unknown = sorted(set(data) - set(sections))
+        unknown = sorted((k for k in data if k not in sections), key=str)
         if unknown:
-            raise ConfigError(f"{source}: unknown table(s) {', '.join(f'[{k}]' for k in unknown)}; "
+            raise ConfigError(f"{source}: unknown table(s) {', '.join(f'[{_name(k)}]' for k in unknown)}; "
                               f"known tables: {', '.join(f'[{k}]' for k in sections)}")
         return cls(**sections)
 
@@ -243,14 +253,19 @@ class RunConfig:
         ConfigError
             The file is missing or not valid TOML (duplicate keys included), or a value is bad.
         """
+        shown = _show(str(path))
         try:
             with open(path, "rb") as fh:
                 raw = tomllib.load(fh)
         except FileNotFoundError:
-            raise ConfigError(f"config file {str(path)!r} not found") from None
+            raise ConfigError(f"config file {shown} not found") from None
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"config file {str(path)!r} is not valid TOML: {exc}") from None
-        return cls.from_dict(raw, source=str(path))
+            raise ConfigError(f"config file {shown} is not valid TOML: {_one_line(str(exc))}") from None
+        except RecursionError:
+            raise ConfigError(f"config file {shown} is nested too deeply to be a config") from None
+        except OSError as exc:
+            raise ConfigError(f"config file {shown} cannot be read ({exc.strerror or type(exc).__name__})") from None
+        return cls.from_dict(raw, source=_one_line(str(path)))
 
     def save(self, path: str | Path) -> None:
         """Write the config as TOML (atomically)."""
@@ -277,6 +292,8 @@ class RunConfig:
         data = self.to_dict()
         seen: set[str] = set()
         for key, value in items:
+            if not isinstance(key, str):
+                raise ConfigError(f"config key {_show(key)} is a {type(key).__name__}; keys are strings")
             full = resolve_key(key)
             if full in seen:
                 raise ConfigError(f"{full} is given twice")
@@ -310,6 +327,8 @@ def resolve_key(key: str) -> str:
     ConfigError
         An unknown key (with the known ones of its section, or close names).
     """
+    if not isinstance(key, str):
+        raise ConfigError(f"config key {_show(key)} is a {type(key).__name__}; keys are strings")
     key = key.strip()
     if key in _FIELD_TYPES:
         return key
@@ -321,14 +340,44 @@ def resolve_key(key: str) -> str:
         raise ConfigError(f"config key {key!r} is ambiguous: write one of {', '.join(_BARE[key])}")
     import difflib
 
-    near = difflib.get_close_matches(key, [*_FIELD_TYPES, *_BARE, *ALIASES], n=3)
+    near = difflib.get_close_matches(key[:100], [*_FIELD_TYPES, *_BARE, *ALIASES], n=3)
     hint = f"; did you mean {', '.join(near)}?" if near else "; keys look like section.key (see configs/)"
-    raise ConfigError(f"unknown config key {key!r}{hint}")
+    raise ConfigError(f"unknown config key {_show(key)}{hint}")
+
+
+#: how values and keys are shown in messages: shortened, nesting cut, one line
+_REPR = reprlib.Repr()
+for _attr, _limit in (("maxlevel", 3), ("maxstring", 60), ("maxother", 60), ("maxlist", 6), ("maxtuple", 6),
+                      ("maxdict", 6), ("maxset", 6), ("maxlong", 40)):
+    setattr(_REPR, _attr, _limit)
+
+
+def _show(value: Any) -> str:
+    """``repr(value)`` shortened to one line of at most ~100 characters (any type, size or nesting)."""
+    try:
+        text = _REPR.repr(value)
+    except Exception:  # a value whose repr fails still gets a message
+        text = f"<{type(value).__name__}>"
+    return _one_line(text)
+
+
+def _one_line(text: str) -> str:
+    """``text`` with control characters escaped, cut to 200 characters."""
+    if not text.isprintable():
+        text = "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+def _name(key: Any) -> str:
+    """A table or key name as given, for a message (quoted when it is not a plain printable string)."""
+    return key if isinstance(key, str) and key.isprintable() and 0 < len(key) <= 60 else _show(key)
 
 
 def _split_pair(pair: str) -> tuple[str, str]:
+    if not isinstance(pair, str):
+        raise ConfigError(f"override {_show(pair)} is a {type(pair).__name__}; write key=value")
     if "=" not in pair:
-        raise ConfigError(f"override {pair!r} must look like key=value")
+        raise ConfigError(f"override {_show(pair)} must look like key=value")
     key, value = pair.split("=", 1)
     return key.strip(), value.strip()
 
@@ -343,15 +392,20 @@ def _parse_text(key: str, kind: str, text: str) -> Any:
     if kind == "bool":
         if text in ("true", "false"):
             return text == "true"
-        raise ConfigError(f"{key}={text!r}: allowed true or false")
+        raise ConfigError(f"{key}={_show(text)}: allowed true or false")
     if kind == "int":
         if _INT.fullmatch(text.replace("_", "")):
-            return int(text)
-        raise ConfigError(f"{key}={text!r}: allowed an integer")
+            if len(text) > 100:  # beyond every range (and Python's limit on digits read)
+                raise ConfigError(f"{key}={_show(text)}: allowed {_RANGES.get(key, 'a smaller integer')}")
+            try:
+                return int(text)
+            except ValueError:  # misplaced underscores
+                pass
+        raise ConfigError(f"{key}={_show(text)}: allowed an integer")
     try:
         value = float(text)
     except ValueError:
-        raise ConfigError(f"{key}={text!r}: allowed a finite number") from None
+        raise ConfigError(f"{key}={_show(text)}: allowed a finite number") from None
     return value
 
 
@@ -363,13 +417,22 @@ def _typed(key: str, kind: str, value: Any) -> Any:
         ok = isinstance(value, int) and not isinstance(value, bool)
     elif kind == "float":
         ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-        value = float(value) if ok else value
+        if ok:
+            try:
+                value = float(value)
+            except OverflowError:  # an integer beyond the float range
+                value = math.inf
         if ok and not math.isfinite(value):
-            raise ConfigError(f"{key}={value!r}: allowed a finite number")
+            raise ConfigError(f"{key}={_show(value)}: allowed a finite number")
     else:
         ok = isinstance(value, str)
+        if ok and len(value) > MAX_TEXT:
+            raise ConfigError(f"{key}={_show(value)}: {len(value)} characters; allowed at most {MAX_TEXT}")
+        bad = next((c for c in value if unicodedata.category(c) in ("Cc", "Cs")), None) if ok else None
+        if bad is not None:
+            raise ConfigError(f"{key}={_show(value)}: holds the control character {bad!r}; allowed printable text")
     if not ok:
-        raise ConfigError(f"{key}={value!r} is a {type(value).__name__}; allowed {_KIND_TEXT[kind]}")
+        raise ConfigError(f"{key}={_show(value)} is a {type(value).__name__}; allowed {_KIND_TEXT[kind]}")
     return value
 
 
@@ -380,7 +443,7 @@ def _check_value(key: str, value: Any) -> None:
     """Range and choice checks of one field (types are checked by :func:`_typed`)."""
     _typed(key, _FIELD_TYPES[key], value)
     if key in CHOICES and value not in CHOICES[key]:
-        raise ConfigError(f"{key}={value!r}: allowed one of {', '.join(CHOICES[key])}")
+        raise ConfigError(f"{key}={_show(value)}: allowed one of {', '.join(CHOICES[key])}")
     if key in _RANGES and not in_range(value, _RANGES[key]):
-        raise ConfigError(f"{key}={value!r}: allowed {_RANGES[key]}")
+        raise ConfigError(f"{key}={_show(value)}: allowed {_RANGES[key]}")
 

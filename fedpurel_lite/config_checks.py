@@ -25,25 +25,39 @@ CHOICES: dict[str, tuple[str, ...]] = {
 }
 MAX_SEED = 2**32 - 1
 
-#: allowed ranges of the numeric fields, as shown in messages: ">= a", "> a", or an interval "[a, b)"
+#: allowed ranges of the numeric fields, as shown in messages: intervals "[a, b]", "(a, b]", "[a, b)".
+#: Every range is bounded above. The float bounds keep one training step finite in fp32 with a
+#: margin (the knob times an O(100) gradient or logit stays far below 3.4e38) and refuse values that
+#: have no meaning (a momentum of 0.999 already multiplies the step by 1000; a Dirichlet
+#: concentration of 1e6 is an even split already; an imbalance ratio above 10,000 leaves every tail
+#: class of every world at one image). The integer bounds fit their use (clients, sizes and batches
+#: a laptop or one GPU can hold; the seed of NumPy's generator).
 RANGES: dict[str, str] = {
-    "longtail.imbalance_ratio": ">= 1", "federation.num_clients": ">= 1", "federation.participation": "(0, 1]",
-    "federation.rounds": "[1, 1000000]", "federation.dirichlet_alpha": "> 0", "federation.min_client_size": ">= 1",
-    "federation.superclass_beta": "> 0",
-    "method.n_ctx": "[1, 64]", "method.adapter_reduction": ">= 1", "method.adapter_ratio": "[0, 1]",
-    "method.lora_rank": "[1, 1024]", "method.lora_alpha": "> 0",
-    "stage1.lr": "> 0", "stage1.momentum": "[0, 1)", "stage1.weight_decay": ">= 0", "stage1.batch_size": ">= 1",
-    "stage1.local_epochs": "[1, 1000]", "purification.lambda_proj": ">= 0", "purification.bisection_iters": "[1, 100]",
-    "personalization.personal_alpha": "[0, 1]", "personalization.personal_lr": "> 0",
-    "personalization.personal_epochs": "[1, 1000]", "personalization.personal_momentum": "[0, 1)",
-    "personalization.residual_scale": ">= 0", "baselines.prox_mu": ">= 0", "baselines.la_tau": ">= 0",
+    "longtail.imbalance_ratio": "[1, 10000]",
+    "federation.num_clients": "[1, 10000]", "federation.participation": "(0, 1]",
+    "federation.rounds": "[1, 1000000]", "federation.dirichlet_alpha": "(0, 1000000]",
+    "federation.min_client_size": "[1, 100000]", "federation.superclass_beta": "(0, 1000000]",
+    "method.n_ctx": "[1, 64]", "method.adapter_reduction": "[1, 1024]", "method.adapter_ratio": "[0, 1]",
+    "method.lora_rank": "[1, 1024]", "method.lora_alpha": "(0, 1024]",
+    "stage1.lr": "(0, 100]", "stage1.momentum": "[0, 0.999]", "stage1.weight_decay": "[0, 1]",
+    "stage1.batch_size": "[1, 1000000]", "stage1.local_epochs": "[1, 1000]",
+    "purification.lambda_proj": "[0, 10]", "purification.bisection_iters": "[1, 100]",
+    "personalization.personal_alpha": "[0, 1]", "personalization.personal_lr": "(0, 100]",
+    "personalization.personal_epochs": "[1, 1000]", "personalization.personal_momentum": "[0, 0.999]",
+    "personalization.residual_scale": "[0, 1000]", "baselines.prox_mu": "[0, 1000]", "baselines.la_tau": "[0, 100]",
     "baselines.interp_beta": "[0, 1]", "baselines.folio_theta": "[0, 1]", "run.seed": f"[0, {MAX_SEED}]",
-    "run.eval_batch_size": ">= 1", "run.workers": "[0, 1024]", "run.num_threads": "[0, 1024]",
+    "run.eval_batch_size": "[1, 1000000]", "run.workers": "[0, 1024]", "run.num_threads": "[0, 1024]",
 }
+
+#: longest string a text field takes (a path on Linux is at most 4096 bytes)
+MAX_TEXT = 4096
 
 
 def in_range(value: float, spec: str) -> bool:
-    """``value`` lies in ``spec`` (``">= a"``, ``"> a"`` or an interval such as ``"(0, 1]"``)."""
+    """``value`` lies in ``spec`` (``">= a"``, ``"> a"`` or an interval such as ``"(0, 1]"``).
+
+    Integers are compared exactly (a huge integer is never rounded into the range).
+    """
     if spec.startswith(">"):
         low = float(spec.split()[-1])
         return value >= low if spec.startswith(">=") else value > low
@@ -60,6 +74,9 @@ def check_combinations(config: Any) -> None:
     - ``world.variant`` is a variant of the shapes world: another one needs ``world.name = "shapes"``.
     - ``federation.partition = "superclass"`` draws each client's test split together with its
       training data, so ``federation.test_split`` must stay ``"shares"`` (the default).
+    - ``stage1.lr * stage1.weight_decay < 2 (1 + stage1.momentum)``: above it, the weight-decay
+      part of the SGD update alone multiplies the parameters by a factor of modulus > 1 every step
+      (the heavy-ball stability limit for the curvature ``weight_decay``), so they grow without bound.
 
     Raises
     ------
@@ -73,6 +90,11 @@ def check_combinations(config: Any) -> None:
     if config.world.variant != "stratified" and config.world.name != "shapes":
         raise ConfigError(f"world.variant={config.world.variant!r} is a variant of the shapes world, but world.name="
                           f"{config.world.name!r}; leave world.variant at 'stratified' for other worlds")
+    s1 = config.stage1
+    if s1.lr * s1.weight_decay >= 2.0 * (1.0 + s1.momentum):
+        raise ConfigError(f"stage1.lr * stage1.weight_decay = {s1.lr:g} * {s1.weight_decay:g} = "
+                          f"{s1.lr * s1.weight_decay:g}: allowed < 2 (1 + stage1.momentum) = {2 * (1 + s1.momentum):g} "
+                          "(above it weight decay alone makes the parameters grow every step); lower either")
     if config.federation.partition == "superclass" and config.federation.test_split != "shares":
         raise ConfigError("federation.partition='superclass' draws every client's test split with its training data; "
                           f"federation.test_split={config.federation.test_split!r} does not apply (leave it 'shares')")

@@ -22,3 +22,23 @@ class IntegrityError(UserError):
 
 class ResourceMissingError(UserError, FileNotFoundError):
     """A file or folder the run needs is not on this machine (weights, a dataset, a checkpoint)."""
+
+
+class NonFiniteError(UserError):
+    """Training produced a NaN or an infinity: the run stopped before it could become a result.
+
+    Raised by the finite guard (:mod:`fedpurel_lite.finite`) with a one-line message naming the
+    round, the client, the quantity that went non-finite and the setting most likely at fault;
+    nothing is written as a final result, and the checkpoints of the completed rounds are kept.
+
+    Parameters
+    ----------
+    message : str
+        One line.
+    round_idx : int, optional
+        The round it happened in, once known.
+    """
+
+    def __init__(self, message: str, round_idx: int | None = None) -> None:
+        super().__init__(message)
+        self.round_idx = round_idx

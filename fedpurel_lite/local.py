@@ -5,7 +5,9 @@ An objective is a named stage-1 loss with its declared needs (:class:`Objective`
 CE purified against the temperature-aligned KL to the zero-shot teacher (or the plain KL at
 ``T = 1`` as an ablation). :func:`local_train` runs the local epoch(s) of one client with a
 fresh SGD optimizer (momentum, weight decay applied inside ``step()``, i.e. after the
-projection), fp32, and returns telemetry. It is a pure function of the module, tensors, config
+projection), fp32, and returns telemetry; a non-finite loss stops it with a
+:class:`~fedpurel_lite.errors.NonFiniteError` before its step is applied (:mod:`~fedpurel_lite.finite`).
+It is a pure function of the module, tensors, config
 and generator, so the simulator and a Flower ClientApp share it.
 
 ``stage1.optimizer_scope = "shared"`` instead keeps one SGD state (the momentum buffers) with
@@ -25,6 +27,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .finite import check_loss
 from .purify import logit_gradients, project_gradients
 from .registry import Registry
 
@@ -232,15 +235,19 @@ def local_train(
                     grads = projected
                 else:
                     fired = [False] * len(cosines)
-                tele["align_loss"] += float(align)
+                align_value = float(align)
+                check_loss(align_value, tele["steps"] + 1)
+                tele["align_loss"] += align_value
                 tele["decisions"] += len(fired)
                 tele["projected"] += int(sum(fired))
                 finite = [c for c in cosines if not math.isnan(c)]
                 tele["cos_sum"] += float(sum(finite))
                 tele["cos_count"] += len(finite)
+            loss = float(task)
+            check_loss(loss, tele["steps"] + 1)
             opt.step(grads)
             tele["steps"] += 1
-            tele["task_loss"] += float(task)
+            tele["task_loss"] += loss
     return finish_telemetry(tele)
 
 

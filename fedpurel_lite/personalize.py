@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 
+from .finite import check_loss
 from .local import batches, make_optimizer
 from .peft import PEFTModule, TextAnchoredHead
 from .registry import Registry
@@ -258,7 +259,8 @@ def train_personal(
 
     A fresh SGD per client-round (``personal_lr``, momentum ``personal_momentum`` (default 0, as
     the reference), no weight decay), ``personal_epochs`` passes over the client's data in
-    ``stage1.batch_size`` batches.
+    ``stage1.batch_size`` batches. A non-finite loss raises
+    :class:`~fedpurel_lite.errors.NonFiniteError` before its step is applied.
 
     Returns
     -------
@@ -287,9 +289,11 @@ def train_personal(
             else:
                 loss = personal_loss(kind, personal_logits(kind, personal, global_peft, x, None, config), y, config)
                 grads = list(torch.autograd.grad(loss, params))
+            value = float(loss.detach())
+            check_loss(value, steps + 1)
             opt.step(grads)
             steps += 1
-            total += float(loss.detach())
+            total += value
     return {"steps": steps, "loss": total / max(steps, 1)}
 
 

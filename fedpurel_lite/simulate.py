@@ -39,6 +39,8 @@ from .assembly import Assembly, assemble
 from .checkpoint import check_resumable, clear_checkpoints, find_resume_point, save_checkpoint
 from .client import ClientData, predict_private, train_private, train_shared
 from .config import RunConfig
+from .errors import NonFiniteError
+from .finite import check_tensors, first_nonfinite, located
 from .local import merge_telemetry
 from .methods import Method, get_method
 from .metrics import evaluate_clients, evaluate_predictions, per_class_accuracy
@@ -173,9 +175,16 @@ def _run(parts: Assembly, progress: bool, checkpoint_dir: str | Path | None, poi
         for r in bar:
             t0 = time.perf_counter()
             chosen = sampler.sample(r)
-            entry = _one_round(r, chosen, config, method, peft, pool, personal_states, clients, prior, initial_state)
-            entry.update(_evaluate(config, method, peft, pool, personal_states, initial_state, x_test, test_labels_np,
-                                   test_y_clients, fed, kept))
+            try:
+                entry = _one_round(r, chosen, config, method, peft, pool, personal_states, clients, prior,
+                                   initial_state)
+                entry.update(_evaluate(config, method, peft, pool, personal_states, initial_state, x_test,
+                                       test_labels_np, test_y_clients, fed, kept))
+            except NonFiniteError as exc:
+                bar.close()
+                if exc.round_idx is None:
+                    exc = located(exc, r, None, 4, config, method.stage1)
+                raise NonFiniteError(f"{exc}; {_kept_text(checkpoint_dir, r)}", r) from None
             entry["time_s"] = time.perf_counter() - t0
             entry = clean_json(entry)
             history.append(entry)
@@ -189,6 +198,15 @@ def _run(parts: Assembly, progress: bool, checkpoint_dir: str | Path | None, poi
         analysis = final_analysis(parts, pool, personal_states, initial_state, x_test)
     return RunResult(method.name, config.to_dict(), history, summarise(history), federation_info(fed),
                      {k: v.cpu() for k, v in _pack_state(peft, personal_states).items()}, analysis)
+
+
+def _kept_text(checkpoint_dir: str | Path | None, r: int) -> str:
+    """What a run stopped by the finite guard in round ``r`` leaves behind (for its one-line message)."""
+    if r == 0:
+        return "no round completed and nothing was written"
+    if checkpoint_dir is None:
+        return f"nothing was written (rounds 0-{r - 1} completed)"
+    return f"nothing was written as a result; the checkpoint of round {r - 1} in {checkpoint_dir} is kept"
 
 
 def _one_round(r: int, chosen: np.ndarray, config: RunConfig, method: Method, peft: PEFTModule, pool: ClientPool,
@@ -205,7 +223,13 @@ def _one_round(r: int, chosen: np.ndarray, config: RunConfig, method: Method, pe
         g_state = peft.shared_state()
         out = pool.map(lambda slot, k: train_shared(slot[0], g_state, clients[k], config, method, r, prior), chosen)
         teles = [tele for _, tele in out]
-        peft.load_shared_state(fedavg([state for state, _ in out], [clients[k].n for k in chosen]))
+        state = fedavg([state for state, _ in out], [clients[k].n for k in chosen])
+        try:
+            check_tensors(state, "the aggregated state's tensor")
+        except NonFiniteError as exc:
+            raise located(exc, r, f"clients {', '.join(str(int(k)) for k in chosen)}", 3, config,
+                          method.stage1) from None
+        peft.load_shared_state(state)
     peft.eval()
     entry["telemetry"] = merge_telemetry(teles)
     losses = []
@@ -241,6 +265,8 @@ def _evaluate(config: RunConfig, method: Method, peft: PEFTModule, pool: ClientP
     rounds (see :func:`~fedpurel_lite.personalize.branch_only`).
     """
     logits = predict_global(peft, x_test, config.run.eval_batch_size, pool)
+    if first_nonfinite([("logits", logits)]) is not None:  # located by the caller
+        raise NonFiniteError("its logits on the test set are not finite")
     pred = logits.argmax(dim=1).cpu().numpy()
     gm = evaluate_predictions(y_test, pred, fed.num_classes, fed.groups, fed.train_counts)
     gm_client_preds = [pred[t] for t in fed.client_test]
