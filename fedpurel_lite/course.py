@@ -6,6 +6,9 @@
 * :func:`quiz` is a multiple-choice question answered in place; its feedback says why the chosen
   option is right or wrong.
 * :func:`guess` asks the student to predict before anything measured is shown.
+* :func:`hidden_result` keeps a worked solution's printed result folded away: JupyterLab unfolds a
+  collapsed cell's outputs whenever the cell runs (Run All included), so the result goes into a
+  closed accordion instead.
 * :func:`frame` writes the course frame (audience, prerequisites, objectives, time, links) as Markdown.
 
 The widgets work without a front end: tests set ``.choices.value`` and call ``.button.click()``
@@ -15,12 +18,13 @@ The widgets work without a front end: tests set ``.choices.value`` and call ``.b
 from __future__ import annotations
 
 import html
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 
 import ipywidgets as w
 
 __all__ = ["ClaimFailed", "Guess", "Quiz", "SOLUTION_FIRST_LINE", "SOLUTION_METADATA", "SOLUTION_TAG",
-           "frame", "guess", "nav", "quiz", "says"]
+           "frame", "guess", "hidden_result", "nav", "quiz", "says"]
 
 SOLUTION_TAG = "solution"
 """Cell tag of a worked solution (the student edition empties these cells)."""
@@ -204,6 +208,38 @@ def guess(question: str, options: list[str], reveal: Callable[[], str] | str,
         An ipywidgets ``VBox``: radio buttons and the (initially empty) feedback.
     """
     return Guess(question, options, reveal, answer)
+
+
+RESULT_TITLE = "Result of the solution (click to show)"
+
+
+@contextmanager
+def hidden_result(title: str = RESULT_TITLE) -> Iterator[w.Output]:
+    """Show what the block prints or displays only when the reader opens it (a closed accordion).
+
+    An exception inside the block is raised again after the block (``ipywidgets.Output`` alone
+    would swallow it), so a failing ``assert`` of a solution still fails the cell under the tests.
+
+    Examples
+    --------
+    >>> with hidden_result():  # doctest: +SKIP
+    ...     print("the answer")
+    """
+    from IPython.display import display
+
+    out = w.Output()
+    box = w.Accordion(children=[out], selected_index=None)
+    box.set_title(0, title)
+    box.add_class("fedpurel-hidden-result")
+    display(box)
+    failure: BaseException | None = None
+    with out:
+        try:
+            yield out
+        except BaseException as exc:  # noqa: BLE001 - re-raised below, outside the Output widget
+            failure = exc
+    if failure is not None:
+        raise failure
 
 
 def frame(audience: str, assumes: str, objectives: list[str], minutes: int, prev: str | None,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -159,3 +160,203 @@ def test_student_command_writes_a_clean_series(tmp_path: Path) -> None:
     (foreign / "notes.txt").write_text("keep me")
     assert main(["student", "--out", str(foreign)]) == 2
     assert [p.name for p in foreign.iterdir()] == ["notes.txt"]
+
+
+# ----------------------------------------------------------------------------- the series as a course
+ROOT = Path(__file__).resolve().parents[1]
+SERIES = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+LESSONS = [p for p in SERIES if not p.name.startswith("00_")]
+GLOSSARY = ROOT / "notebooks" / "glossary.md"
+LINK = re.compile(r"\]\(([^)#\s]+\.ipynb)\)")
+
+
+def _read(path: Path):
+    import nbformat
+
+    return nbformat.read(path, as_version=4)
+
+
+def _tags(cell) -> list[str]:
+    return list(cell.metadata.get("tags", []))
+
+
+def _out(cell) -> str:
+    parts = []
+    for out in cell.get("outputs", []):
+        if out.output_type == "stream":
+            parts.append(out.text)
+        elif "data" in out:
+            parts.append(str(out["data"].get("text/plain", "")) + str(out["data"].get("text/markdown", "")))
+        elif out.output_type == "error":
+            parts.append(f"{out.ename}: {out.evalue}")
+    return "".join(parts)
+
+
+def _printed(nb, cell) -> str:
+    """What a cell printed, its folded results (stored widget state) included."""
+    state = nb.metadata.get("widgets", {}).get("application/vnd.jupyter.widget-state+json", {}).get("state", {})
+    texts, seen = [_out(cell)], set()
+    refs = [o["data"]["application/vnd.jupyter.widget-view+json"]["model_id"] for o in cell.get("outputs", [])
+            if "application/vnd.jupyter.widget-view+json" in o.get("data", {})]
+    while refs:
+        model = refs.pop()
+        if model in seen or model not in state:
+            continue
+        seen.add(model)
+        body = state[model].get("state", {})
+        texts += ["".join(o.get("text", "")) for o in body.get("outputs", []) or []]
+        refs += [r[len("IPY_MODEL_"):] for r in body.get("children", []) if isinstance(r, str)]
+    return "".join(texts)
+
+
+@pytest.mark.parametrize("path", SERIES, ids=lambda p: p.name[:2])
+def test_every_notebook_has_the_course_frame(path: Path) -> None:
+    nb = _read(path)
+    title, frame_cell = nb.cells[0], nb.cells[1]
+    assert title.cell_type == "markdown" and title.source.startswith(f"# {path.name[:2]} · ")
+    text = frame_cell.source
+    assert frame_cell.cell_type == "markdown"
+    for part in ("**Who this is for**", "**You should know**", "**You will learn**"):
+        assert part in text, f"the frame (the cell after the title) names {part}"
+    objectives = re.findall(r"^- ", text.split("**You will learn**", 1)[1].split("**Time**", 1)[0], flags=re.M)
+    assert 2 <= len(objectives) <= 4, "2-4 learning objectives"
+    assert re.search(r"\*\*Time\*\*: about \d+ (minutes|hours)", text)
+    names = [p.name for p in SERIES]
+    i = names.index(path.name)
+    expected = ["Previous: [", names[i - 1]] if i > 0 else []
+    expected += ["Next: [", names[i + 1]] if i + 1 < len(names) else []
+    last = nb.cells[-1]
+    for cell in (frame_cell, last):
+        assert cell.cell_type == "markdown"
+        for part in expected:
+            assert part in cell.source, f"{part!r} in the frame and the last cell"
+    for cell in nb.cells:
+        if cell.cell_type == "markdown":
+            for target in LINK.findall(cell.source):
+                assert (path.parent / target).is_file(), f"link to a missing notebook {target}"
+
+
+@pytest.mark.parametrize("path", SERIES, ids=lambda p: p.name[:2])
+def test_every_notebook_ends_with_a_summary_and_a_quiz(path: Path) -> None:
+    nb = _read(path)
+    heads = [i for i, c in enumerate(nb.cells) if c.cell_type == "markdown" and c.source.startswith("## Summary")]
+    assert len(heads) == 1 and re.search(r"^- ", nb.cells[heads[0]].source, flags=re.M), "a summary with bullets"
+    if path.name.startswith("00_"):
+        return
+    checks = [i for i, c in enumerate(nb.cells)
+              if c.cell_type == "markdown" and c.source.startswith("## Check your understanding")]
+    assert len(checks) == 1 and checks[0] > heads[0]
+    quizzes = [c for c in nb.cells[checks[0]:] if c.cell_type == "code" and "quiz(" in c.source]
+    count = sum(c.source.count("quiz(") for c in quizzes)
+    assert 3 <= count <= 5, f"3-5 quiz questions, found {count}"
+    for cell in quizzes:
+        assert "nbval-ignore-output" in _tags(cell)
+        assert cell.source.count("True,") == cell.source.count("quiz("), "one correct option per question"
+
+
+@pytest.mark.parametrize("path", SERIES, ids=lambda p: p.name[:2])
+def test_answers_are_hidden(path: Path) -> None:
+    from fedpurel_lite.course import SOLUTION_FIRST_LINE
+
+    nb = _read(path)
+    for cell in nb.cells:
+        if "solution" in _tags(cell):
+            assert cell.cell_type == "code"
+            assert cell.source.splitlines()[0] == SOLUTION_FIRST_LINE, "a neutral first line (shown when collapsed)"
+            assert cell.metadata.get("jupyter") == {"source_hidden": True, "outputs_hidden": True}
+            if "print(" in cell.source or "display(" in cell.source:
+                assert "with hidden_result(" in cell.source, "JupyterLab unfolds outputs on Run All: fold the result"
+        elif cell.cell_type == "code":
+            assert not re.search(r"print\(.*measured", cell.source), "measured values come through guess(...)"
+            if "guess(" in cell.source or "quiz(" in cell.source:
+                assert "nbval-ignore-output" in _tags(cell)
+
+
+def test_no_answer_is_printed_above_its_exercise() -> None:
+    """01 Ex 1.1 and 03 Ex 3.1 are predictions: nothing above them shows what they ask for."""
+    nb = _read(ROOT / "notebooks" / "01_zero_shot_balance.ipynb")
+    start = next(i for i, c in enumerate(nb.cells) if "**Exercise 1.1" in c.source)
+    solution = next(c for c in nb.cells[start:] if "solution" in _tags(c))
+    first = int(re.search(r"first IF with a tail is (\d+)", _printed(nb, solution)).group(1))
+    above = "\n".join(c.source if c.cell_type == "markdown" else _out(c) for c in nb.cells[:start])
+    assert "first IF with a tail" not in above and f"IF ≤ {first - 1}" not in above and f"IF = {first}" not in above
+
+    nb = _read(ROOT / "notebooks" / "03_finetuning_erodes_balance.ipynb")
+    start = next(i for i, c in enumerate(nb.cells) if "**Exercise 3.1" in c.source)
+    for cell in nb.cells[:start]:
+        if cell.cell_type == "code":
+            assert "FedAvg after" not in _out(cell) and "against zero-shot" not in _out(cell)
+            assert not [o for o in cell.outputs if "image/png" in o.get("data", {})], "no FedAvg figure above"
+
+
+@pytest.mark.parametrize("path", LESSONS, ids=lambda p: p.name[:2])
+def test_claims_are_checked_in_every_lesson(path: Path) -> None:
+    nb = _read(path)
+    claims = [c for c in nb.cells if c.cell_type == "code" and "says(" in c.source and "solution" not in _tags(c)]
+    assert len(claims) >= 3, "the prose's numbers and directions are checked with says(...)"
+    for cell in claims:
+        assert "nbval-ignore-output" not in _tags(cell), "a claim cell fails by raising: keep it checked"
+        assert "✓" in _out(cell), "the stored claim cells ran and held"
+
+
+def test_glossary_anchors_resolve_and_cover_the_terms() -> None:
+    text = GLOSSARY.read_text()
+    anchors = set(re.findall(r'<a id="([a-z0-9-]+)"></a>', text))
+    for term in ("if", "groups", "dirichlet", "gm-pm", "peft", "coop", "clip", "fedavg", "kl", "tkl", "tau",
+                 "purification", "lambda", "head-lean", "fusion", "residual", "bias-transfer", "ece",
+                 "logit-adjustment", "local-head", "balance", "gradient-conflict"):
+        assert term in anchors, f"the glossary defines {term}"
+    for path in SERIES:
+        for anchor in re.findall(r"glossary\.md#([A-Za-z0-9-]+)", path.read_text()):
+            assert anchor in anchors, f"{path.name} links to a missing glossary anchor #{anchor}"
+    for anchor in re.findall(r"\]\(#([a-z0-9-]+)\)", text):
+        assert anchor in anchors, f"the glossary links to a missing anchor #{anchor}"
+
+
+def test_the_setup_check_pins_the_shipped_hash() -> None:
+    nb = _read(ROOT / "notebooks" / "00_start_here.ipynb")
+    source = "\n".join(c.source for c in nb.cells if c.cell_type == "code")
+    assert "EMBEDDED_SHA256" in source and "sha256_file(" in source and "load_bank(" in source
+    assert "open_clip.__version__" in source and "torch.__version__" in source
+    outputs = "\n".join(_out(c) for c in nb.cells if c.cell_type == "code")
+    assert "✓ their SHA-256 is the one pinned" in outputs
+    assert "executes in" in outputs, "the measured run-time table is rendered"
+
+
+@pytest.mark.slow
+def test_a_flipped_claim_fails_the_notebook(tmp_path: Path) -> None:
+    """Two defects of notebook 02 put back (the tail share 'shrinks', a tail class 'with one or two clients'):
+    the notebook's own claim cells then raise ClaimFailed, as nbval would report them."""
+    from nbclient import NotebookClient
+
+    nb = _read(ROOT / "notebooks" / "02_federated_long_tail.ipynb")
+    share = next(i for i, c in enumerate(nb.cells) if "raises the mean tail share" in c.source)
+    holders = next(i for i, c in enumerate(nb.cells) if "not one or two" in c.source)
+    nb.cells[share].source = nb.cells[share].source.replace(
+        'says("raising IF from 100 to 200 raises the mean tail share of a client",\n'
+        '     steeper["group_shares"]["tail"].mean() > default["group_shares"]["tail"].mean())',
+        'says("raise IF to 200 and the tail share shrinks further",\n'
+        '     steeper["group_shares"]["tail"].mean() < default["group_shares"]["tail"].mean())')
+    nb.cells[holders].source = nb.cells[holders].source.replace(
+        'says("a tail class sits with several clients, not one or two (median ≥ 3)", np.median(tail_holders) >= 3)',
+        'says("the Dirichlet split usually gives a tail class to one or two clients", np.median(tail_holders) <= 2)')
+    assert "shrinks further" in nb.cells[share].source and "one or two clients\"" in nb.cells[holders].source
+    nb.cells = nb.cells[: share + 1]
+    work = tmp_path / "notebooks"
+    work.mkdir()
+    for name in ("configs", "data"):
+        (tmp_path / name).symlink_to(ROOT / name, target_is_directory=True)
+    NotebookClient(nb, timeout=600, kernel_name="python3", allow_errors=True,
+                   resources={"metadata": {"path": str(work)}}).execute()
+    failed = {i: [o.ename for o in c.outputs if o.output_type == "error"]
+              for i, c in enumerate(nb.cells) if c.cell_type == "code"}
+    assert {i: e for i, e in failed.items() if e} == {holders: ["ClaimFailed"], share: ["ClaimFailed"]}
+
+
+def test_hidden_result_captures_output_and_raises_again(capsys: pytest.CaptureFixture[str]) -> None:
+    from fedpurel_lite.course import hidden_result
+
+    with hidden_result() as out:
+        assert out is not None
+    with pytest.raises(AssertionError, match="wrong answer"), hidden_result():
+        raise AssertionError("wrong answer")

@@ -15,6 +15,7 @@ from notebook_checks import draws, missing_images
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+LESSONS = [p for p in NOTEBOOKS if not p.name.startswith("00_")]  # the start page has no figures or exercises
 SAVED = re.compile(r"save_figure\(\s*\w+\s*,\s*\"([^\"]+)\"")
 
 
@@ -33,7 +34,9 @@ def _text(cell) -> str:
 
 
 def test_the_series_is_complete():
-    assert [p.name[:2] for p in NOTEBOOKS] == ["01", "02", "03", "04", "05", "06"]
+    assert [p.name[:2] for p in NOTEBOOKS] == ["00", "01", "02", "03", "04", "05", "06"]
+    assert NOTEBOOKS[0].name == "00_start_here.ipynb"
+    assert (ROOT / "notebooks" / "glossary.md").is_file()
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name[:2])
@@ -105,7 +108,7 @@ def test_what_counts_as_drawing():
     assert not draws("# plt.show()\nx = 1")
 
 
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name[:2])
+@pytest.mark.parametrize("path", LESSONS, ids=lambda p: p.name[:2])
 def test_thin_cells_and_saved_figures(path):
     nb = nbformat.read(path, as_version=4)
     source = "\n".join(c.source for c in _code(nb))
@@ -125,7 +128,7 @@ SERIES_AND_APPS = NOTEBOOKS + sorted((ROOT / "apps").glob("*.ipynb"))
 OUTSIDE = re.compile(r"paper\.md|design\.md|issue\s*#?\d+", re.I)
 
 
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name[:2])
+@pytest.mark.parametrize("path", LESSONS, ids=lambda p: p.name[:2])
 def test_exercises_with_collapsed_solutions(path):
     nb = nbformat.read(path, as_version=4)
     starts = [i for i, c in enumerate(nb.cells) if c.cell_type == "markdown" and "**Exercise " in c.source]
@@ -137,6 +140,7 @@ def test_exercises_with_collapsed_solutions(path):
         cell = nb.cells[sol]
         assert cell.cell_type == "code" and cell.source.startswith("# Solution")
         assert cell.metadata.get("jupyter", {}).get("source_hidden") is True, "solutions are collapsed"
+        assert cell.metadata["jupyter"].get("outputs_hidden") is True, "solution outputs are collapsed"
 
 
 def test_fedavg_round_from_scratch_is_checked_against_the_simulator():
