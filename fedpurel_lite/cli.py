@@ -156,6 +156,7 @@ def compare_main(argv: Sequence[str]) -> int:
     outputs = []
     if args.csv:
         check_file_destination(args.csv, "--csv")
+        outputs.append(("--csv", Path(args.csv).parent))  # created by preflight when missing
     if args.report:
         report = Path(args.report)
         check_folder_destination(report, "--report", files=(REPORT_HTML,), folders=("runs",))

@@ -75,10 +75,11 @@ def _describe(holder: dict) -> str:
 
 def read_holder(folder: str | Path) -> dict:
     """The identity recorded in ``folder``'s lock file (``{}`` when none or unreadable)."""
+    from .safe_load import load_json
+
     try:
-        text = (Path(folder) / LOCK_NAME).read_text(encoding="utf-8")[:4096]
-        data = json.loads(text)
-    except (OSError, ValueError, RecursionError):
+        data = load_json(Path(folder) / LOCK_NAME, "lock file", max_bytes=4096)
+    except UserError:
         return {}
     return data if isinstance(data, dict) else {}
 
