@@ -32,6 +32,7 @@ import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from .errors import ConfigError, UserError
 
@@ -54,7 +55,7 @@ def process_start_ticks(pid: int) -> int | None:
         return None
 
 
-def holder_alive(holder: dict) -> bool | None:
+def holder_alive(holder: dict[str, Any]) -> bool | None:
     """Whether the recorded holder still runs on this host: its PID exists with the same start time.
 
     ``None`` when it cannot be told (another host, no ``/proc``, nothing recorded).
@@ -66,14 +67,14 @@ def holder_alive(holder: dict) -> bool | None:
     return now is not None and (ticks is None or now == ticks)
 
 
-def _describe(holder: dict) -> str:
+def _describe(holder: dict[str, Any]) -> str:
     if not holder:
         return "a process that has not recorded itself yet"
     return (f"pid {holder.get('pid', '?')} on host {holder.get('host', '?')}, started {holder.get('started', '?')}"
             f"{' (' + holder['command'] + ')' if holder.get('command') else ''}")
 
 
-def read_holder(folder: str | Path) -> dict:
+def read_holder(folder: str | Path) -> dict[str, Any]:
     """The identity recorded in ``folder``'s lock file (``{}`` when none or unreadable)."""
     from .safe_load import load_json
 

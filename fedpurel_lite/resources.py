@@ -24,6 +24,7 @@ import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from .config import RunConfig
 from .errors import ConfigError
@@ -101,7 +102,7 @@ def _duration(s: float) -> str:
     return f"{s / 60:,.1f} min" if s >= 60 else f"{s:.0f} s"
 
 
-def _backbone_dims(name: str) -> dict | None:
+def _backbone_dims(name: str) -> dict[str, int] | None:
     """embed_dim, vision width / tokens / layers, text width of an open_clip config (``None`` if unknown)."""
     try:
         import open_clip
@@ -122,16 +123,16 @@ def _backbone_dims(name: str) -> dict | None:
             "tokens": (int(size) // int(patch)) ** 2 + 1, "t_width": int(t.get("width", 512))}
 
 
-def _trainable(config: RunConfig, dims: dict, classes: int) -> int:
+def _trainable(config: RunConfig, dims: dict[str, int], classes: int) -> int:
     """Trainable floats of one model copy (upper bounds per PEFT)."""
     m = config.method
     if m.peft == "prompt":
-        return m.n_ctx * dims["t_width"] * (classes if m.class_specific else 1)
+        return int(m.n_ctx) * dims["t_width"] * (classes if m.class_specific else 1)
     if m.peft == "adapter":
-        return 2 * dims["embed"] * max(dims["embed"] // max(m.adapter_reduction, 1), 1)
+        return 2 * dims["embed"] * max(dims["embed"] // max(int(m.adapter_reduction), 1), 1)
     if m.peft == "lora":
         layers = dims["v_layers"] * (2 if m.lora_towers == "both" else 1)
-        return 3 * 2 * m.lora_rank * dims["v_width"] * layers
+        return 3 * 2 * int(m.lora_rank) * dims["v_width"] * layers
     return classes * dims["embed"]
 
 
@@ -242,8 +243,8 @@ def bound_resources(config: RunConfig, outputs: Iterable[Path] = (), ignore: boo
     if config.longtail.profile == "given":
         train = int(pool.sum())
     else:
-        train = int(class_counts(int(pool.max()), len(pool), config.longtail.imbalance_ratio,
-                                 config.longtail.profile).sum())
+        profile: Any = config.longtail.profile  # "exp" or "step" here ("given" is handled above)
+        train = int(class_counts(int(pool.max()), len(pool), config.longtail.imbalance_ratio, profile).sum())
     test = int(pool.sum() // 5) if w.name != "shapes" else info.num_classes * 100
     cost = estimate_cost(config, int(pool.sum()), train, test, info.num_classes, runs, checkpoints)
     if cost.seconds is not None and cost.seconds > LONG_RUN_S:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import tomllib
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,7 @@ def nesting_depth(value: Any) -> int:
     deepest, stack = 0, [(value, 1)]
     while stack:
         item, level = stack.pop()
+        children: Iterable[Any]
         if isinstance(item, dict):
             children = item.values()
         elif isinstance(item, list):
@@ -50,7 +52,7 @@ def nesting_depth(value: Any) -> int:
     return deepest
 
 
-def _one_line(text: str, limit: int = 200) -> str:
+def _one_line(text: object, limit: int = 200) -> str:
     text = " ".join(str(text).split())
     return text if len(text) <= limit else text[:limit] + "..."
 
@@ -139,7 +141,8 @@ def loads_toml(text: str, source: str, max_depth: int = MAX_DEPTH, error: type[U
         raise error(f"{source} is not valid TOML: {_one_line(exc)}") from None
     except (ValueError, TypeError) as exc:
         raise error(f"{source} is not valid TOML ({_one_line(exc)})") from None
-    return _check_depth(value, source, max_depth, error)
+    checked: dict[str, Any] = _check_depth(value, source, max_depth, error)
+    return checked
 
 
 def load_toml(path: str | Path, what: str = "TOML file", max_bytes: int = MAX_TOML_BYTES, max_depth: int = MAX_DEPTH,
