@@ -56,22 +56,52 @@ def test_federation_view_runs_a_reduced_federation(core_bank, core_one_thread):
 def test_federation_sliders_rerun_the_federation(core_bank, core_one_thread):
     from fedpurel_lite.widgets import FederationExplorer
 
-    ex = FederationExplorer(core_bank, explorer_config(), methods=("zero-shot", "fedpurel"), rounds=2, draw=False)
-    assert ex.data["config"].longtail.imbalance_ratio == 10 and ex.data["config"].federation.rounds == 2
+    ex = FederationExplorer(core_bank, explorer_config(imbalance_ratio=2), methods=("zero-shot", "fedpurel"),
+                            rounds=2, draw=False)
+    assert ex.data["config"].longtail.imbalance_ratio == 2 and ex.data["config"].federation.rounds == 2
+    assert ex.store is None, "the shipped grid is for the embedded bank, not this one"
+    assert 2 in ex.ratio.options, "the protocol's own ratio is a choice, off the grid"
+    assert np.isnan(ex.data["table"].loc["zero-shot", "GM tail"])  # no tail group at IF = 2 (60 -> 30 images)
     sizes_before = ex.data["results"]["fedpurel"].federation["client_train_sizes"]
     ex.alpha.value = 0.1  # a user's drag: the observer re-runs the reduced federation
     assert ex.data["config"].federation.dirichlet_alpha == 0.1
     sizes_after = ex.data["results"]["fedpurel"].federation["client_train_sizes"]
     assert sizes_after != sizes_before and sum(sizes_after) == sum(sizes_before)
-    ex.ratio.value = 2
-    assert ex.data["config"].longtail.imbalance_ratio == 2
-    assert sum(ex.data["results"]["fedpurel"].federation["client_train_sizes"]) > sum(sizes_after)
-    assert np.isnan(ex.data["table"].loc["zero-shot", "GM tail"])  # no tail group at IF = 2 (60 -> 30 images)
+    ex.ratio.value = 10
+    assert ex.data["config"].longtail.imbalance_ratio == 10
+    assert sum(ex.data["results"]["fedpurel"].federation["client_train_sizes"]) < sum(sizes_after)
+    assert np.isfinite(ex.data["table"].loc["zero-shot", "GM tail"])
 
 
 def test_federation_explorer_draws_headless(core_bank, core_one_thread):
     from fedpurel_lite.widgets import FederationExplorer
 
     ex = FederationExplorer(core_bank, explorer_config(), methods=("zero-shot", "fedavg"), rounds=1)
-    ex.ratio.value = 5
-    assert ex.data["config"].longtail.imbalance_ratio == 5 and len(ex.table.outputs) <= 1
+    ex.ratio.value = 20
+    assert ex.data["config"].longtail.imbalance_ratio == 20 and len(ex.table.outputs) == 1
+    assert ex.output.outputs[0]["data"]["image/png"]
+
+
+def test_federation_explorer_answers_its_grid_from_the_file(core_bank, core_one_thread, tmp_path):
+    from fedpurel_lite.explore_grid import fingerprint, point_key, write_grid
+    from fedpurel_lite.widgets import FederationExplorer, federation_point, federation_view
+
+    cfg, methods, runs = explorer_config(), ("zero-shot", "fedavg"), {}
+    points = {point_key(r, a): federation_point(core_bank, cfg, r, a, methods, 2, runs)
+              for r in (10, 20) for a in (0.5, 1.0)}
+    path = write_grid(tmp_path / "federation.json", "federation", fingerprint(cfg, 2, methods, core_bank),
+                      {"imbalance_ratio": [10, 20], "dirichlet_alpha": [0.5, 1.0]}, points)
+    ex = FederationExplorer(core_bank, cfg, methods=methods, rounds=2, grid=path)
+    assert ex.store is not None and ex.runs == {}
+    fig = ex.draw()
+    limits = [ax.get_ylim() for ax in fig.axes]
+    ex.ratio.value, ex.alpha.value = 20, 0.5
+    assert ex.runs == {}, "a grid setting runs nothing"
+    live = federation_view(core_bank, cfg, 20, 0.5, methods, 2, runs)
+    assert (ex.data["table"] - live["table"]).abs().max().max() <= 0.1 + 1e-9  # 1-decimal rounding of 3-decimal values
+    np.testing.assert_allclose(ex.data["curves"]["fedavg"], live["curves"]["fedavg"], atol=1e-3)
+    assert [ax.get_ylim() for ax in ex.draw().axes] == limits, "the same axes at every setting"
+    ex.ratio.value = 50  # off the file's grid: run here
+    assert len(ex.runs) == 2 and ex.data["config"].longtail.imbalance_ratio == 50
+    other = FederationExplorer(core_bank, cfg, methods=methods, rounds=3, grid=path, draw=False)
+    assert other.store is None, "a file of other rounds is not used"
