@@ -36,7 +36,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
-import reprlib
 import tomllib
 import unicodedata
 from collections.abc import Iterable, Mapping
@@ -46,7 +45,7 @@ from typing import Any
 
 import tomli_w
 
-from .config_checks import CHOICES, MAX_SEED, MAX_TEXT, RANGES, check_combinations, in_range
+from .config_checks import CHOICES, MAX_SEED, MAX_TEXT, RANGES, check_combinations, in_range, one_line, shown
 from .errors import ConfigError
 
 __all__ = ["CHOICES", "MAX_SEED", "RunConfig", "resolve_key"]
@@ -219,28 +218,28 @@ class RunConfig:
             An unknown table or key, a value of the wrong type or out of range.
         """
         if not isinstance(data, Mapping):
-            raise ConfigError(f"{source}: a config is a table of tables, got {_show(data)}")
+            raise ConfigError(f"{source}: a config is a table of tables, got {shown(data)}")
         names = {sec.name for sec in fields(cls)}
         for key, value in data.items():
             if (isinstance(key, str) and key not in names and not isinstance(value, Mapping)
                     and len(_BARE.get(key, [])) == 1):
-                raise ConfigError(f"{source}: {key} = {_show(value)} belongs in its table: "
+                raise ConfigError(f"{source}: {key} = {shown(value)} belongs in its table: "
                                   f"[{_BARE[key][0].split('.')[0]}]")
         sections = {}
         for sec in fields(cls):
             given = data.get(sec.name, {})
             if not isinstance(given, Mapping):
-                raise ConfigError(f"{source}: [{sec.name}] must be a table, got {_show(given)}")
+                raise ConfigError(f"{source}: [{sec.name}] must be a table, got {shown(given)}")
             known = {f.name: f for f in fields(sec.default_factory)}  # type: ignore[misc]
             unknown = sorted((k for k in given if k not in known), key=str)
             if unknown:
-                raise ConfigError(f"{source}: unknown key(s) {', '.join(f'{sec.name}.{_name(k)}' for k in unknown)}; "
+                raise ConfigError(f"{source}: unknown key(s) {_listed(f'{sec.name}.{_name(k)}' for k in unknown)}; "
                                   f"[{sec.name}] has {', '.join(known)}")
             sections[sec.name] = sec.default_factory(  # type: ignore[misc]
                 **{k: _typed(f"{sec.name}.{k}", known[k].type, v) for k, v in given.items()})
         unknown = sorted((k for k in data if k not in sections), key=str)
         if unknown:
-            raise ConfigError(f"{source}: unknown table(s) {', '.join(f'[{_name(k)}]' for k in unknown)}; "
+            raise ConfigError(f"{source}: unknown table(s) {_listed(f'[{_name(k)}]' for k in unknown)}; "
                               f"known tables: {', '.join(f'[{k}]' for k in sections)}")
         return cls(**sections)
 
@@ -253,19 +252,21 @@ class RunConfig:
         ConfigError
             The file is missing or not valid TOML (duplicate keys included), or a value is bad.
         """
-        shown = _show(str(path))
+        name = shown(str(path))
         try:
             with open(path, "rb") as fh:
                 raw = tomllib.load(fh)
         except FileNotFoundError:
-            raise ConfigError(f"config file {shown} not found") from None
+            raise ConfigError(f"config file {name} not found") from None
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"config file {shown} is not valid TOML: {_one_line(str(exc))}") from None
+            raise ConfigError(f"config file {name} is not valid TOML: {one_line(str(exc))}") from None
         except RecursionError:
-            raise ConfigError(f"config file {shown} is nested too deeply to be a config") from None
+            raise ConfigError(f"config file {name} is nested too deeply to be a config") from None
         except OSError as exc:
-            raise ConfigError(f"config file {shown} cannot be read ({exc.strerror or type(exc).__name__})") from None
-        return cls.from_dict(raw, source=_one_line(str(path)))
+            raise ConfigError(f"config file {name} cannot be read ({exc.strerror or type(exc).__name__})") from None
+        except ValueError:  # a path with a NUL byte
+            raise ConfigError(f"config file {name}: not a valid path") from None
+        return cls.from_dict(raw, source=one_line(str(path)))
 
     def save(self, path: str | Path) -> None:
         """Write the config as TOML (atomically)."""
@@ -293,7 +294,7 @@ class RunConfig:
         seen: set[str] = set()
         for key, value in items:
             if not isinstance(key, str):
-                raise ConfigError(f"config key {_show(key)} is a {type(key).__name__}; keys are strings")
+                raise ConfigError(f"config key {shown(key)} is a {type(key).__name__}; keys are strings")
             full = resolve_key(key)
             if full in seen:
                 raise ConfigError(f"{full} is given twice")
@@ -328,7 +329,7 @@ def resolve_key(key: str) -> str:
         An unknown key (with the known ones of its section, or close names).
     """
     if not isinstance(key, str):
-        raise ConfigError(f"config key {_show(key)} is a {type(key).__name__}; keys are strings")
+        raise ConfigError(f"config key {shown(key)} is a {type(key).__name__}; keys are strings")
     key = key.strip()
     if key in _FIELD_TYPES:
         return key
@@ -342,42 +343,26 @@ def resolve_key(key: str) -> str:
 
     near = difflib.get_close_matches(key[:100], [*_FIELD_TYPES, *_BARE, *ALIASES], n=3)
     hint = f"; did you mean {', '.join(near)}?" if near else "; keys look like section.key (see configs/)"
-    raise ConfigError(f"unknown config key {_show(key)}{hint}")
+    raise ConfigError(f"unknown config key {shown(key)}{hint}")
 
 
-#: how values and keys are shown in messages: shortened, nesting cut, one line
-_REPR = reprlib.Repr()
-for _attr, _limit in (("maxlevel", 3), ("maxstring", 60), ("maxother", 60), ("maxlist", 6), ("maxtuple", 6),
-                      ("maxdict", 6), ("maxset", 6), ("maxlong", 40)):
-    setattr(_REPR, _attr, _limit)
-
-
-def _show(value: Any) -> str:
-    """``repr(value)`` shortened to one line of at most ~100 characters (any type, size or nesting)."""
-    try:
-        text = _REPR.repr(value)
-    except Exception:  # a value whose repr fails still gets a message
-        text = f"<{type(value).__name__}>"
-    return _one_line(text)
-
-
-def _one_line(text: str) -> str:
-    """``text`` with control characters escaped, cut to 200 characters."""
-    if not text.isprintable():
-        text = "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
-    return text if len(text) <= 200 else text[:197] + "..."
+def _listed(names: Iterable[str], most: int = 5) -> str:
+    """The first ``most`` names, comma-separated, then how many more."""
+    items = list(names)
+    more = f" and {len(items) - most} more" if len(items) > most else ""
+    return ", ".join(items[:most]) + more
 
 
 def _name(key: Any) -> str:
     """A table or key name as given, for a message (quoted when it is not a plain printable string)."""
-    return key if isinstance(key, str) and key.isprintable() and 0 < len(key) <= 60 else _show(key)
+    return key if isinstance(key, str) and key.isprintable() and 0 < len(key) <= 60 else shown(key)
 
 
 def _split_pair(pair: str) -> tuple[str, str]:
     if not isinstance(pair, str):
-        raise ConfigError(f"override {_show(pair)} is a {type(pair).__name__}; write key=value")
+        raise ConfigError(f"override {shown(pair)} is a {type(pair).__name__}; write key=value")
     if "=" not in pair:
-        raise ConfigError(f"override {_show(pair)} must look like key=value")
+        raise ConfigError(f"override {shown(pair)} must look like key=value")
     key, value = pair.split("=", 1)
     return key.strip(), value.strip()
 
@@ -392,20 +377,20 @@ def _parse_text(key: str, kind: str, text: str) -> Any:
     if kind == "bool":
         if text in ("true", "false"):
             return text == "true"
-        raise ConfigError(f"{key}={_show(text)}: allowed true or false")
+        raise ConfigError(f"{key}={shown(text)}: allowed true or false")
     if kind == "int":
         if _INT.fullmatch(text.replace("_", "")):
             if len(text) > 100:  # beyond every range (and Python's limit on digits read)
-                raise ConfigError(f"{key}={_show(text)}: allowed {_RANGES.get(key, 'a smaller integer')}")
+                raise ConfigError(f"{key}={shown(text)}: allowed {_RANGES.get(key, 'a smaller integer')}")
             try:
                 return int(text)
             except ValueError:  # misplaced underscores
                 pass
-        raise ConfigError(f"{key}={_show(text)}: allowed an integer")
+        raise ConfigError(f"{key}={shown(text)}: allowed an integer")
     try:
         value = float(text)
     except ValueError:
-        raise ConfigError(f"{key}={_show(text)}: allowed a finite number") from None
+        raise ConfigError(f"{key}={shown(text)}: allowed a finite number") from None
     return value
 
 
@@ -423,19 +408,21 @@ def _typed(key: str, kind: str, value: Any) -> Any:
             except OverflowError:  # an integer beyond the float range
                 value = math.inf
         if ok and not math.isfinite(value):
-            raise ConfigError(f"{key}={_show(value)}: allowed a finite number")
+            raise ConfigError(f"{key}={shown(value)}: allowed a finite number")
     else:
         ok = isinstance(value, str)
         if ok and len(value) > MAX_TEXT:
-            raise ConfigError(f"{key}={_show(value)}: {len(value)} characters; allowed at most {MAX_TEXT}")
-        bad = next((c for c in value if unicodedata.category(c) in ("Cc", "Cs")), None) if ok else None
+            raise ConfigError(f"{key}={shown(value)}: {len(value)} characters; allowed at most {MAX_TEXT}")
+        bad = next((c for c in value if unicodedata.category(c) in _CONTROL), None) if ok else None
         if bad is not None:
-            raise ConfigError(f"{key}={_show(value)}: holds the control character {bad!r}; allowed printable text")
+            raise ConfigError(f"{key}={shown(value)}: holds the control character {bad!r}; allowed printable text")
     if not ok:
-        raise ConfigError(f"{key}={_show(value)} is a {type(value).__name__}; allowed {_KIND_TEXT[kind]}")
+        raise ConfigError(f"{key}={shown(value)} is a {type(value).__name__}; allowed {_KIND_TEXT[kind]}")
     return value
 
 
+#: Unicode categories a text field refuses: control characters, lone surrogates, line and paragraph separators
+_CONTROL = ("Cc", "Cs", "Zl", "Zp")
 _KIND_TEXT = {"bool": "true or false", "int": "an integer", "float": "a finite number", "str": "a string"}
 
 
@@ -443,7 +430,7 @@ def _check_value(key: str, value: Any) -> None:
     """Range and choice checks of one field (types are checked by :func:`_typed`)."""
     _typed(key, _FIELD_TYPES[key], value)
     if key in CHOICES and value not in CHOICES[key]:
-        raise ConfigError(f"{key}={_show(value)}: allowed one of {', '.join(CHOICES[key])}")
+        raise ConfigError(f"{key}={shown(value)}: allowed one of {', '.join(CHOICES[key])}")
     if key in _RANGES and not in_range(value, _RANGES[key]):
-        raise ConfigError(f"{key}={_show(value)}: allowed {_RANGES[key]}")
+        raise ConfigError(f"{key}={shown(value)}: allowed {_RANGES[key]}")
 

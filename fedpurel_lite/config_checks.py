@@ -5,6 +5,7 @@ Kept apart from :mod:`fedpurel_lite.config` so the dataclasses stay short; impor
 
 from __future__ import annotations
 
+import reprlib
 from typing import Any
 
 from .errors import ConfigError
@@ -53,6 +54,29 @@ RANGES: dict[str, str] = {
 MAX_TEXT = 4096
 
 
+#: how values and keys are shown in messages: shortened, nesting cut, one line
+_REPR = reprlib.Repr()
+for _attr, _limit in (("maxlevel", 3), ("maxstring", 60), ("maxother", 60), ("maxlist", 6), ("maxtuple", 6),
+                      ("maxdict", 6), ("maxset", 6), ("maxlong", 40)):
+    setattr(_REPR, _attr, _limit)
+
+
+def shown(value: Any) -> str:
+    """``repr(value)`` shortened to one printable line of at most ~100 characters (any type, size or nesting)."""
+    try:
+        text = _REPR.repr(value)
+    except Exception:  # a value whose repr fails still gets a message
+        text = f"<{type(value).__name__}>"
+    return one_line(text)
+
+
+def one_line(text: str) -> str:
+    """``text`` with non-printable characters escaped, cut to 200 characters."""
+    if not text.isprintable():
+        text = "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
 def in_range(value: float, spec: str) -> bool:
     """``value`` lies in ``spec`` (``">= a"``, ``"> a"`` or an interval such as ``"(0, 1]"``).
 
@@ -88,8 +112,9 @@ def check_combinations(config: Any) -> None:
                           f"it needs run.workers=1 (got {config.run.workers}); set run.workers=1 or use "
                           "optimizer_scope='client-round'")
     if config.world.variant != "stratified" and config.world.name != "shapes":
-        raise ConfigError(f"world.variant={config.world.variant!r} is a variant of the shapes world, but world.name="
-                          f"{config.world.name!r}; leave world.variant at 'stratified' for other worlds")
+        raise ConfigError(f"world.variant={shown(config.world.variant)} is a variant of the shapes world, but "
+                          f"world.name={shown(config.world.name)}; leave world.variant at 'stratified' for other "
+                          "worlds")
     s1 = config.stage1
     if s1.lr * s1.weight_decay >= 2.0 * (1.0 + s1.momentum):
         raise ConfigError(f"stage1.lr * stage1.weight_decay = {s1.lr:g} * {s1.weight_decay:g} = "

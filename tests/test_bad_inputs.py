@@ -11,6 +11,7 @@ output folders.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -268,3 +269,63 @@ def test_debug_shows_the_traceback_and_a_subprocess_prints_one_line(tmp_path):
                             "--set", "lr=inf"], capture_output=True, text=True, cwd=tmp_path, timeout=120)
     assert debug.returncode != 0 and "Traceback" in debug.stderr and "ConfigError" in debug.stderr
 
+
+
+# ----------------------------------------------------------------------------- hostile values, through a real process
+# (id, --set pairs after rounds=1, outcome, pattern): "error" = one error: line (exit 2) before any work, the
+# output folder never created; "stopped" = the finite guard's one error: line after training began, no result
+# written; "finite" = exit 0 with every final tensor finite.
+HOSTILE = [
+    ("lambda-huge", ["lambda_proj=1e308"], "error", r"purification.lambda_proj=1e\+308: allowed \[0, 10\]"),
+    ("la-tau-huge", ["method=fedavg-la", "la_tau=1e308"], "error", r"baselines.la_tau=1e\+308: allowed \[0, 100\]"),
+    ("prox-mu-huge", ["method=fedprox", "prox_mu=1e308"], "error", r"baselines.prox_mu=1e\+308: allowed \[0, 1000\]"),
+    ("lora-alpha-huge", ["peft=lora", "lora_alpha=1e308"], "error", r"method.lora_alpha=1e\+308: allowed \(0, 1024\]"),
+    ("momentum-one-lr-huge", ["momentum=0.9999999999", "lr=1000"], "error", r"stage1.lr=1000.0: allowed \(0, 100\]"),
+    ("momentum-one", ["momentum=0.9999999999"], "error", r"stage1.momentum=0.9999999999: allowed \[0, 0.999\]"),
+    ("lr-huge", ["lr=1e308"], "error", r"stage1.lr=1e\+308: allowed \(0, 100\]"),
+    ("weight-decay-huge", ["weight_decay=1e308"], "error", r"stage1.weight_decay=1e\+308: allowed \[0, 1\]"),
+    ("decay-grows", ["lr=100", "weight_decay=1"], "error", r"stage1.lr \* stage1.weight_decay = 100 \* 1 = 100: "
+     r"allowed < 2 \(1 \+ stage1.momentum\) = 3.8"),
+    ("batch-2-63", ["batch_size=9223372036854775808"], "error",
+     r"stage1.batch_size=9223372036854775808: allowed \[1, 1000000\]"),
+    ("ratio-huge", ["imbalance_ratio=1e308"], "error", r"longtail.imbalance_ratio=1e\+308: allowed \[1, 10000\]"),
+    ("dirichlet-huge", ["dirichlet_alpha=1e308"], "error",
+     r"^error: federation.dirichlet_alpha=1e\+308: allowed \(0, 1000000\]$"),
+    ("many-clients-dirichlet", ["num_clients=1084", "participation=0.01"], "error", r"federation.num_clients=1084"),
+    ("prox-diverges", ["method=fedprox", "prox_mu=1000", "lr=1", "num_clients=4"], "stopped",
+     r"^error: training became non-finite in round 0, client \d+, stage 1 \(local training of the shared PEFT\), "
+     r"at step \d+ the loss is (nan|inf); most likely at fault: baselines.prox_mu=1000 .*no round completed"),
+    ("edges-finite", ["lr=100", "momentum=0.999", "lambda_proj=10", "personal_lr=100", "num_clients=4"], "finite", ""),
+]
+_NEEDS_SPLIT_CHECK = pytest.mark.xfail(
+    strict=True, reason="the Dirichlet split's feasibility is only known after loading; preflight does not run it yet")
+
+
+@pytest.mark.parametrize(("pairs", "outcome", "pattern"),
+                         [pytest.param(*c[1:], id=c[0], marks=[_NEEDS_SPLIT_CHECK] if c[0] == "many-clients-dirichlet"
+                                       else []) for c in HOSTILE])
+def test_hostile_values_end_finite_or_in_one_error_line(pairs, outcome, pattern, tmp_path):
+    import math
+
+    from safetensors.torch import load_file
+
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, "-m", "fedpurel_lite", "run", "--config", str(EMBEDDED), "--quiet",
+                           "--out", str(out), "--set", "rounds=1", *pairs], capture_output=True, text=True,
+                          cwd=tmp_path, timeout=300)
+    lines = [line for line in proc.stderr.splitlines() if line.strip() and not line.startswith("warning: ")]
+    if outcome == "finite":
+        assert proc.returncode == 0, proc.stderr
+        state = load_file(out / "final_state.safetensors")
+        assert state and all(bool(t.isfinite().all()) for t in state.values() if t.is_floating_point())
+        result = json.loads((out / "result.json").read_text())
+        assert math.isfinite(result["history"][-1]["gm"]["accuracy"])
+        return
+    assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: "), proc.stderr[-2000:]
+    assert re.search(pattern, lines[0]), lines[0]
+    assert "raise alpha" not in lines[0]
+    if outcome == "error":
+        assert not out.exists()
+    else:
+        assert not (out / "result.json").exists() and not (out / "final_state.safetensors").exists()
+        assert not list(out.rglob("round_*"))
