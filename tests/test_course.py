@@ -360,3 +360,42 @@ def test_hidden_result_captures_output_and_raises_again(capsys: pytest.CaptureFi
         assert out is not None
     with pytest.raises(AssertionError, match="wrong answer"), hidden_result():
         raise AssertionError("wrong answer")
+
+
+def test_the_glossary_numbers_are_the_computed_ones() -> None:
+    """The numbers the glossary states: group sizes at IF = 100, the first IF with a tail, the tiny CLIP's scale."""
+    import math
+
+    from safetensors import safe_open
+
+    from fedpurel_lite import backbone, longtail
+
+    text = GLOSSARY.read_text()
+    sizes = longtail.group_sizes(longtail.assign_groups(longtail.class_counts(500, 100, 100)))
+    assert f"{sizes['head']} head, {sizes['medium']} medium, {sizes['tail']} tail classes" in text
+    first = next(r for r in range(1, 501) if longtail.class_counts(500, 100, r).min() <= 20)
+    assert f"for IF ≤ {first - 1} the tail group is empty" in text
+    assert "(`imbalance_ratio`, default 100: 500 → 5 images)" in text
+    assert longtail.class_counts(500, 100, 100).min() == 5
+    with safe_open(str(backbone.EMBEDDED_WEIGHTS), "pt") as weights:
+        scale = math.exp(float(weights.get_tensor("logit_scale")))
+    assert f"about {scale:.0f} for the tiny CLIP" in text
+
+
+def test_the_glossary_defaults_are_the_code_defaults() -> None:
+    import inspect
+
+    from fedpurel_lite import metrics, purify
+    from fedpurel_lite.config import RunConfig
+
+    text = " ".join(GLOSSARY.read_text().split())
+    c = RunConfig()
+    assert c.federation.participation == 0.4 and "`participation` = 40 %" in text
+    assert c.federation.dirichlet_alpha == 1.0 and "`dirichlet_alpha`, default 1.0" in text
+    assert c.personalization.personal_alpha == 0.9 and "(`personal_alpha`, default 0.9)" in text
+    assert c.baselines.la_tau == 1.0 and "`la_tau`, default 1" in text
+    assert c.purification.lambda_proj == 1.0 and "default 1: λ = 1 removes" in text
+    assert inspect.signature(metrics.expected_calibration_error).parameters["n_bins"].default == 15
+    assert "(15 equal bins)" in text
+    assert inspect.signature(metrics.local_head_mask).parameters["mass"].default == 0.5 and "`head_mass = 0.5`" in text
+    assert (purify.TAU_LO, purify.TAU_HI) == (0.05, 20.0) and r"bisection on $[0.05, 20]$" in text
