@@ -399,3 +399,37 @@ def test_the_glossary_defaults_are_the_code_defaults() -> None:
     assert "(15 equal bins)" in text
     assert inspect.signature(metrics.local_head_mask).parameters["mass"].default == 0.5 and "`head_mass = 0.5`" in text
     assert (purify.TAU_LO, purify.TAU_HI) == (0.05, 20.0) and r"bisection on $[0.05, 20]$" in text
+
+
+def _names(source: str) -> tuple[set[str], set[str]]:
+    """Names a cell assigns (or imports) and names it reads (IPython magics left out)."""
+    import ast
+
+    tree = ast.parse("\n".join(line for line in source.splitlines() if not line.lstrip().startswith(("%", "!"))))
+    stored, loaded = set(), set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Name):
+            (stored if isinstance(node.ctx, ast.Store) else loaded).add(node.id)
+        elif isinstance(node, ast.alias):
+            stored.add((node.asname or node.name).split(".")[0])
+    return stored, loaded
+
+
+@pytest.mark.parametrize("path", LESSONS, ids=lambda p: p.name[:2])
+def test_the_student_edition_runs_without_the_solutions(path: Path) -> None:
+    """No cell after a solution reads a name that only the (removed) solution defines."""
+    nb = _read(path)
+    defined: set[str] = set()
+    only_in_solutions: dict[str, int] = {}
+    for i, cell in enumerate(nb.cells):
+        if cell.cell_type != "code":
+            continue
+        stored, loaded = _names(cell.source)
+        if "solution" in _tags(cell):
+            only_in_solutions.update({name: i for name in stored - defined})
+            continue
+        used = {name: only_in_solutions[name] for name in loaded - stored if name in only_in_solutions}
+        assert not used, f"cell {i} reads names defined only in solution cells (cell: name) {used}"
+        defined |= stored
+        for name in stored:
+            only_in_solutions.pop(name, None)
