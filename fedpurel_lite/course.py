@@ -115,7 +115,7 @@ class Quiz(w.VBox):
             self.feedback.value = "<i>Pick an answer first.</i>"
             return None
         picked = self.choices.index
-        text, ok, why = self.options[picked]
+        _, ok, why = self.options[picked]
         if ok:
             body = f"<b>✓ Right.</b> {html.escape(why)}"
         else:
@@ -123,7 +123,7 @@ class Quiz(w.VBox):
             body = (f"<b>✗ Not quite.</b> {html.escape(why)}<br>"
                     f"The right answer is <i>{html.escape(right_text)}</i>: {html.escape(right_why)}")
         self.feedback.value = f'<div class="fedpurel-quiz-feedback">{body}</div>'
-        return ok
+        return bool(ok)
 
 
 def quiz(question: str, options: list[tuple[str, bool, str]]) -> Quiz:
