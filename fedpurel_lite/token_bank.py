@@ -17,7 +17,6 @@ are reported once (:class:`~fedpurel_lite.features.FeatureCacheWarning`), moved 
 
 from __future__ import annotations
 
-import json
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -31,6 +30,7 @@ from . import features as fb
 from .backbone import Backbone, resolve_device, sha256_file
 from .cache_entry import DIGEST, manifest_digest, write_entry
 from .lora_tower import vision_tokens
+from .safe_load import load_json
 
 _TENSORS = ("train_tokens", "test_tokens")
 
@@ -115,7 +115,7 @@ def _read(base: Path, inputs: dict) -> dict[str, torch.Tensor] | None:
             raise fb._Damaged(mpath, "the manifest is missing (its tensor file is there)")
         return None
     try:
-        manifest = json.loads(mpath.read_text(encoding="utf-8"))
+        manifest = load_json(mpath, "vision-token cache manifest")
         altered = manifest_digest(manifest) != manifest[DIGEST]
     except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
         raise fb._Damaged(mpath, f"the manifest is unreadable or has no valid {DIGEST} ({exc!r})") from None
@@ -194,7 +194,7 @@ def load_or_build_tokens(features: Any, backbone: Backbone, world_fingerprint: s
             finally:
                 model.to(home)
             _save(base, tensors, inputs)
-    manifest = json.loads(base.with_suffix(".json").read_text(encoding="utf-8"))
+    manifest = load_json(base.with_suffix(".json"), "vision-token cache manifest")
     return TokenBank(features, tensors["train_tokens"], tensors["test_tokens"], manifest, base)
 
 

@@ -40,7 +40,7 @@ def _write_split(root, split) -> None:
 def test_malformed_json_names_the_file_line_and_column(image_tree) -> None:
     root, _ = image_tree
     (root / "split.json").write_text('{\n "train": [\n  "cat/0.png"\n  "cat/1.png"\n ],\n "test": []\n}')
-    with pytest.raises(IntegrityError, match=r"split\.json is not valid JSON: Expecting ',' delimiter at line 4, "
+    with pytest.raises(IntegrityError, match=r"split\.json: not readable JSON: Expecting ',' delimiter at line 4, "
                                              r"column 3") as err:
         load_world("folder", root=root)
     assert str(root / "split.json") in str(err.value)

@@ -23,12 +23,12 @@ image present. A bad file raises :class:`~fedpurel_lite.errors.IntegrityError`, 
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path, PurePosixPath
 
 import numpy as np
 
 from fedpurel_lite.errors import ConfigError, IntegrityError, ResourceMissingError
+from fedpurel_lite.safe_load import load_json
 from fedpurel_lite.worlds.base import DEFAULT_TEMPLATES, World
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff")
@@ -61,12 +61,9 @@ def _listing(folder: Path) -> list[str]:
 def _read_split(path: Path) -> dict[str, list[str]]:
     """Parse and type-check a split file (no file-system checks of its entries)."""
     try:
-        split = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise IntegrityError(f"split file {path} is not valid JSON: {exc.msg} at line {exc.lineno}, column "
-                             f"{exc.colno}; fix it ({_FORMAT})") from None
-    except (UnicodeDecodeError, OSError) as exc:
-        raise IntegrityError(f"split file {path} cannot be read as UTF-8 text ({exc}); {_FORMAT}") from None
+        split = load_json(path, "split file")
+    except IntegrityError as exc:
+        raise IntegrityError(f"{exc}; {_FORMAT}") from None
     if not isinstance(split, dict) or any(s not in split for s in _SPLITS):
         got = sorted(split) if isinstance(split, dict) else type(split).__name__
         raise IntegrityError(f"split file {path} needs the keys 'train' and 'test' (got {got}); {_FORMAT}")
@@ -87,7 +84,7 @@ def _check_entries(root: Path, base: Path, entries: list[str], source: str, clas
     real_root = root.resolve()
     for e in entries:
         parts = PurePosixPath(e).parts
-        if not e or PurePosixPath(e).is_absolute() or Path(e).is_absolute() or ".." in parts:
+        if not e or "\0" in e or PurePosixPath(e).is_absolute() or Path(e).is_absolute() or ".." in parts:
             raise IntegrityError(f"{source}: entry {e!r} is not a relative path inside {root} (absolute paths and "
                                  "'..' are refused); list images as '<class>/<file>'")
         if class_folder and len(parts) < 2:
@@ -251,7 +248,7 @@ def read_oltr_list(path: Path) -> tuple[list[str], np.ndarray]:
         if not line.strip():
             continue
         fields = line.rsplit(None, 1)
-        if len(fields) != 2 or not fields[1].isdigit():
+        if len(fields) != 2 or not (fields[1].isascii() and fields[1].isdigit()) or len(fields[1]) > 18:
             raise IntegrityError(f"split file {path}, line {n}: {line.strip()!r} is not 'relative/path label'; "
                                  f"{_OLTR_FORMAT}")
         entries.append(fields[0].strip())
