@@ -145,7 +145,7 @@ class Managed:
     """
 
     name: str
-    popen: subprocess.Popen
+    popen: subprocess.Popen[bytes]
     log: Path
     seen: dict[int, Proc] = field(default_factory=dict)
     log_start: int = 0

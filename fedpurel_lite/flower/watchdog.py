@@ -169,11 +169,11 @@ class Watched:
             sig = signal.SIGTERM if time.monotonic() < term_until else signal.SIGKILL
             for g in {row.pgid for row in targets.values()} & groups:
                 if sig == signal.SIGKILL or g not in termed_groups:
-                    _send(lambda s, g=g: os.killpg(g, s), sig)
+                    _send(os.killpg, g, sig)
                     termed_groups.add(g)
             for pid, row in targets.items():
                 if sig == signal.SIGKILL or (pid, row.stamp) not in signalled:
-                    _send(lambda s, pid=pid: os.kill(pid, s), sig)
+                    _send(os.kill, pid, sig)
                     signalled.add((pid, row.stamp))
             time.sleep(0.1)
             table = proc_table()
@@ -183,9 +183,9 @@ class Watched:
         return len(signalled)
 
 
-def _send(fn: Callable[[int], None], sig: int) -> None:
+def _send(fn: Callable[[int, int], None], target: int, sig: int) -> None:
     try:
-        fn(sig)
+        fn(target, sig)
     except (ProcessLookupError, PermissionError):
         pass
 
