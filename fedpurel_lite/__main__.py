@@ -6,8 +6,12 @@ pretrain   pretrain the embedded tiny CLIP on the shapes source domain
 features   build (or verify) the feature cache of a world
 run        one federated run from a TOML preset, ``--set key=value`` overrides
 compare    several methods on the same federation, one table
-report     bias-transfer report of run folders: HTML page + PNG figures
-demo       the main job: execute every notebook on the embedded default, write figures/
+report     bias-transfer report of run folders: one self-contained HTML page
+flower     the same run on the Flower engine (simulation, flwr run, deployment, certificates)
+demo       the main job: execute every notebook on the embedded default, write figures/, build the site
+site       build the course site (build/site/) from the stored notebooks and docs/
+student    the student edition: the series without solutions or outputs
+explore-grid  precompute the explorers' and the app's answers on their slider grids (data/explore/)
 """
 
 from __future__ import annotations
@@ -31,6 +35,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "report": ("fedpurel_lite.report", "main", "bias-transfer report (HTML + figures) of run folders"),
     "flower": ("fedpurel_lite.flower.run", "main", "the same run on the Flower engine"),
     "demo": ("fedpurel_lite.demo", "main", "execute all notebooks, write figures/"),
+    "explore-grid": ("fedpurel_lite.explore_grid", "main", "precompute the explorers' answers (data/explore/)"),
+    "site": ("fedpurel_lite.site", "main", "build the course site (build/site/) from the stored notebooks and docs/"),
     "student": ("fedpurel_lite.student", "main", "notebooks without solutions or outputs"),
 }
 
