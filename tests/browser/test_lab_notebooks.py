@@ -124,7 +124,7 @@ def test_run_all_in_jupyterlab(lab_page, path: Path):
     errors = {i: c["errors"] for i, c in enumerate(state["cells"]) if c["errors"]}
     assert not errors, f"cells with errors in the browser: {errors}"
     drawing = [i for i, s in enumerate(sources) if state["cells"][i]["code"] and draws(s)]
-    assert drawing, "every notebook of the series draws"
+    assert drawing or path.name.startswith("00_"), "every lesson draws (the start page need not)"
     state = _wait_images(lab_page, drawing)
     empty = [sources[i].splitlines()[0] for i in drawing if not state["cells"][i]["images"]]
     assert not empty, f"drawing cells without an image in the browser: {empty}"
