@@ -1,21 +1,59 @@
-"""The paper's and the official code's CIFAR-100-LT presets run end to end on a real-size CLIP.
+"""The paper's and the official code's CIFAR-100-LT presets run end to end; their model is CLIP ViT-B/16.
 
-A random-init ``ViT-B-16-quickgelu`` at 224 px (the presets' architecture, weights not needed) on a
-generated CIFAR-100-shaped dataset (1 training and 1 test image per class, written in the
-python-version archive format): the dataset is read through torchvision, features and the prompt
-learner's text tower run on the configured device, one round of stage 1 and stage 2 is trained and
-the result folder is complete. Only the federation is shrunk (4 clients) to fit the tiny data.
+Two checks per preset:
+
+* ``test_preset_names_the_clip_vit_b16_architecture`` -- config only, no weights, no forward: the
+  preset's model name is, in open_clip's registry, a ViT-B/16 at 224 px with QuickGELU (the
+  architecture of the paper's OpenAI CLIP), and its weights tag is one open_clip knows for that
+  name, trained with the same activation.
+* ``test_preset_runs_one_round_end_to_end`` -- the preset file itself goes through ``run`` (config
+  loading and checks, preflight, the world read through torchvision, feature and token caches, the
+  preset's PEFT, method, federation, projection and personalization, one round of stage 1 and
+  stage 2, the result folder). Only the FLOPs are cut: for this test the preset's model name builds
+  a narrow, 2-layer CLIP of the same family (patch 16, 224 px, QuickGELU, the 77-token
+  tokenizer), randomly initialised; the data is a generated CIFAR-100-shaped set (1 training and 1
+  test image per class, python-version archive format) and the federation is shrunk (4 clients) to
+  fit it. Every other setting of the run is the preset's (asserted).
 """
 
+import copy
 import json
 import math
 import pickle
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from fedpurel_lite.__main__ import main
+from fedpurel_lite.config import RunConfig
+from fedpurel_lite.results import RunResult
 from fedpurel_lite.worlds.cifar import CIFAR100_COARSE
+
+PRESETS = ["paper_cifar100_lt", "reference_cifar100_lt"]
+CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+#: Cuts that keep the architecture family (patch size, image size, activation, tokenizer, vocabulary).
+NARROW = {"embed_dim": 32, "vision_cfg": {"layers": 2, "width": 64, "head_width": 32},
+          "text_cfg": {"layers": 2, "width": 64, "heads": 2}}
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_preset_names_the_clip_vit_b16_architecture(preset):
+    import open_clip
+    from open_clip.pretrained import get_pretrained_cfg
+
+    from fedpurel_lite.backbone import check_backbone
+
+    world = RunConfig.load(CONFIGS / f"{preset}.toml").world
+    check_backbone(world.backbone, "random")  # a name open_clip builds (weights not needed)
+    cfg = open_clip.get_model_config(world.backbone)
+    vision, text = cfg["vision_cfg"], cfg["text_cfg"]
+    assert (vision["image_size"], vision["patch_size"], vision["width"], vision["layers"]) == (224, 16, 768, 12)
+    assert (text["context_length"], text["width"], text["heads"], text["layers"]) == (77, 512, 8, 12)
+    assert cfg["embed_dim"] == 512 and cfg.get("quick_gelu") is True
+    tag = get_pretrained_cfg(world.backbone, world.pretrained)
+    assert world.pretrained == "openai" and tag, "the paper's weights: OpenAI CLIP"
+    assert tag.get("quick_gelu") is True  # the tag's activation matches the model name's
 
 
 @pytest.fixture(scope="module")
@@ -37,24 +75,48 @@ def tiny_cifar100(tmp_path_factory):
     return root
 
 
-@pytest.mark.parametrize("preset", ["paper_cifar100_lt", "reference_cifar100_lt"])
-def test_preset_runs_one_round_on_a_random_vit_b16(preset, tiny_cifar100, tmp_path, monkeypatch, capsys):
+def narrow_model(name: str, monkeypatch: pytest.MonkeyPatch) -> dict:
+    """Make ``name`` build a narrow CLIP of its own family in open_clip's registry (undone after the test)."""
+    import open_clip.factory
+
+    from fedpurel_lite.backbone import register_embedded_config
+
+    register_embedded_config()  # its one-time rescan of the registry happens now, not during the run
+    cfg = open_clip.get_model_config(name)
+    for key, value in NARROW.items():
+        if isinstance(value, dict):
+            cfg[key].update(value)
+        else:
+            cfg[key] = value
+    monkeypatch.setitem(open_clip.factory._MODEL_CONFIGS, name, copy.deepcopy(cfg))
+    return cfg
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_preset_runs_one_round_end_to_end(preset, tiny_cifar100, tmp_path, monkeypatch, capsys):
     import torchvision.datasets.cifar as tv_cifar
 
     monkeypatch.setattr(tv_cifar, "check_integrity", lambda *args, **kwargs: True)
     monkeypatch.setattr(tv_cifar.CIFAR10, "_check_integrity", lambda self: True)
+    path = CONFIGS / f"{preset}.toml"
+    overrides = [f"world.root={tiny_cifar100}", "world.pretrained=random", "world.device=cpu",
+                 f"world.cache_dir={tmp_path / 'cache'}", "federation.rounds=1", "federation.num_clients=4"]
+    expected = RunConfig.load(path).with_overrides(overrides).to_dict()
+    narrow = narrow_model(expected["world"]["backbone"], monkeypatch)
     out = tmp_path / "run"
-    rc = main(["run", "--config", f"configs/{preset}.toml", "--quiet", "--set", f"world.root={tiny_cifar100}",
-               "world.pretrained=random", "world.device=cpu", f"world.cache_dir={tmp_path / 'cache'}",
-               "federation.rounds=1", "federation.num_clients=4", "--out", str(out)])
+    rc = main(["run", "--config", str(path), "--quiet", "--set", *overrides, "--out", str(out)])
     assert rc == 0, capsys.readouterr().err
     result = json.loads((out / "result.json").read_text())
-    config = result["config"]
-    assert config["world"]["backbone"] == "ViT-B-16-quickgelu" and config["method"]["peft"] == "prompt"
+    assert result["config"] == expected  # every setting but the overrides is the preset's
+    assert expected["world"]["backbone"] == "ViT-B-16-quickgelu" and expected["method"]["peft"] == "prompt"
     assert len(result["history"]) == 1
     gm = result["summary"]["last10"]["gm"]
     assert math.isfinite(float(gm["accuracy"])) and math.isfinite(float(gm["tail"]))
     assert gm["head"] is None  # no class has more than 100 training images here
-    manifests = list((tmp_path / "cache").glob("*.json"))
-    assert manifests and all("ViT-B-16-quickgelu" in m.name for m in manifests)
-    assert "224" in manifests[0].read_text()  # the backbone's own preprocessing, not the tiny world's 32 px
+    trained = {k: tuple(v.shape) for k, v in RunResult.load(out).final_state.items() if k.startswith("global/")}
+    assert trained == {"global/ctx": (expected["method"]["n_ctx"], narrow["text_cfg"]["width"])}  # the prompt learner
+    manifests = [json.loads(m.read_text()) for m in (tmp_path / "cache").glob("*.json")]
+    banks = [m for m in manifests if "train_features" in m.get("shapes", {})]
+    assert manifests and all(m["inputs"]["model"] == "ViT-B-16-quickgelu" for m in manifests)
+    assert len(banks) == 1 and banks[0]["shapes"]["train_features"] == [100, narrow["embed_dim"]]
+    assert "224" in banks[0]["inputs"]["transform"]  # the backbone's own preprocessing, not the world's 32 px
