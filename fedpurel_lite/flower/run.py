@@ -131,8 +131,15 @@ def main(argv: list[str] | None = None) -> int:
                         help="write one client_<k>.safetensors per client (for deployed nodes) and exit")
     args = parser.parse_args(argv)
     config = load_config(args)
-    from ..preflight import preflight
+    from contextlib import nullcontext
 
+    from ..outlock import check_unlocked, output_lock
+    from ..preflight import check_folder_destination, preflight
+    from ..results import ANALYSIS, FINAL_STATE, RESULT_JSON
+
+    if args.out:
+        check_folder_destination(args.out, "--out", files=(RESULT_JSON, FINAL_STATE, ANALYSIS))
+        check_unlocked(args.out)
     outputs = [("--export-clients", args.export_clients)] if args.export_clients else []
     preflight(config, outputs=outputs + ([("--out", args.out)] if args.out else []))
     from .server_app import check_servable
@@ -144,12 +151,13 @@ def main(argv: list[str] | None = None) -> int:
         paths = export_client_data(config, args.export_clients)
         print(f"wrote {len(paths)} client files to {args.export_clients}")
         return 0
-    out = run_flower(config, args.min_replies, verbose=args.verbose)
-    from ..cli import print_results
+    with output_lock(args.out, "--out", f"flower run {config.method.name}") if args.out else nullcontext():
+        out = run_flower(config, args.min_replies, verbose=args.verbose)
+        from ..cli import print_results
 
-    print_results({out.result.method: out.result})
-    for f in out.failures:
-        print(f"failure: round {f['round']} {f['stage']} client {f['partition']}: {f['reason']}")
-    if args.out:
-        print(f"wrote {out.result.save(args.out)}")
+        print_results({out.result.method: out.result})
+        for f in out.failures:
+            print(f"failure: round {f['round']} {f['stage']} client {f['partition']}: {f['reason']}")
+        if args.out:
+            print(f"wrote {out.result.save(args.out)}")
     return 0
