@@ -5,7 +5,7 @@ checks, in order of the training loop:
 
 - every local step (stage 1 and stage 2): the loss, a float the telemetry computes anyway, so the
   check costs nothing;
-- every client-round: the state the client hands back (one ``isfinite`` reduction per tensor). A
+- every client-round: the state the client hands back (one sum per tensor, :func:`all_finite`). A
   non-finite gradient makes the parameters it updates non-finite, so it is caught by the next
   step's loss or, at the last step, by this check -- without a reduction over every gradient at
   every step, which costs ~10 % of a step of the small heads;
@@ -39,10 +39,22 @@ def check_loss(value: float, step: int) -> None:
         raise NonFiniteError(f"at step {step} the loss is {value}")
 
 
+def all_finite(t: Tensor) -> bool:
+    """No NaN or infinity in ``t`` (exact; one sum in the usual case).
+
+    A NaN or an infinity anywhere makes the sum non-finite, so a finite sum proves every value
+    finite; only a non-finite sum (which finite values can also give, by overflow) is confirmed
+    element by element. The sum is ~20x cheaper than ``torch.isfinite(t).all()`` on the test logits.
+    """
+    if not t.is_floating_point() or math.isfinite(float(t.sum())):
+        return True
+    return bool(torch.isfinite(t).all())
+
+
 def first_nonfinite(tensors: Iterable[tuple[str, Tensor]]) -> str | None:
     """The name of the first tensor holding a NaN or an infinity, or ``None`` when all are finite."""
     for name, t in tensors:
-        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+        if not all_finite(t):
             return name
     return None
 
@@ -140,5 +152,5 @@ def located(exc: NonFiniteError, round_idx: int, client: int | str | None, stage
                           f"most likely at fault: {knob}", round_idx)
 
 
-__all__ = ["STAGES", "NonFiniteError", "check_loss", "check_tensors", "first_nonfinite",
+__all__ = ["STAGES", "NonFiniteError", "all_finite", "check_loss", "check_tensors", "first_nonfinite",
            "likely_knob", "located", "suspects"]

@@ -30,6 +30,19 @@ def _strip(history):
 
 
 # ----------------------------------------------------------------------------- the checks
+def test_all_finite_is_exact_even_when_the_sum_overflows():
+    from fedpurel_lite.finite import all_finite
+
+    big = torch.full((10,), 3e38)
+    assert not torch.isfinite(big.sum()) and all_finite(big)  # finite values whose fp32 sum overflows
+    for bad in (float("nan"), float("inf"), float("-inf")):
+        t = big.clone()
+        t[3] = bad
+        assert not all_finite(t)
+    both = torch.tensor([float("inf"), float("-inf"), 1.0])
+    assert not all_finite(both) and all_finite(torch.tensor([1, 2])) and all_finite(torch.zeros(0))
+
+
 def test_checks_pass_finite_values_and_name_the_first_bad_one():
     check_loss(1.5, 1)
     check_tensors({"a": torch.ones(2), "steps": torch.tensor([3])}, "state")
