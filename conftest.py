@@ -67,13 +67,44 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.slow)
 
 
+WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
+# evaluated in the notebook's kernel: does a widget with one of these ids (or a child of it) show an image?
+_WIDGET_IMAGE = ("(lambda W, ids: (lambda f: any(f(f, W.widgets.get(i)) for i in ids))(lambda f, w: w is not None and ("
+                 "any(any(t in (o.get('data') or {{}}) for t in {types!r}) for o in (getattr(w, 'outputs', ()) or ())) "
+                 "or any(f(f, c) for c in (getattr(w, 'children', ()) or ())))))"
+                 "(__import__('ipywidgets').Widget, {ids!r})")
+
+
+def _widget_shows_image(item, outputs) -> bool:
+    """Ask the cell's kernel whether a widget the cell displayed holds an image.
+
+    An explorer sets its ``Output`` widget's contents directly (so that a background thread can
+    redraw it), which sends no image with the cell; its figure lives in the widget's state.
+    """
+    from notebook_checks import IMAGE_TYPES
+
+    ids = [o["data"][WIDGET_VIEW]["model_id"] for o in outputs if WIDGET_VIEW in (o.get("data") or {})]
+    kernel = getattr(getattr(item, "parent", None), "kernel", None)
+    if not ids or kernel is None:
+        return False
+    expression = _WIDGET_IMAGE.format(types=IMAGE_TYPES, ids=ids)
+    msg_id = kernel.kc.execute("", silent=True, store_history=False, user_expressions={"shown": expression})
+    while True:
+        reply = kernel.kc.get_shell_msg(timeout=60)
+        if reply["parent_header"].get("msg_id") == msg_id:
+            break
+    shown = reply["content"].get("user_expressions", {}).get("shown", {})
+    return shown.get("status") == "ok" and shown["data"]["text/plain"] == "True"
+
+
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_call(item):
     """Run the item; for a notebook cell (nbval), then require an image from every drawing cell."""
     result = yield
     cell = getattr(item, "cell", None)
     outputs = getattr(item, "test_outputs", None)
-    if cell is not None and outputs is not None and draws(cell.source) and not has_image(outputs):
+    if (cell is not None and outputs is not None and draws(cell.source) and not has_image(outputs)
+            and not _widget_shows_image(item, outputs)):
         first = cell.source.strip().splitlines()[0] if cell.source.strip() else ""
         pytest.fail(f"this cell draws a figure but produced no image output: {first!r}", pytrace=False)
     return result
