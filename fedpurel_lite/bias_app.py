@@ -212,8 +212,8 @@ def lean_note(lean: dict[str, np.ndarray], zero_shot_lean: np.ndarray | None) ->
         return ""
     zs = "" if zero_shot_lean is None else f"; zero-shot CLIP's mean lean here is {np.nanmean(zero_shot_lean):+.1f}"
     return (f"Negative head lean ({', '.join(negative)}): these personal models predict a client's own head "
-            "classes less often than those classes occur in its test split, so their errors go to classes the "
-            f"client saw little of, not to its own head{zs}.")
+            "classes less often than those classes occur in its test split: they shift predictions away from what "
+            f"the client saw most, toward the other classes{zs}.")
 
 
 class BiasTransferApp(_Explorer):
@@ -309,9 +309,9 @@ class BiasTransferApp(_Explorer):
         self.caption.value = f"<small>shown: IF = {ratio}, α = {alpha}, {len(methods)} method(s)</small>"
 
     def draw(self) -> Figure:
-        fig = Figure(figsize=(13, 8.4))
+        fig = Figure(figsize=(13, 8.8))
         grid = fig.add_gridspec(2, 6, height_ratios=[1.1, 1], hspace=0.5, wspace=1.3, left=0.06, right=0.86,
-                                top=0.96, bottom=0.24)
+                                top=0.96, bottom=0.27)
         shift_ax, groups_ax = fig.add_subplot(grid[0, :3]), fig.add_subplot(grid[0, 3:])
         lean_ax, grid_ax, ece_ax = (fig.add_subplot(grid[1, :2]), fig.add_subplot(grid[1, 2:4]),
                                     fig.add_subplot(grid[1, 4:]))
@@ -347,7 +347,7 @@ class BiasTransferApp(_Explorer):
         ece_ax.set_ylabel("ECE (points)")
         plots.figure_legend(fig)
         notes = figure_notes(ratio, d)
-        fig.text(0.06, 0.13, "\n".join(_wrap(n) for n in notes), va="top", ha="left", fontsize=9, color="0.2")
+        fig.text(0.06, 0.165, "\n".join(_wrap(n) for n in notes), va="top", ha="left", fontsize=9, color="0.2")
         return fig
 
 
@@ -365,7 +365,7 @@ def figure_notes(ratio: float, data: dict[str, Any]) -> list[str]:
     return notes
 
 
-def _wrap(text: str, width: int = 150) -> str:
+def _wrap(text: str, width: int = 140) -> str:
     import textwrap
 
     return "\n".join(textwrap.wrap(text, width))
