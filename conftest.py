@@ -53,9 +53,9 @@ pytest_plugins = ["servers"]  # the browser tests' fixtures: chromium_browser, w
 
 # The complete suite is `make test`; `make check` runs the fast tier (`-m "not slow"`) for the inner loop.
 # Slow: every notebook under nbval, the browser tests, and the files below (whole runs, subprocess pipelines,
-# real Flower deployments, a ViT-B/16).
+# real Flower deployments).
 SLOW_FILES = {"test_claims.py", "test_flower_deploy.py", "test_flower_engine.py", "test_kernels.py",
-              "test_lifetimes.py", "test_real_clip_presets.py", "test_site.py", "test_lora.py",
+              "test_lifetimes.py", "test_site.py", "test_lora.py",
               "test_reference_options.py", "test_explore_grid.py"}
 
 
