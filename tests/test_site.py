@@ -1,6 +1,6 @@
 """The course site's assembly: table of contents from what exists, static copies, links, safe folders.
 
-The build itself (Sphinx) runs in tests/browser/test_site.py, which opens every built page.
+The build itself (Sphinx) runs in tests/browser/test_site_in_browser.py, which opens every built page.
 """
 
 from __future__ import annotations
