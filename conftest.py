@@ -55,7 +55,7 @@ pytest_plugins = ["servers"]  # the browser tests' fixtures: chromium_browser, w
 # Slow: every notebook under nbval, the browser tests, and the files below (whole runs, subprocess pipelines,
 # real Flower deployments).
 SLOW_FILES = {"test_claims.py", "test_flower_deploy.py", "test_flower_engine.py", "test_kernels.py",
-              "test_lifetimes.py", "test_site.py", "test_lora.py",
+              "test_lifetimes.py", "test_lora.py",
               "test_reference_options.py", "test_explore_grid.py"}
 
 
