@@ -185,6 +185,18 @@ def start_voila(notebook: Path, work: Path, home: Path) -> Server:
 
 # ----------------------------------------------------------------------------- fixtures (imported by the test modules)
 LATENCY_FILE = ROOT / "build" / "browser" / "latency.json"
+# JupyterLab: find the open notebook panel at `path` once its kernel is idle, keep it as window.__panel
+FIND_PANEL = """(path) => {
+  const app = window.jupyterapp;
+  if (!app || !app.shell) return false;
+  for (const w of app.shell.widgets('main')) {
+    if (w.context && w.context.path === path && w.context.isReady && w.sessionContext.session
+        && w.sessionContext.session.kernel && w.sessionContext.session.kernel.status === 'idle') {
+      window.__panel = w; app.shell.activateById(w.id); return true;
+    }
+  }
+  return false;
+}"""
 PAGE_TIMEOUT_MS = 60_000
 
 

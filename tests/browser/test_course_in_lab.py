@@ -20,7 +20,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
-from servers import ROOT, start_lab
+from servers import FIND_PANEL, ROOT, start_lab
 
 from fedpurel_lite.course import RESULT_TITLE, SOLUTION_FIRST_LINE
 from fedpurel_lite.student import write_student_edition
@@ -28,18 +28,6 @@ from fedpurel_lite.student import write_student_edition
 NOTEBOOK = "01_zero_shot_balance.ipynb"
 RUN_ALL_TIMEOUT_S = 480
 OPTION = re.compile(r'\(\s*"([^"]+)",\s*(True|False),')
-
-FIND_PANEL = """(path) => {
-  const app = window.jupyterapp;
-  if (!app || !app.shell) return false;
-  for (const w of app.shell.widgets('main')) {
-    if (w.context && w.context.path === path && w.context.isReady && w.sessionContext.session
-        && w.sessionContext.session.kernel && w.sessionContext.session.kernel.status === 'idle') {
-      window.__panel = w; app.shell.activateById(w.id); return true;
-    }
-  }
-  return false;
-}"""
 
 DONE = """() => {
   const panel = window.__panel, kernel = panel.sessionContext.session.kernel;

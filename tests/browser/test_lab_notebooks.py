@@ -15,25 +15,13 @@ from pathlib import Path
 import nbformat
 import pytest
 from notebook_checks import draws
-from servers import PAGE_TIMEOUT_MS, ROOT, record_latency, start_lab
+from servers import FIND_PANEL, PAGE_TIMEOUT_MS, ROOT, record_latency, start_lab
 
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 RUN_ALL_TIMEOUT_S = 480
 IMAGE_TIMEOUT_S = 60
 WIDGET_TIMEOUT_S = 120
 SHOTS = ROOT / "build" / "browser"
-
-FIND_PANEL = """(path) => {
-  const app = window.jupyterapp;
-  if (!app || !app.shell) return false;
-  for (const w of app.shell.widgets('main')) {
-    if (w.context && w.context.path === path && w.context.isReady && w.sessionContext.session
-        && w.sessionContext.session.kernel && w.sessionContext.session.kernel.status === 'idle') {
-      window.__panel = w; app.shell.activateById(w.id); return true;
-    }
-  }
-  return false;
-}"""
 
 STATE = """() => {
   const panel = window.__panel, kernel = panel.sessionContext.session.kernel;
