@@ -30,6 +30,8 @@ WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
 KERNELSPEC = {"display_name": "Python 3", "language": "python", "name": "python3"}
 LANGUAGE_INFO_KEYS = ("codemirror_mode", "file_extension", "mimetype", "name", "nbconvert_exporter", "pygments_lexer")
 _REF = re.compile(r"IPY_MODEL_([0-9A-Za-z_-]+)")
+MACHINE_SPECIFIC = "machine-specific"
+"""Cell tag: the cell shows this machine (cores, paths, cache state); its outputs are not stored."""
 
 
 def notebooks(folder: Path = ROOT / "notebooks") -> list[Path]:
@@ -86,6 +88,8 @@ def normalise(nb: Any, name: str = "") -> Any:
 
     - cell metadata ``execution`` (timestamps) is removed, and consecutive prints to one stream are
       merged (the kernel's chunking depends on timing);
+    - cells tagged :data:`MACHINE_SPECIFIC` (the start page's setup check: cores, paths, the
+      cache's state) keep no outputs, so the stored notebook is the same on every machine;
     - the kernelspec is fixed and ``language_info`` loses its Python patch version;
     - outputs that display a widget no longer stored (closed: a finished progress bar) are removed,
       and so are stored widget models no displayed widget reaches;
@@ -106,7 +110,8 @@ def normalise(nb: Any, name: str = "") -> Any:
     for cell in nb["cells"]:
         cell.get("metadata", {}).pop("execution", None)
         if cell["cell_type"] == "code":
-            cell["outputs"] = _coalesce(cell.get("outputs", []))
+            machine = MACHINE_SPECIFIC in cell.get("metadata", {}).get("tags", [])
+            cell["outputs"] = [] if machine else _coalesce(cell.get("outputs", []))
     widgets = meta.get("widgets", {}).get(WIDGET_STATE, {})
     state = widgets.get("state", {})
     for cell in nb["cells"]:

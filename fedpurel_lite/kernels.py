@@ -27,6 +27,8 @@ illegal instruction), so there :func:`pin` leaves the environment alone and says
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import sys
 import warnings
@@ -98,5 +100,10 @@ def pin() -> bool:
 
 
 def tag(env: Mapping[str, str] | None = None) -> str:
-    """``"pinned-avx2"`` for a pinned environment, ``"native"`` otherwise: part of a feature cache's key."""
-    return "pinned-avx2" if is_pinned(env) else "native"
+    """``"pinned-<hash of PINNED>"`` for a pinned environment, ``"native"`` otherwise: part of a feature cache's key.
+
+    The hash changes with :data:`PINNED`, so a cache encoded under other pinned settings is never reused.
+    """
+    if not is_pinned(env):
+        return "native"
+    return "pinned-" + hashlib.sha256(json.dumps(PINNED, sort_keys=True).encode()).hexdigest()[:12]

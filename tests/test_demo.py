@@ -76,3 +76,16 @@ def test_static_copy_of_a_widget_without_controls_adds_no_note():
         if model["model_name"] == "IntSliderModel":
             model["model_name"] = "HTMLModel"
     assert [o["data"] for o in demo.static_copy(nb).cells[1].outputs] == [{"image/png": "iVBOR"}]
+
+
+def test_machine_specific_cells_keep_no_outputs():
+    import nbformat
+
+    from fedpurel_lite.demo import MACHINE_SPECIFIC, normalise
+
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell("print(1)", outputs=[nbformat.v4.new_output("stream", text="1\n")])
+                for _ in range(2)]
+    nb.cells[0].metadata["tags"] = [MACHINE_SPECIFIC]
+    normalise(nb, "x.ipynb")
+    assert nb.cells[0].outputs == [] and nb.cells[1].outputs[0]["text"] == "1\n"
