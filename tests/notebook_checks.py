@@ -79,3 +79,16 @@ def missing_images(nb: Mapping[str, Any]) -> list[str]:
     state = widget_state(nb)
     return [c["source"].splitlines()[0] if c["source"] else "" for c in nb["cells"]
             if c["cell_type"] == "code" and draws(c["source"]) and not has_image(c.get("outputs", []), state)]
+
+
+def output_text(cell: Mapping[str, Any]) -> str:
+    """What a stored code cell printed or displayed as text (streams, plain text, Markdown, errors)."""
+    parts = []
+    for out in cell.get("outputs", []):
+        if out.get("output_type") == "stream":
+            parts.append("".join(out["text"]))
+        elif "data" in out:
+            parts.append(str(out["data"].get("text/plain", "")) + str(out["data"].get("text/markdown", "")))
+        elif out.get("output_type") == "error":
+            parts.append(f"{out['ename']}: {out['evalue']}")
+    return "".join(parts)

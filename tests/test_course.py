@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from notebook_checks import output_text
 
 from fedpurel_lite.course import ClaimFailed, frame, guess, quiz, says
 
@@ -180,16 +181,7 @@ def _tags(cell) -> list[str]:
     return list(cell.metadata.get("tags", []))
 
 
-def _out(cell) -> str:
-    parts = []
-    for out in cell.get("outputs", []):
-        if out.output_type == "stream":
-            parts.append(out.text)
-        elif "data" in out:
-            parts.append(str(out["data"].get("text/plain", "")) + str(out["data"].get("text/markdown", "")))
-        elif out.output_type == "error":
-            parts.append(f"{out.ename}: {out.evalue}")
-    return "".join(parts)
+_out = output_text
 
 
 def _printed(nb, cell) -> str:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
+from notebook_checks import output_text
 
 ROOT = Path(__file__).resolve().parents[1]
 NB = ROOT / "notebooks"
@@ -23,14 +24,7 @@ def _read(name: str):
     return nbformat.read(next(NB.glob(f"{name}_*.ipynb")), as_version=4)
 
 
-def _out(cell) -> str:
-    parts = []
-    for out in cell.get("outputs", []):
-        if out.output_type == "stream":
-            parts.append(out.text)
-        elif "data" in out:
-            parts.append(str(out["data"].get("text/plain", "")) + str(out["data"].get("text/markdown", "")))
-    return "".join(parts)
+_out = output_text
 
 
 def _markdown(nb) -> str:
