@@ -158,13 +158,27 @@ def _client(nb: Any, path: Path, timeout: int) -> Any:
     return Client(nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}})
 
 
-def execute(path: Path, timeout: int = 1800) -> float:
-    """Execute one notebook in place (working directory = its folder), normalised; returns seconds taken."""
-    import nbformat
+def execute(path: Path, timeout: int = 600, attempts: int = 2) -> float:
+    """Execute one notebook in place (working directory = its folder), normalised; returns seconds taken.
 
-    nb = nbformat.read(path, as_version=4)
+    A cell that gives no reply within ``timeout`` seconds (far longer than any cell of the series
+    takes; a reply lost between kernel and client would otherwise wait forever) stops the attempt,
+    and the notebook is executed again from a fresh kernel, up to ``attempts`` times.
+    Every run is seeded, so a repeated execution stores the same outputs.
+    """
+    import nbformat
+    from nbclient.exceptions import CellTimeoutError, DeadKernelError
+
     start = time.perf_counter()
-    _client(nb, path, timeout).execute()
+    for attempt in range(1, attempts + 1):
+        nb = nbformat.read(path, as_version=4)
+        try:
+            _client(nb, path, timeout).execute()
+            break
+        except (CellTimeoutError, DeadKernelError) as exc:
+            if attempt == attempts:
+                raise
+            print(f"{path.name}: {type(exc).__name__} on attempt {attempt}; executing it again from a fresh kernel")
     normalise(nb, path.name)
     text = nbformat.writes(nb) + "\n"
     if not path.exists() or path.read_text() != text:
