@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 
+from .core.residual import ResidualHead
 from .finite import check_loss
 from .local import batches, make_optimizer
 from .peft import PEFTModule, TextAnchoredHead
@@ -76,35 +77,6 @@ for _spec in (
 ):
     PERSONALIZATIONS.add(_spec.name, _spec)
 PERSONAL_KINDS: tuple[str, ...] = PERSONALIZATIONS.names()
-
-
-class ResidualHead(nn.Module):
-    """Personal branch: zero-initialised linear map image features -> logit residual ``l_L``.
-
-    ``l_L = scale * x @ W.T`` (``+ scale * b`` with ``bias=True``), zero at init, so
-    ``l_G + l_L = l_G`` and the personal model starts equal to the global one. No bias by default:
-    a bias learns the client's (long-tailed) label prior directly and pushes the tail down.
-
-    Parameters
-    ----------
-    dim, num_classes : int
-        Feature dimension ``D`` and number of classes ``C``.
-    scale : float
-        Fixed output scale (the backbone's logit scale keeps weights in cosine-classifier units).
-    bias : bool
-        Learn a per-class bias too.
-    """
-
-    def __init__(self, dim: int, num_classes: int, scale: float = 1.0, bias: bool = False) -> None:
-        super().__init__()
-        self.linear = nn.Linear(dim, num_classes, bias=bias)
-        nn.init.zeros_(self.linear.weight)
-        if bias:
-            nn.init.zeros_(self.linear.bias)
-        self.scale = float(scale)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.scale * self.linear(x)
 
 
 def new_personal_module(kind: str, global_peft: PEFTModule, config: Any) -> nn.Module:
