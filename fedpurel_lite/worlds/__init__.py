@@ -1,7 +1,7 @@
 """Worlds (FLamby-style, one shape for all): ``load_world("shapes" | "cifar10" | "cifar100" | "folder")``.
 
-:func:`describe_world` is the cheap pre-flight: class count and per-class training-pool sizes from
-constants, file listings or a split file, without rendering or reading any image.
+:func:`describe_world` is the cheap pre-flight: class count, per-class training-pool sizes and the
+head-to-tail class order from constants, file listings or a split file, without rendering or reading any image.
 """
 
 from __future__ import annotations
@@ -36,11 +36,15 @@ class WorldInfo:
         Number of classes.
     train_counts_per_class : numpy.ndarray
         ``int64 [num_classes]`` training-pool images per class id (read-only).
+    class_order : numpy.ndarray
+        ``int64 [num_classes]`` class ids from head to tail, the loaded world's ``class_order``
+        (read-only; label order when not given).
     """
 
     name: str
     num_classes: int
     train_counts_per_class: np.ndarray
+    class_order: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         counts = np.array(self.train_counts_per_class, dtype=np.int64)
@@ -48,10 +52,21 @@ class WorldInfo:
         object.__setattr__(self, "train_counts_per_class", counts)
         if counts.shape != (self.num_classes,):
             raise ValueError(f"world {self.name!r}: {counts.shape[0]} counts for {self.num_classes} classes")
+        order = np.arange(self.num_classes) if self.class_order is None else self.class_order
+        order = np.array(order, dtype=np.int64)
+        if sorted(order.tolist()) != list(range(self.num_classes)):
+            raise ValueError(f"class_order of world {self.name!r} is not a permutation of 0..{self.num_classes - 1}")
+        order.setflags(write=False)
+        object.__setattr__(self, "class_order", order)
+
+
+def _by_count(counts: np.ndarray) -> np.ndarray:
+    """Class ids by decreasing training count, ties in label order (the folder world's class order)."""
+    return np.lexsort((np.arange(len(counts)), -np.asarray(counts)))
 
 
 def describe_world(name: str, root: str | None = None, split_file: str | None = None,
-                   test_split_file: str | None = None) -> WorldInfo:
+                   test_split_file: str | None = None, variant: str | None = None) -> WorldInfo:
     """Describe a world cheaply (no image is rendered or read), for config validation.
 
     Parameters
@@ -65,6 +80,8 @@ def describe_world(name: str, root: str | None = None, split_file: str | None = 
         ``.txt`` file is an OLTR-style training list.
     test_split_file : str, optional
         Folder world, OLTR lists: the test list (default: the training list's name with ``train`` -> ``test``).
+    variant : str, optional
+        Shapes world: the target variant (``world.variant``; default the loader's), which sets the class order.
 
     Returns
     -------
@@ -83,19 +100,24 @@ def describe_world(name: str, root: str | None = None, split_file: str | None = 
         from fedpurel_lite.worlds import shapes
 
         n = len(shapes.CLASS_NAMES)
-        return WorldInfo(name, n, np.full(n, shapes.N_TRAIN_PER_CLASS, dtype=np.int64))
+        v = shapes.VARIANTS.get(variant or shapes.DEFAULT_VARIANT)
+        if v is None:
+            raise ConfigError(f"world.variant={variant!r}: choose from {', '.join(shapes.VARIANTS)}")
+        order = shapes.shapes_class_order(0) if v.shape_rank is None else shapes.shape_grouped_order(v.shape_rank, 0)
+        return WorldInfo(name, n, np.full(n, shapes.N_TRAIN_PER_CLASS, dtype=np.int64), order)
     if name in ("cifar10", "cifar100"):
         from fedpurel_lite.worlds.cifar import SIZES, check_cifar_files
 
         check_cifar_files(name, root)
         n, per_class = SIZES[name]
-        return WorldInfo(name, n, np.full(n, per_class, dtype=np.int64))
+        return WorldInfo(name, n, np.full(n, per_class, dtype=np.int64), np.arange(n))
     if name == "folder" and str(split_file or "").endswith(".txt"):
         from fedpurel_lite.worlds.folder import resolve_oltr
 
         _, labels, _ = resolve_oltr(root, str(split_file), test_split_file)
         n = int(max(labels["train"].max(), labels["test"].max(initial=0))) + 1
-        return WorldInfo(name, n, np.bincount(labels["train"], minlength=n))
+        counts = np.bincount(labels["train"], minlength=n)
+        return WorldInfo(name, n, counts, _by_count(counts))
     if name == "folder":
         from fedpurel_lite.worlds.folder import resolve_split, split_classes
 
@@ -103,7 +125,8 @@ def describe_world(name: str, root: str | None = None, split_file: str | None = 
         classes = split_classes(split)
         index = {c: i for i, c in enumerate(classes)}
         labels = [index[PurePosixPath(p).parts[0]] for p in split["train"]]
-        return WorldInfo(name, len(classes), np.bincount(np.asarray(labels, dtype=np.int64), minlength=len(classes)))
+        counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=len(classes))
+        return WorldInfo(name, len(classes), counts, _by_count(counts))
     raise _unknown(name)
 
 
