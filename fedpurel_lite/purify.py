@@ -1,4 +1,15 @@
-"""Gradient purification (FedPuReL stage 1): temperature-aligned KL, projection, local epochs.
+"""Stage-1 objectives: the registered losses a client trains the shared PEFT with (FedPuReL's purification).
+
+The math lives in the small core (:mod:`fedpurel_lite.core`: the temperature-aligned KL, the
+ProGrad projection) and is re-exported here. This module adds what the engine needs on top: every
+stage-1 objective is a plugin -- a subclass of :class:`Objective` registered in
+:data:`OBJECTIVES` with :func:`register_objective` -- that says what it needs (the zero-shot
+teacher), which config keys are its knobs, and overrides a few hooks of one local step, as
+Flower's strategies override a few hooks of one round loop:
+
+- :meth:`Objective.begin` -- per client-round state (a logit bias, the anchor of a proximal term);
+- :meth:`Objective.regularize` -- add a term to the task loss and its gradients;
+- :meth:`Objective.combine` -- turn the task and alignment gradients into the update direction.
 
 Per batch the student logits ``f`` (trainable PEFT) and the teacher logits ``z`` (frozen
 zero-shot CLIP) give
@@ -10,241 +21,257 @@ zero-shot CLIP) give
   gradient). The temperatures are found per sample, without gradient, by
   vectorised bisection on ``[0.05, 20]`` so that both distributions reach the per-sample target
   entropy ``H* = (H(softmax z) + H(softmax f)) / 2`` (the "temperature-aligned KL", TKL). The
-  ablation ``aligned=False`` is the plain KL at ``T = 1``;
+  ablation ``purify-kl`` uses the plain KL at ``T = 1``;
 - the update direction: ``g = grad L_task``; if ``cos(g, g_a) < 0`` with ``g_a = grad L_align``,
   ``g <- g - lambda <g, g_a_hat> g_a_hat`` (ProGrad rule). ``g_a`` itself is never added. The
   projection acts on the whole flattened trainable gradient (default, the paper's formula) or
   per tensor (the reference code).
 
-The local epochs that use these pieces, and the other stage-1 objectives, are in
-:mod:`fedpurel_lite.local`.
+The local epochs that call these hooks are in :mod:`fedpurel_lite.local`.
 """
 
 from __future__ import annotations
 
-import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import ClassVar, Protocol, TypeVar
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-TAU_LO, TAU_HI = 0.05, 20.0
-#: the probability floor of the clamped KL log (the reference code's)
-P_FLOOR = 1e-12
+from .core import (
+    P_FLOOR,
+    TAU_HI,
+    TAU_LO,
+    aligned_kl,
+    aligned_temperatures,
+    entropy,
+    find_temperature,
+    logit_gradients,
+    project,
+    project_gradients,
+)
+from .registry import Registry
+
+__all__ = [
+    "OBJECTIVES", "P_FLOOR", "TAU_HI", "TAU_LO", "Objective", "ObjectiveConfig", "ObjectiveRound",
+    "aligned_kl", "aligned_temperatures", "entropy", "find_temperature", "logit_gradients", "project",
+    "project_gradients", "register_objective",
+]
 
 
-def entropy(logits: Tensor) -> Tensor:
-    """Per-sample Shannon entropy (nats) of ``softmax(logits)`` over the last dimension."""
-    logp = F.log_softmax(logits, dim=-1)
-    return -(logp.exp() * logp).sum(dim=-1)
+class _PurificationKnobs(Protocol):
+    @property
+    def projection(self) -> str: ...
+
+    @property
+    def lambda_proj(self) -> float: ...
+
+    @property
+    def track_cos(self) -> bool: ...
 
 
-@torch.no_grad()
-def find_temperature(
-    logits: Tensor, target: Tensor, lo: float = TAU_LO, hi: float = TAU_HI, iters: int = 16
-) -> Tensor:
-    """Per-row temperature ``tau`` with ``H(softmax(logits / tau)) = target``, by vectorised bisection.
+class _BaselineKnobs(Protocol):
+    @property
+    def prox_mu(self) -> float: ...
 
-    The entropy increases monotonically with ``tau``. The bisection halves the bracket in
-    ``log tau`` (geometric midpoint), which spreads the precision evenly over ``[lo, hi]``: 16
-    steps narrow ``[0.05, 20]`` to a factor ``400 ** (1 / 2**16) = 1.0001``, i.e. the entropy is
-    matched to about 1e-4 nats. A target outside the reachable range clamps ``tau`` to the nearest
-    bound. On the CPU the loop runs in NumPy (about 2x faster than torch for these small rows).
+    @property
+    def la_tau(self) -> float: ...
 
-    Parameters
+
+class ObjectiveConfig(Protocol):
+    """The parts of a run config the objectives read (a :class:`~fedpurel_lite.config.RunConfig` has them)."""
+
+    @property
+    def purification(self) -> _PurificationKnobs: ...
+
+    @property
+    def baselines(self) -> _BaselineKnobs: ...
+
+
+@dataclass
+class ObjectiveRound:
+    """What an objective keeps for one client-round (made by :meth:`Objective.begin`).
+
+    Attributes
     ----------
-    logits : Tensor
-        ``[B, C]``.
-    target : Tensor
-        ``[B]`` target entropies (nats).
-    lo, hi : float
-        Search interval.
-    iters : int
-        Bisection steps.
-
-    Returns
-    -------
-    Tensor
-        ``[B]`` temperatures (dtype and device of ``logits``).
+    logit_bias : Tensor or None
+        ``[C]`` added to the student logits inside the task loss (logit adjustment).
+    anchor : list of Tensor or None
+        The trainable tensors at the start of the round (a proximal term's centre).
     """
-    if logits.device.type == "cpu":
-        shifted = (logits - logits.max(dim=-1, keepdim=True).values).float().numpy()
-        tgt = target.float().numpy()
-        llo = np.full(tgt.shape, math.log(lo), dtype=np.float32)
-        lhi = np.full(tgt.shape, math.log(hi), dtype=np.float32)
-        for _ in range(iters):
-            mid = 0.5 * (llo + lhi)
-            a = shifted * np.exp(-mid)[:, None]
-            e = np.exp(a)
-            z = e.sum(axis=1)
-            above = np.log(z) - np.einsum("ij,ij->i", e, a) / z > tgt
-            lhi = np.where(above, mid, lhi)
-            llo = np.where(above, llo, mid)
-        return torch.from_numpy(np.exp(0.5 * (llo + lhi))).to(logits.dtype)
-    llo_t = torch.full_like(target, math.log(lo))
-    lhi_t = torch.full_like(target, math.log(hi))
-    for _ in range(iters):
-        mid_t = 0.5 * (llo_t + lhi_t)
-        above_t = entropy(logits * torch.exp(-mid_t).unsqueeze(-1)) > target
-        lhi_t = torch.where(above_t, mid_t, lhi_t)
-        llo_t = torch.where(above_t, llo_t, mid_t)
-    return torch.exp(0.5 * (llo_t + lhi_t))
+
+    logit_bias: Tensor | None = None
+    anchor: list[Tensor] | None = None
 
 
-def aligned_temperatures(student: Tensor, teacher: Tensor, iters: int = 16) -> tuple[Tensor, Tensor]:
-    """Per-sample ``(tau_teacher, tau_student)`` bringing both entropies to the mean of their T=1 values."""
-    with torch.no_grad():
-        stacked = torch.cat([teacher.detach(), student.detach()])
-        h = entropy(stacked)
-        half = teacher.shape[0]
-        target = 0.5 * (h[:half] + h[half:])
-        taus = find_temperature(stacked, torch.cat([target, target]), iters=iters)
-    return taus[:half], taus[half:]
+class Objective:
+    """A stage-1 objective; this base class is plain cross-entropy. Subclasses override hooks.
 
-
-def aligned_kl(
-    student: Tensor, teacher: Tensor, aligned: bool = True, iters: int = 16, clamped: bool = False
-) -> tuple[Tensor, Tensor, Tensor]:
-    """Temperature-aligned KL(teacher || student), mean over the batch.
-
-    Parameters
-    ----------
-    student, teacher : Tensor
-        ``[B, C]`` logits; the gradient flows through ``student`` only.
+    Class attributes
+    ----------------
+    name : str
+        Registry key (a method's ``stage1``).
+    description : str
+        One line.
+    needs_teacher : bool
+        Uses the zero-shot teacher's logits (and so the alignment gradient at every step).
+    purify : bool
+        Projects the task gradient against the alignment gradient (:meth:`combine`).
     aligned : bool
-        ``True``: per-sample temperatures matching both entropies to their T=1 mean (TKL);
-        ``False``: plain KL at ``T = 1`` (ablation).
-    iters : int
-        Bisection steps.
-    clamped : bool
-        ``log(p.clamp_min(1e-12))`` of softmax probabilities instead of ``log_softmax``.
-
-    Returns
-    -------
-    (loss, tau_teacher, tau_student)
-        Scalar loss and the ``[B]`` temperatures (ones when ``aligned=False``).
+        The alignment loss is the temperature-aligned KL (else the plain KL at ``T = 1``).
+    proximal, logit_adjusted : bool
+        Capabilities, for the messages that name an objective's knobs (the hooks carry the behaviour).
+    knobs : tuple of str
+        Dotted config keys this objective reads (its step gain: a non-finite loss names them).
     """
-    teacher = teacher.detach()
-    if aligned:
-        tau_t, tau_s = aligned_temperatures(student, teacher, iters)
-    else:
-        tau_t = tau_s = torch.ones(teacher.shape[0], dtype=teacher.dtype)
-    if clamped:
-        p_t = F.softmax(teacher / tau_t.unsqueeze(-1), dim=-1)
-        p_s = F.softmax(student / tau_s.unsqueeze(-1), dim=-1)
-        loss = (p_t * (torch.log(p_t.clamp_min(P_FLOOR)) - torch.log(p_s.clamp_min(P_FLOOR)))).sum(dim=-1).mean()
-        return loss, tau_t, tau_s
-    logp_t = F.log_softmax(teacher / tau_t.unsqueeze(-1), dim=-1)
-    logp_s = F.log_softmax(student / tau_s.unsqueeze(-1), dim=-1)
-    loss = (logp_t.exp() * (logp_t - logp_s)).sum(dim=-1).mean()
-    return loss, tau_t, tau_s
+
+    name: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+    needs_teacher: ClassVar[bool] = False
+    purify: ClassVar[bool] = False
+    aligned: ClassVar[bool] = True
+    proximal: ClassVar[bool] = False
+    logit_adjusted: ClassVar[bool] = False
+    knobs: ClassVar[tuple[str, ...]] = ()
+
+    def tracks(self, config: ObjectiveConfig) -> bool:
+        """Whether a step forms the alignment gradient (always when purifying, else with ``track_cos``)."""
+        return self.needs_teacher or config.purification.track_cos
+
+    def begin(self, params: Sequence[Tensor], labels: Tensor, teacher_logits: Tensor | None,
+              class_prior: Tensor | None, config: ObjectiveConfig) -> ObjectiveRound:
+        """The state of one client-round, before its first step.
+
+        Parameters
+        ----------
+        params : sequence of Tensor
+            The trainable tensors, at the start of the round.
+        labels : Tensor
+            The client's labels ``[n]``.
+        teacher_logits : Tensor or None
+            The client's zero-shot logits ``[n, C]`` when available.
+        class_prior : Tensor or None
+            A class prior ``[C]`` (the global long-tailed prior in the simulator).
+        config : ObjectiveConfig
+            The run config.
+
+        Returns
+        -------
+        ObjectiveRound
+        """
+        return ObjectiveRound()
+
+    def regularize(self, grads: list[Tensor], task_loss: Tensor, params: Sequence[Tensor],
+                   state: ObjectiveRound, config: ObjectiveConfig) -> tuple[list[Tensor], Tensor]:
+        """Add a regulariser to the task gradients and loss (none here).
+
+        Returns
+        -------
+        (grads, task_loss)
+        """
+        return grads, task_loss
+
+    def combine(self, grads: list[Tensor], aligns: list[Tensor],
+                config: ObjectiveConfig) -> tuple[list[Tensor], list[float], list[bool]]:
+        """The update direction from the task and alignment gradients, with the cosines of each decision.
+
+        This base keeps the task gradients and only measures their cosine with the alignment
+        gradients (``track_cos``).
+
+        Returns
+        -------
+        (grads, cosines, fired)
+            ``fired`` says, per decision, whether a projection changed the gradients.
+        """
+        _, cosines, _ = project_gradients(grads, aligns, 0.0, config.purification.projection)
+        return grads, cosines, [False] * len(cosines)
 
 
-def project(g: Tensor, g_align: Tensor, lambda_proj: float = 1.0) -> tuple[Tensor, float, bool]:
-    """ProGrad rule on one (flattened) gradient.
+#: every registered stage-1 objective
+OBJECTIVES: Registry[Objective] = Registry("stage-1 objective", "stage1")
 
-    Returns ``g - lambda <g, g_hat_a> g_hat_a`` when ``cos(g, g_align) < 0``, else ``g`` unchanged.
-
-    Returns
-    -------
-    (g_new, cosine, fired)
-        ``cosine`` is NaN when either gradient is zero (then nothing fires).
-    """
-    na = torch.linalg.vector_norm(g_align)
-    ng = torch.linalg.vector_norm(g)
-    if na.item() == 0.0 or ng.item() == 0.0:
-        return g, float("nan"), False
-    dot = torch.dot(g.reshape(-1), g_align.reshape(-1))
-    cos = (dot / (na * ng)).item()
-    if cos < 0.0:
-        return g - (lambda_proj * dot / (na * na)) * g_align, cos, True
-    return g, cos, False
+O = TypeVar("O", bound=Objective)
 
 
-def project_gradients(
-    task: list[Tensor], align: list[Tensor], lambda_proj: float = 1.0, granularity: str = "global"
-) -> tuple[list[Tensor], list[float], list[bool]]:
-    """Project a list of per-tensor task gradients against the alignment gradients.
-
-    Parameters
-    ----------
-    task, align : list of Tensor
-        Gradients of ``L_task`` and ``L_align`` for the same parameters.
-    lambda_proj : float
-        Strength of the removal (1 = the paper's formula).
-    granularity : {"global", "tensor"}
-        One decision on the concatenated gradient, or one per tensor (reference code).
-
-    Returns
-    -------
-    (grads, cosines, fired)
-        New gradients, and one cosine / fired flag per decision.
-    """
-    if granularity == "global":
-        flat_g = torch.cat([t.reshape(-1) for t in task])
-        flat_a = torch.cat([a.reshape(-1) for a in align])
-        new, cos, fired = project(flat_g, flat_a, lambda_proj)
-        if fired:
-            out, start = [], 0
-            for t in task:
-                out.append(new[start:start + t.numel()].view_as(t))
-                start += t.numel()
-            return out, [cos], [True]
-        return list(task), [cos], [False]
-    if granularity == "tensor":
-        results = [project(t, a, lambda_proj) for t, a in zip(task, align, strict=True)]
-        return [r[0] for r in results], [r[1] for r in results], [r[2] for r in results]
-    raise ValueError(f"projection granularity must be 'global' or 'tensor', got {granularity!r}")
+def register_objective(cls: type[O]) -> type[O]:
+    """Class decorator: register one instance of an :class:`Objective` subclass under its ``name``."""
+    OBJECTIVES.add(cls.name, cls())
+    return cls
 
 
-def logit_gradients(
-    logits: Tensor, labels: Tensor, teacher: Tensor | None = None, aligned: bool = True,
-    la_bias: Tensor | None = None, iters: int = 16, clamped: bool = False,
-) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
-    """Losses and their gradients with respect to the student logits, in closed form (no autograd).
+@register_objective
+class CrossEntropy(Objective):
+    """Plain cross-entropy (FedAvg, and PromptFL with prompts)."""
 
-    ``L_task = CE(logits + la_bias, y)`` has gradient ``(softmax - onehot) / B``; the alignment
-    loss ``KL(p_t || softmax(logits / tau_s))`` has gradient ``(p_s - p_t) / (tau_s B)`` with the
-    temperatures held constant. With ``clamped`` (the reference code's ``log(p.clamp_min(1e-12))``)
-    the entries ``c`` with ``p_s,c < 1e-12`` pass no gradient: ``(m p_s - p_t [p_s >= 1e-12]) / (tau_s B)``
-    with ``m`` the teacher mass on the kept entries. Both agree with autograd on :func:`aligned_kl`
-    (tested).
+    name = "ce"
+    description = "cross-entropy"
 
-    Returns
-    -------
-    (task_loss, task_grad, align_loss, align_grad)
-        The alignment entries are ``None`` when ``teacher`` is ``None``.
-    """
-    with torch.no_grad():
-        f = logits.detach()
-        b = f.shape[0]
-        rows = torch.arange(b, device=f.device)
-        logp = F.log_softmax(f + la_bias if la_bias is not None else f, dim=-1)
-        task_loss = -logp[rows, labels].mean()
-        g_task = logp.exp()
-        g_task[rows, labels] -= 1.0
-        g_task /= b
-        if teacher is None:
-            return task_loss, g_task, None, None
-        if aligned:
-            tau_t, tau_s = aligned_temperatures(f, teacher, iters)
-            tau_t, tau_s = tau_t.unsqueeze(-1), tau_s.unsqueeze(-1)
-            logp_t = F.log_softmax(teacher / tau_t, dim=-1)
-            logp_s = F.log_softmax(f / tau_s, dim=-1)
-        else:
-            tau_s = torch.ones(b, 1, dtype=f.dtype, device=f.device)
-            logp_t = F.log_softmax(teacher, dim=-1)
-            logp_s = F.log_softmax(f, dim=-1)
-        if clamped:
-            p_t = F.softmax(teacher / tau_t, dim=-1) if aligned else F.softmax(teacher, dim=-1)
-            p_s = F.softmax(f / tau_s, dim=-1)
-            keep = (p_s >= P_FLOOR).to(f.dtype)
-            align_loss = (p_t * (torch.log(p_t.clamp_min(P_FLOOR)) - torch.log(p_s.clamp_min(P_FLOOR)))).sum(-1).mean()
-            kept = p_t * keep
-            g_align = (kept.sum(dim=-1, keepdim=True) * p_s - kept) / (tau_s * b)
-            return task_loss, g_task, align_loss, g_align
-        p_t = logp_t.exp()
-        align_loss = (p_t * (logp_t - logp_s)).sum(dim=-1).mean()
-        g_align = (logp_s.exp() - p_t) / (tau_s * b)
-    return task_loss, g_task, align_loss, g_align
+
+@register_objective
+class Proximal(Objective):
+    """FedProx: ``CE + prox_mu / 2 ||phi - phi_G||^2`` around the round's start state."""
+
+    name = "prox"
+    description = "cross-entropy + FedProx proximal term"
+    proximal = True
+    knobs = ("baselines.prox_mu",)
+
+    def begin(self, params: Sequence[Tensor], labels: Tensor, teacher_logits: Tensor | None,
+              class_prior: Tensor | None, config: ObjectiveConfig) -> ObjectiveRound:
+        return ObjectiveRound(anchor=[p.detach().clone() for p in params])
+
+    def regularize(self, grads: list[Tensor], task_loss: Tensor, params: Sequence[Tensor],
+                   state: ObjectiveRound, config: ObjectiveConfig) -> tuple[list[Tensor], Tensor]:
+        anchor = state.anchor
+        if anchor is None:
+            raise ValueError("the proximal term needs the anchor that begin() records")
+        mu = config.baselines.prox_mu
+        grads = [g + mu * (p.detach() - a) for g, p, a in zip(grads, params, anchor, strict=True)]
+        task_loss = task_loss + 0.5 * mu * sum(((p.detach() - a) ** 2).sum() for p, a in zip(params, anchor,
+                                                                                            strict=True))
+        return grads, task_loss
+
+
+@register_objective
+class LogitAdjusted(Objective):
+    """Logit-adjusted CE: ``CE(f + la_tau log prior, y)`` (the prior given, else the client's label frequencies)."""
+
+    name = "la"
+    description = "logit-adjusted cross-entropy"
+    logit_adjusted = True
+    knobs = ("baselines.la_tau",)
+
+    def begin(self, params: Sequence[Tensor], labels: Tensor, teacher_logits: Tensor | None,
+              class_prior: Tensor | None, config: ObjectiveConfig) -> ObjectiveRound:
+        num_classes = teacher_logits.shape[1] if teacher_logits is not None else int(labels.max()) + 1
+        prior = (class_prior if class_prior is not None
+                 else torch.bincount(labels, minlength=num_classes).float())
+        prior = prior.float() / prior.sum()
+        return ObjectiveRound(logit_bias=config.baselines.la_tau * torch.log(prior.clamp_min(1e-12)))
+
+
+@register_objective
+class Purified(Objective):
+    """FedPuReL: CE purified against the temperature-aligned KL to the zero-shot teacher."""
+
+    name = "purify"
+    description = "CE purified against the TKL gradient"
+    needs_teacher = True
+    purify = True
+    knobs = ("purification.lambda_proj",)
+
+    def combine(self, grads: list[Tensor], aligns: list[Tensor],
+                config: ObjectiveConfig) -> tuple[list[Tensor], list[float], list[bool]]:
+        pc = config.purification
+        return project_gradients(grads, aligns, pc.lambda_proj, pc.projection)
+
+
+@register_objective
+class PurifiedPlainKL(Purified):
+    """Ablation: CE purified against the plain KL at ``T = 1``."""
+
+    name = "purify-kl"
+    description = "CE purified against the plain KL (T = 1) gradient"
+    aligned = False
+
