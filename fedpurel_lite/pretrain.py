@@ -32,6 +32,7 @@ import json
 import math
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +40,7 @@ import torch
 import torch.nn.functional as F
 
 from fedpurel_lite.worlds import shapes
+from fedpurel_lite.worlds.base import World
 
 MODEL_NAME = "fedpurel-tiny"
 
@@ -58,8 +60,31 @@ def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
+def class_names_for(names: str) -> list[str]:
+    """The class names a tower is pretrained on: ``"shapes"`` ("red star", ...) or ``"opaque"`` (made-up words).
+
+    Parameters
+    ----------
+    names : {"shapes", "opaque"}
+        ``"opaque"`` is :func:`fedpurel_lite.worlds.opaque.opaque_names` (seed 0), the names of the
+        ``shapes-opaque`` world.
+
+    Returns
+    -------
+    list of str
+        One name per class id.
+    """
+    if names == "opaque":
+        from fedpurel_lite.worlds.opaque import opaque_names
+
+        return opaque_names()
+    if names != "shapes":
+        raise ValueError(f"unknown names {names!r}; choose from {', '.join(NAMES)}")
+    return list(shapes.CLASS_NAMES)
+
+
 def pretrain(steps: int = 800, batch_size: int = 256, lr: float = 1e-3, weight_decay: float = 0.05,
-             warmup: int = 50, seed: int = 0, log_every: int = 50) -> torch.nn.Module:
+             warmup: int = 50, seed: int = 0, log_every: int = 50, names: str = "shapes") -> torch.nn.Module:
     """Pretrain ``fedpurel-tiny`` from random init on the shapes source domain.
 
     Parameters
@@ -74,6 +99,8 @@ def pretrain(steps: int = 800, batch_size: int = 256, lr: float = 1e-3, weight_d
         Seeds the initialisation, the batches (rendered from per-step streams) and the captions.
     log_every : int
         Print the loss every this many steps.
+    names : {"shapes", "opaque"}
+        The class names of the captions (:func:`class_names_for`); the images are the same.
 
     Returns
     -------
@@ -93,8 +120,9 @@ def pretrain(steps: int = 800, batch_size: int = 256, lr: float = 1e-3, weight_d
     mean = torch.tensor(cfg["mean"]).view(1, 3, 1, 1)
     std = torch.tensor(cfg["std"]).view(1, 3, 1, 1)
     num_t = len(shapes.TEMPLATES)
-    captions = [t.format(c) for c in shapes.CLASS_NAMES for t in shapes.TEMPLATES]
-    tokens = tokenizer(captions).view(len(shapes.CLASS_NAMES), num_t, -1)
+    class_names = class_names_for(names)
+    captions = [t.format(c) for c in class_names for t in shapes.TEMPLATES]
+    tokens = tokenizer(captions).view(len(class_names), num_t, -1)
     opt = torch.optim.AdamW(_param_groups(model, weight_decay), lr=lr, betas=(0.9, 0.98), eps=1e-6)
     rng = np.random.default_rng([seed, 11])
     model.train()
@@ -165,7 +193,7 @@ def save_weights(model: torch.nn.Module, path: str | Path, fp16: bool = True) ->
 
 
 def report(weights: str | None = None, shift: float = shapes.DEFAULT_SHIFT, cache_dir: str | None = None,
-           seed: int = 0) -> dict:
+           seed: int = 0, names: str = "shapes") -> dict:
     """Measure the world quality bars (zero-shot, head/medium/tail, linear-probe headroom).
 
     Parameters
@@ -178,6 +206,8 @@ def report(weights: str | None = None, shift: float = shapes.DEFAULT_SHIFT, cach
         Feature cache folder (default: the repository's ``data/cache``).
     seed : int
         World seed.
+    names : {"shapes", "opaque"}
+        ``"opaque"`` measures the ``shapes-opaque`` world (same images, made-up class names).
 
     Returns
     -------
@@ -190,17 +220,20 @@ def report(weights: str | None = None, shift: float = shapes.DEFAULT_SHIFT, cach
     from fedpurel_lite.worlds.quality import default_groups, linear_probe_accuracy
 
     backbone = load_backbone(MODEL_NAME, pretrained=weights)
-    world = shapes.load_shapes("target", shift=shift, seed=seed)
+    from fedpurel_lite.worlds.opaque import load_opaque
+
+    load: Callable[..., World] = load_opaque if names == "opaque" else shapes.load_shapes
+    world = load("target", shift=shift, seed=seed)
     bank = FeatureBank.load_or_build(backbone, world, cache_dir=cache_dir)
     pred = bank.zero_shot_logits(bank.test_features).argmax(1)
     per_class = per_class_accuracy(bank.test_labels.numpy(), pred.numpy(), 100)
     groups = group_means(per_class, default_groups(bank.class_order))
     t0 = time.time()
     probe = linear_probe_accuracy(bank.train_features, bank.train_labels, bank.test_features, bank.test_labels)
-    src = shapes.load_shapes("source", seed=seed, n_train=1, n_test=20)
+    src = load("source", seed=seed, n_train=1, n_test=20)
     src_bank = FeatureBank.load_or_build(backbone, src, cache_dir=cache_dir)
     src_zs = (src_bank.zero_shot_logits(src_bank.test_features).argmax(1) == src_bank.test_labels).float().mean()
-    out = {"weights_id": backbone.weights_id, "shift": shift, "zero_shot": float(per_class.mean()),
+    out = {"weights_id": backbone.weights_id, "names": names, "shift": shift, "zero_shot": float(per_class.mean()),
            **{f"zero_shot_{k}": v for k, v in groups.items()}, "per_class_std": float(per_class.std()),
            "per_class_min": float(per_class.min()), "linear_probe": probe,
            "headroom": probe - float(per_class.mean()), "source_zero_shot": float(src_zs),
@@ -210,6 +243,8 @@ def report(weights: str | None = None, shift: float = shapes.DEFAULT_SHIFT, cach
 
 
 DEFAULT_OUT = "runs/pretrain/fedpurel-tiny.safetensors"
+#: the class-name sets ``--names`` chooses from
+NAMES = ("shapes", "opaque")
 #: bounds of the options: what the recipe and a CPU can run
 MAX_STEPS, MAX_BATCH, MAX_LR = 1_000_000, 4096, 1.0
 #: measured: 800 steps of 256 images in 15 minutes on one thread of our shared 2-core machine
@@ -239,6 +274,8 @@ def check_options(args: argparse.Namespace) -> None:
         raise ConfigError(f"--lr {args.lr!r}: allowed a finite number in (0, {MAX_LR:g}]")
     if not 0 <= args.seed <= 2**32 - 1:
         raise ConfigError(f"--seed {args.seed}: allowed [0, 4294967295]")
+    if args.names not in NAMES:
+        raise ConfigError(f"--names {args.names!r}: choose from {', '.join(NAMES)}")
     if not (math.isfinite(args.shift) and 0 <= args.shift <= 1):
         raise ConfigError(f"--shift {args.shift!r}: allowed a number in [0, 1]")
     cores = available_cores()
@@ -279,19 +316,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--report", action="store_true", help="measure the world bars instead of training")
     p.add_argument("--weights", default=None, help="with --report: weights file (default: shipped)")
     p.add_argument("--shift", type=float, default=shapes.DEFAULT_SHIFT)
+    p.add_argument("--names", default="shapes",
+                   help="class names of the captions (and, with --report, of the world): shapes (\"red star\", "
+                        "the shipped tower) or opaque (one made-up word per class, the shapes-opaque world)")
     p.add_argument("--debug", action="store_true", help="show the traceback of an error")
     args = p.parse_args(argv)
     check_options(args)
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.report:
-        report(args.weights, shift=args.shift)
+        report(args.weights, shift=args.shift, names=args.names)
         return 0
     estimate = args.steps * args.batch_size * SECONDS_PER_IMAGE
     print(f"pretraining {args.steps} steps of {args.batch_size} images: about {estimate / 60:.0f} min on one "
           "thread of a 2-core machine (15 min for the shipped 800 x 256)", flush=True)
     t0 = time.time()
-    model = pretrain(args.steps, args.batch_size, args.lr, seed=args.seed)
+    model = pretrain(args.steps, args.batch_size, args.lr, seed=args.seed, names=args.names)
     digest = save_weights(model, args.out)
     print(f"pretraining took {time.time() - t0:.0f}s; wrote {args.out} sha256={digest}")
     return 0

@@ -40,10 +40,9 @@ def bias_jacobian(bank, backbone, seed=7):
     return J.double().numpy()
 
 
-def main():
-    torch.set_num_threads(2)
-    cfg, bank, backbone = load_default()
-    J = bias_jacobian(bank, backbone)
+def analyse(bank, backbone, seed=7, verbose=True):
+    """ANOVA split of the bias lever B at the random-init context of ``seed`` and the gains of the patterns."""
+    J = bias_jacobian(bank, backbone, seed)
     # ANOVA of B's column space: fraction of ||B||_F^2 in each component
     parts = {k: 0.0 for k in ("common", "colour", "shape", "interaction")}
     for j in range(J.shape[1]):
@@ -51,12 +50,16 @@ def main():
             parts[k] += v
     tot = sum(parts.values())
     share = {k: round(float(100 * v / tot), 1) for k, v in parts.items()}
-    print("share of ||B||^2 (bias lever of the shared context):", share)
+    if verbose:
+        print("share of ||B||^2 (bias lever of the shared context):", share)
     G = J @ J.T  # [100, 100]
     def gain(u):
         u = u - u.mean()
         return float(u @ G @ u / (u @ u))
     out = {"share_B": share}
+    ev = np.linalg.eigvalsh(G)[::-1].clip(min=0)
+    p = ev / ev.sum()
+    out["effective_rank"] = round(float(np.exp(-(p[p > 0] * np.log(p[p > 0])).sum())), 2)
     base = np.log(longtail.class_counts(500, 100, 100.0, "exp").astype(float))
     for name, o in [("stratified", orders.stratified()), ("random", orders.random_perm()),
                     ("by_shape", orders.by_shape()), ("by_colour", orders.by_colour())]:
@@ -66,7 +69,8 @@ def main():
         tot_u = sum(a.values())
         share = {k: round(float(100 * v / tot_u), 1) for k, v in a.items()}
         out[name] = {"gain": round(gain(u), 3), "prior_share": share}
-        print(name, out[name])
+        if verbose:
+            print(name, out[name])
     rng = np.random.default_rng(0)
     for comp in ("colour", "shape", "interaction"):
         gs = []
@@ -80,8 +84,15 @@ def main():
                 z = z - z.mean(1, keepdims=True) - z.mean(0, keepdims=True) + z.mean()
             gs.append(gain(z.ravel()))
         out[f"gain_random_{comp}"] = round(float(np.mean(gs)), 3)
-    print({k: v for k, v in out.items() if k.startswith("gain_random")})
-    log("lever", out)
+    if verbose:
+        print({k: v for k, v in out.items() if k.startswith("gain_random") or k == "effective_rank"})
+    return out
+
+
+def main():
+    torch.set_num_threads(2)
+    cfg, bank, backbone = load_default()
+    log("lever", analyse(bank, backbone))
 
 
 if __name__ == "__main__":

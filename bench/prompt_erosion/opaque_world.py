@@ -1,0 +1,81 @@
+"""The opaque-names world (``fedpurel_lite.worlds.opaque``) with a tiny CLIP pretrained on those names.
+
+    python -m fedpurel_lite pretrain --names opaque --out /tmp/h8/fedpurel-tiny-opaque.safetensors   # the tower
+    .venv/bin/python bench/prompt_erosion/opaque_world.py report              # world quality bars (+ builds the bank)
+    .venv/bin/python bench/prompt_erosion/opaque_world.py zs SEED              # random-context CoOp (PromptFL's ZS)
+    .venv/bin/python bench/prompt_erosion/opaque_world.py fl METHOD PEFT SEED [ROUNDS] [key=value ...]
+    .venv/bin/python bench/prompt_erosion/opaque_world.py lever               # lever.py's analysis on this tower
+
+OPAQUE_WEIGHTS (env): the weights file (default /tmp/h8/fedpurel-tiny-opaque.safetensors);
+OPAQUE_CACHE (env): the feature cache folder (default /tmp/h8/cache; never data/cache).
+The world is the default shapes world (same images, stratified class order, shift 0.58) with one made-up
+word per class. FL runs use configs/embedded.toml's protocol (20 clients, 40 % participation, IF 100,
+Dirichlet 1.0) through ``simulate.run``; results are appended to results/opaque_*.jsonl.
+"""
+import os
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from common import fl, groups_of, log, per_class_zs_prompt  # noqa: E402
+
+WEIGHTS = os.environ.get("OPAQUE_WEIGHTS", "/tmp/h8/fedpurel-tiny-opaque.safetensors")
+CACHE = os.environ.get("OPAQUE_CACHE", "/tmp/h8/cache")
+
+
+def load():
+    """The opaque world's feature bank (cached under CACHE) and the opaque tower."""
+    from fedpurel_lite.backbone import load_backbone
+    from fedpurel_lite.features import FeatureBank
+    from fedpurel_lite.worlds.opaque import load_opaque
+
+    backbone = load_backbone("fedpurel-tiny", pretrained=WEIGHTS)
+    bank = FeatureBank.load_or_build(backbone, load_opaque("target"), cache_dir=CACHE, progress=False)
+    return bank, backbone
+
+
+def cmd_report():
+    from fedpurel_lite.pretrain import report
+
+    t0 = time.time()
+    out = report(WEIGHTS, cache_dir=CACHE, names="opaque")
+    out["seconds"] = round(time.time() - t0, 1)
+    log("opaque_report", out)
+
+
+def cmd_zs(seed):
+    bank, backbone = load()
+    out = {"seed": seed, **groups_of(bank, per_class_zs_prompt(bank, backbone, seed=seed))}
+    log("opaque_zs", out)
+    print(out, flush=True)
+
+
+def cmd_fl(method, peft, seed, rounds=100, *extra):
+    bank, backbone = load()
+    over = {"method": method, "peft": peft, "seed": int(seed), "rounds": int(rounds), "workers": 1,
+            **dict(a.split("=", 1) for a in extra)}
+    fl(f"opaque|stratified|{method}|{peft}|s{seed}|r{rounds}", bank, backbone, record="opaque_fl", **over)
+
+
+def cmd_lever():
+    """lever.py's ANOVA split of the bias lever and the gains, for this tower (context seeds 7 and 8)."""
+    import lever
+
+    bank, backbone = load()
+    for seed in (7, 8):
+        out = lever.analyse(bank, backbone, seed=seed)
+        log("opaque_lever", {"tower": "opaque", "ctx_seed": seed, **out})
+
+
+def main(argv):
+    torch.set_num_threads(1)
+    np.seterr(all="ignore")
+    cmd, args = argv[0], argv[1:]
+    {"report": cmd_report, "zs": lambda s: cmd_zs(int(s)), "fl": cmd_fl, "lever": cmd_lever}[cmd](*args)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
