@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -219,3 +220,70 @@ def test_sgd_matches_torch_optim(momentum, wd):
         p2.grad = g.clone()
         ref.step()
     torch.testing.assert_close(p1, p2)
+
+
+def _local_train_by_hooks(peft, features, labels, teacher_logits, config, generator, objective, class_prior=None):
+    """The local epoch loop written once around the objective plugin's hooks (no capability flags)."""
+    from fedpurel_lite.local import batches, stage1_optimizer
+    from fedpurel_lite.purify import OBJECTIVES
+
+    obj = OBJECTIVES.get(objective)
+    s1, pc = config.stage1, config.purification
+    track = obj.tracks(config)
+    params = [p for p in peft.parameters() if p.requires_grad]
+    opt = stage1_optimizer(peft, params, s1)
+    state = obj.begin(params, labels, teacher_logits, class_prior, config)
+    projected = 0
+    peft.train()
+    for _ in range(s1.local_epochs):
+        for idx in batches(features.shape[0], s1.batch_size, generator, s1.drop_last):
+            logits, pullback = peft.forward_with_pullback(features[idx])
+            task, g_task, _, g_align = logit_gradients(
+                logits, labels[idx], teacher_logits[idx] if track else None, obj.aligned, state.logit_bias,
+                pc.bisection_iters, clamped=pc.kl_log == "clamped")
+            if track:
+                both = pullback(torch.stack([g_task, g_align]))
+                grads, aligns = [g[0] for g in both], [g[1] for g in both]
+            else:
+                grads = [g[0] for g in pullback(g_task.unsqueeze(0))]
+            grads, task = obj.regularize(grads, task, params, state, config)
+            if track:
+                grads, _, fired = obj.combine(grads, aligns, config)
+                projected += sum(fired)
+            opt.step(grads)
+    return projected
+
+
+@pytest.mark.parametrize(("mode", "overrides"), [
+    ("ce", {}), ("ce", {"track_cos": True}), ("prox", {"prox_mu": 0.5}), ("la", {"la_tau": 0.7}),
+    ("purify", {}), ("purify", {"projection": "tensor", "lambda_proj": 0.5}), ("purify", {"kl_log": "clamped"}),
+    ("purify-kl", {}),
+])
+def test_objective_hooks_reproduce_local_train_bit_for_bit(core_bank, mode, overrides):
+    """The plugins' hooks give exactly the local epochs of :func:`local_train` (same tensors, same projections)."""
+    x, y, z = _client(core_bank)
+    cfg = _cfg(**overrides)
+    prior = torch.linspace(3.0, 1.0, z.shape[1])
+    peft_name = "adapter" if overrides.get("projection") == "tensor" else "head"
+    ref = build_peft(peft_name, core_bank)
+    hooked = copy.deepcopy(ref)
+    tele = local_train(ref, x, y, z, cfg, torch.Generator().manual_seed(5), mode, prior)
+    projected = _local_train_by_hooks(hooked, x, y, z, cfg, torch.Generator().manual_seed(5), mode, prior)
+    for a, b in zip(ref.parameters(), hooked.parameters(), strict=True):
+        assert torch.equal(a, b)
+    assert projected == tele["projected"]
+    assert (projected > 0) == mode.startswith("purify")
+
+
+def test_objective_plugins_registry():
+    from fedpurel_lite import local, purify
+
+    assert purify.OBJECTIVES.names() == ("ce", "prox", "la", "purify", "purify-kl")
+    for name in purify.OBJECTIVES:
+        plugin, old = purify.OBJECTIVES.get(name), local.OBJECTIVES.get(name)
+        assert plugin.name == name and plugin.description
+        for flag in ("needs_teacher", "purify", "aligned", "proximal", "logit_adjusted"):
+            assert getattr(plugin, flag) == getattr(old, flag), (name, flag)
+        assert all(RunConfig().get(k) is not None for k in plugin.knobs)
+    with pytest.raises(ValueError, match="already registered"):
+        purify.register_objective(type(purify.OBJECTIVES.get("ce")))
