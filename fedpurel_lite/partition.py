@@ -26,11 +26,18 @@ import pandas as pd
 
 from .config import RunConfig
 from .errors import ConfigError
-from .longtail import assign_groups, longtail_subsample
+from .longtail import assign_groups, class_counts, counts_by_class, longtail_subsample
+
+#: Dirichlet draws a run tries before giving up on ``federation.min_client_size``
+SPLIT_RETRIES = 100
+
+#: ``federation.dirichlet_alpha`` at or above which the shares are as even as they get (the config's upper bound)
+ALPHA_EVEN = 1e6
 
 
 def dirichlet_shares(
-    labels: np.ndarray, num_clients: int, alpha: float, seed: int, min_size: int = 10, max_retries: int = 100
+    labels: np.ndarray, num_clients: int, alpha: float, seed: int, min_size: int = 10,
+    max_retries: int = SPLIT_RETRIES,
 ) -> np.ndarray:
     """Per-class client shares ``[C, K]`` whose induced split gives every client ``>= min_size``.
 
@@ -70,19 +77,57 @@ def dirichlet_shares(
             f"{labels.size} training samples cannot give {num_clients} clients at least {min_size} each"
         )
     class_sizes = np.bincount(labels)
+    shares, best = _draw_shares(class_sizes, num_clients, alpha, seed, min_size, max_retries)
+    if shares is not None:
+        return shares
+    advice = _split_advice(class_sizes, num_clients, alpha, seed, min_size, max_retries, best,
+                           ("alpha", "num_clients", "min_client_size"))
+    raise ValueError(f"no Dirichlet(alpha={alpha}) split over K={num_clients} clients gave every client >= "
+                     f"{min_size} samples in {max_retries} draws (the best draw's smallest client: {best}); {advice}")
+
+
+def _draw_shares(class_sizes: np.ndarray, num_clients: int, alpha: float, seed: int, min_size: int,
+                 max_retries: int) -> tuple[np.ndarray | None, int]:
+    """The draws of :func:`dirichlet_shares` from the class sizes alone.
+
+    Returns the first shares whose smallest client has ``min_size`` samples (``None`` when no draw
+    had) and the largest smallest client over the draws made.
+    """
     rng = np.random.default_rng(seed)
-    smallest = 0
+    best = 0
     for _ in range(max_retries):
         shares = rng.dirichlet(np.full(num_clients, alpha), size=class_sizes.size)
-        sizes = _split_counts(class_sizes, shares).sum(axis=0)
-        smallest = int(sizes.min())
+        smallest = int(_split_counts(class_sizes, shares).sum(axis=0).min())
+        best = max(best, smallest)
         if smallest >= min_size:
-            return shares
-    raise ValueError(
-        f"no Dirichlet(alpha={alpha}) split over K={num_clients} clients gave every client >= "
-        f"{min_size} samples in {max_retries} draws (smallest client: {smallest}); raise alpha, "
-        "lower num_clients or min_client_size"
-    )
+            return shares, best
+    return None, best
+
+
+def _split_advice(class_sizes: np.ndarray, num_clients: int, alpha: float, seed: int, min_size: int,
+                  max_retries: int, best: int, keys: tuple[str, str, str]) -> str:
+    """The knobs that make a failed Dirichlet split feasible, each checked by replaying the draws.
+
+    A larger alpha is offered only when the replay at :data:`ALPHA_EVEN` finds a split (then the
+    smallest power-of-ten multiple of alpha that does is named); a smaller ``min_size`` only when the
+    best draw had a non-empty smallest client (``min_size <= best`` is then met by that draw).
+    """
+    alpha_key, clients_key, size_key = keys
+    fixes, why = [], ""
+    if alpha >= ALPHA_EVEN:
+        why = f"{alpha_key}={alpha:g} is already at its largest; "
+    elif _draw_shares(class_sizes, num_clients, ALPHA_EVEN, seed, min_size, max_retries)[0] is None:
+        why = f"raising {alpha_key} does not help (not even to {ALPHA_EVEN:g}); "
+    else:
+        ladder = [alpha * 10.0 ** k for k in range(1, 13) if alpha * 10.0 ** k < ALPHA_EVEN]
+        works = next((a for a in ladder
+                      if _draw_shares(class_sizes, num_clients, a, seed, min_size, max_retries)[0] is not None),
+                     ALPHA_EVEN)
+        fixes.append(f"raise {alpha_key}={alpha:g} to {works:g}")
+    if best >= 1:
+        fixes.append(f"lower {size_key}={min_size} to {best}")
+    fixes.append(f"lower {clients_key}={num_clients}")
+    return why + ", or ".join(fixes)
 
 
 def _split_counts(class_sizes: np.ndarray, shares: np.ndarray) -> np.ndarray:
@@ -348,7 +393,10 @@ def build_federation(
         table = count_matrix(parts, lt_labels, num_classes).T.astype(np.float64)
         shares = table / np.clip(table.sum(axis=1, keepdims=True), 1, None)
         return Federation(train_idx, [train_idx[p] for p in parts], client_test, counts, groups, shares)
-    shares = dirichlet_shares(lt_labels, fc.num_clients, fc.dirichlet_alpha, seed + 1, fc.min_client_size)
+    shares, best = _draw_shares(np.bincount(lt_labels), fc.num_clients, fc.dirichlet_alpha, seed + 1,
+                                fc.min_client_size, SPLIT_RETRIES)
+    if shares is None:
+        raise _split_error(np.bincount(lt_labels), config, best)
     client_train = [train_idx[p] for p in split_by_shares(lt_labels, shares, seed + 2)]
     if fc.test_split == "shares":
         client_test = split_by_shares(test_labels, shares, seed + 3)
@@ -356,6 +404,89 @@ def build_federation(
         size = len(test_labels) // fc.num_clients
         client_test = matched_test_splits([train_labels[p] for p in client_train], test_labels, size, seed + 3)
     return Federation(train_idx, client_train, client_test, counts, groups, shares)
+
+
+def longtail_class_sizes(pool_counts: np.ndarray, class_order: np.ndarray | None, config: RunConfig) -> np.ndarray:
+    """Training samples per class id after the long-tail subsampling, from the pool's per-class counts alone.
+
+    The counts :func:`build_federation` keeps (``longtail.profile="given"``: the pool itself).
+
+    Parameters
+    ----------
+    pool_counts : numpy.ndarray
+        Training-pool images per class id.
+    class_order : numpy.ndarray, optional
+        Class ids from head to tail (label order when ``None``), the world's ``class_order``.
+    config : RunConfig
+        Its ``longtail`` section.
+
+    Raises
+    ------
+    ConfigError
+        The profile asks a class for more images than its pool holds.
+    """
+    lt = config.longtail
+    pool = np.asarray(pool_counts, dtype=np.int64)
+    if lt.profile == "given":
+        return pool.copy()
+    order = np.arange(pool.size) if class_order is None else np.asarray(class_order)
+    targets = counts_by_class(class_counts(int(pool.max()), pool.size, lt.imbalance_ratio, lt.profile), order)
+    short = np.flatnonzero(targets > pool)
+    if short.size:
+        c = int(short[0])
+        raise ConfigError(f"longtail.imbalance_ratio={lt.imbalance_ratio:g}: class {c} has {pool[c]} images in the "
+                          f"world's training pool but the {lt.profile!r} profile asks for {targets[c]}")
+    return targets
+
+
+def check_split(pool_counts: np.ndarray, class_order: np.ndarray | None, config: RunConfig) -> None:
+    """Replay the client split from per-class counts alone and refuse a config whose split would fail.
+
+    The long-tailed counts are computed as the run computes them (:func:`longtail_class_sizes`),
+    then :func:`build_federation`'s Dirichlet draws are replayed (same seed, same
+    ``federation.min_client_size`` rule, same retries): no image, label list or feature is needed,
+    and the verdict is the real split's. ``federation.partition="superclass"`` is checked for the
+    client count only (its draws need the test pool and the coarse labels).
+
+    Parameters
+    ----------
+    pool_counts : numpy.ndarray
+        Training-pool images per class id (:attr:`fedpurel_lite.worlds.WorldInfo.train_counts_per_class`).
+    class_order : numpy.ndarray, optional
+        The world's head-to-tail class order (:attr:`fedpurel_lite.worlds.WorldInfo.class_order`).
+    config : RunConfig
+        Its ``longtail`` and ``federation`` sections and ``run.seed``.
+
+    Raises
+    ------
+    ConfigError
+        One line naming the knobs: too many clients, a pool too small for the profile, or no
+        Dirichlet draw that gives every client ``federation.min_client_size`` samples (advising
+        a larger ``federation.dirichlet_alpha`` only where that helps).
+    """
+    fc = config.federation
+    sizes = longtail_class_sizes(pool_counts, class_order, config)
+    check_client_count(fc.num_clients, fc.min_client_size, int(sizes.sum()))
+    if fc.partition == "superclass":
+        return
+    sizes = np.trim_zeros(sizes, "b")  # the run's np.bincount of the long-tailed labels
+    shares, best = _draw_shares(sizes, fc.num_clients, fc.dirichlet_alpha, config.run.seed + 1,
+                                fc.min_client_size, SPLIT_RETRIES)
+    if shares is None:
+        raise _split_error(sizes, config, best)
+
+
+def _split_error(class_sizes: np.ndarray, config: RunConfig, best: int) -> ConfigError:
+    """The one-line error of a Dirichlet split that found no draw (the same before and after loading)."""
+    fc = config.federation
+    advice = _split_advice(class_sizes, fc.num_clients, fc.dirichlet_alpha, config.run.seed + 1, fc.min_client_size,
+                           SPLIT_RETRIES, best,
+                           ("federation.dirichlet_alpha", "federation.num_clients", "federation.min_client_size"))
+    return ConfigError(f"federation.num_clients={fc.num_clients}: no Dirichlet split "
+                       f"(federation.dirichlet_alpha={fc.dirichlet_alpha:g}) of the {int(np.sum(class_sizes))} "
+                       f"long-tailed training samples gave every client >= federation.min_client_size="
+                       f"{fc.min_client_size} in {SPLIT_RETRIES} draws (the best draw's smallest client: {best}); "
+                       f"{advice}")
 
 
 def check_client_count(num_clients: int, min_client_size: int, num_train_samples: int) -> None:

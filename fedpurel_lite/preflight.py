@@ -3,9 +3,9 @@
 :class:`~fedpurel_lite.config.RunConfig` checks values and types on its own; :func:`preflight`
 adds what a config alone cannot tell: that the method, PEFT and world are registered, the device
 exists, the weights and the dataset are on this machine, the cache and output folders are
-writable, and the long-tailed training set (computed from the world's metadata, without loading
-an image) has enough samples for the clients. Each failure is one
-:class:`~fedpurel_lite.errors.UserError` naming the config key.
+writable, and the clients can be formed: the long-tailed training set and the Dirichlet client
+split are replayed from the world's per-class counts and class order, without loading an image.
+Each failure is one :class:`~fedpurel_lite.errors.UserError` naming the config key.
 """
 
 from __future__ import annotations
@@ -214,7 +214,7 @@ def check_device(name: str) -> None:
                               "False); use cpu or auto")
 
 
-def longtail_size(pool_counts: np.ndarray, config: RunConfig) -> int:
+def longtail_size(pool_counts: np.ndarray, config: RunConfig, class_order: np.ndarray | None = None) -> int:
     """Training samples after the long-tail subsampling, from the pool's per-class counts.
 
     Raises
@@ -222,16 +222,9 @@ def longtail_size(pool_counts: np.ndarray, config: RunConfig) -> int:
     ConfigError
         The profile asks a class for more images than its pool holds.
     """
-    from .longtail import class_counts
+    from .partition import longtail_class_sizes
 
-    pool = np.asarray(pool_counts, dtype=np.int64)
-    if config.longtail.profile == "given":  # the pool is the long-tailed set
-        return int(pool.sum())
-    targets = class_counts(int(pool.max()), len(pool), config.longtail.imbalance_ratio, config.longtail.profile)
-    if (np.sort(targets)[::-1] > np.sort(pool)[::-1]).any():
-        raise ConfigError(f"longtail.imbalance_ratio={config.longtail.imbalance_ratio:g}: the world's pool is too "
-                          "small for this profile")
-    return int(targets.sum())
+    return int(longtail_class_sizes(pool_counts, class_order, config).sum())
 
 
 def preflight(config: RunConfig, outputs: Iterable[tuple[str, str | Path]] = (), need_bank: bool = True,
@@ -267,14 +260,13 @@ def preflight(config: RunConfig, outputs: Iterable[tuple[str, str | Path]] = (),
     if need_backbone is None:
         need_backbone = need_bank or peft.needs_backbone
     if need_bank:
-        from .partition import check_client_count
+        from .partition import check_split
         from .worlds import describe_world
 
         check_world_files(config)
         info = describe_world(config.world.name, config.world.root or None, config.world.split_file or None,
-                              config.world.test_split_file or None)
-        check_client_count(config.federation.num_clients, config.federation.min_client_size,
-                           longtail_size(info.train_counts_per_class, config))
+                              config.world.test_split_file or None, variant=config.world.variant)
+        check_split(info.train_counts_per_class, info.class_order, config)
         check_writable(cache_dir(config), "world.cache_dir")
     if need_backbone:  # after the dataset: a preset missing both names its data first
         from .backbone import check_backbone

@@ -60,6 +60,15 @@ SET_CASES = [
     ("lora-rank", ["lora_rank=0"], r"method.lora_rank=0: allowed \[1, 1024\]"),
     ("lora-towers", ["lora_towers=audio"], "method.lora_towers='audio': allowed one of vision, text, both"),
     ("too-many-clients", ["num_clients=5000"], r"federation.num_clients=5000: allowed <= \d+"),
+    ("split-infeasible", ["num_clients=1084", "participation=0.01"],
+     r"federation.num_clients=1084: no Dirichlet split .*; raising federation.dirichlet_alpha does not help \(not "
+     r"even to 1e\+06\); lower federation.min_client_size=10 to \d, or lower federation.num_clients=1084$"),
+    ("split-too-skewed", ["num_clients=500", "dirichlet_alpha=0.01"],
+     r"federation.num_clients=500: no Dirichlet split .*; raise federation.dirichlet_alpha=0.01 to 1, or lower "
+     r"federation.num_clients=500$"),
+    ("split-alpha-at-top", ["num_clients=200", "dirichlet_alpha=1e6", "min_client_size=54"],
+     r"federation.dirichlet_alpha=1e\+06 is already at its largest; lower federation.min_client_size=54 to \d+, "
+     r"or lower federation.num_clients=200$"),
     ("clients-beyond-range", ["num_clients=100000"], r"federation.num_clients=100000: allowed \[1, 10000\]"),
     ("unknown-backbone", ["backbone=ViT-Q-99"], "ViT-Q-99"),
     ("backbone-without-weights", ["backbone=ViT-B-32"], r"needs weights: .*--set pretrained="),
@@ -291,19 +300,16 @@ HOSTILE = [
     ("ratio-huge", ["imbalance_ratio=1e308"], "error", r"longtail.imbalance_ratio=1e\+308: allowed \[1, 10000\]"),
     ("dirichlet-huge", ["dirichlet_alpha=1e308"], "error",
      r"^error: federation.dirichlet_alpha=1e\+308: allowed \(0, 1000000\]$"),
-    ("many-clients-dirichlet", ["num_clients=1084", "participation=0.01"], "error", r"federation.num_clients=1084"),
+    ("many-clients-dirichlet", ["num_clients=1084", "participation=0.01"], "error",
+     r"^error: federation.num_clients=1084: no Dirichlet split .* raising federation.dirichlet_alpha does not help"),
     ("prox-diverges", ["method=fedprox", "prox_mu=1000", "lr=1", "num_clients=4"], "stopped",
      r"^error: training became non-finite in round 0, client \d+, stage 1 \(local training of the shared PEFT\), "
      r"at step \d+ the loss is (nan|inf); most likely at fault: baselines.prox_mu=1000 .*no round completed"),
     ("edges-finite", ["lr=100", "momentum=0.999", "lambda_proj=10", "personal_lr=100", "num_clients=4"], "finite", ""),
 ]
-_NEEDS_SPLIT_CHECK = pytest.mark.xfail(
-    strict=True, reason="the Dirichlet split's feasibility is only known after loading; preflight does not run it yet")
 
 
-@pytest.mark.parametrize(("pairs", "outcome", "pattern"),
-                         [pytest.param(*c[1:], id=c[0], marks=[_NEEDS_SPLIT_CHECK] if c[0] == "many-clients-dirichlet"
-                                       else []) for c in HOSTILE])
+@pytest.mark.parametrize(("pairs", "outcome", "pattern"), [c[1:] for c in HOSTILE], ids=[c[0] for c in HOSTILE])
 def test_hostile_values_end_finite_or_in_one_error_line(pairs, outcome, pattern, tmp_path):
     import math
 
