@@ -10,7 +10,8 @@ from typing import Any
 
 from .errors import ConfigError
 
-#: the worlds, methods, PEFTs and objectives are checked against their registries in preflight
+#: the worlds, methods, PEFTs and objectives are checked against their registries in preflight; a plugin's own
+#: keys (``[peft.lora] towers``) declare their choices and ranges with the field (:func:`fedpurel_lite.registry.knob`)
 CHOICES: dict[str, tuple[str, ...]] = {
     "longtail.profile": ("exp", "step", "given"),
     "longtail.group_convention": ("reference", "oltr"),
@@ -21,8 +22,6 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "stage1.optimizer_scope": ("client-round", "shared"),
     "world.device": ("cpu", "cuda", "auto"),
     "world.templates": ("ensemble", "single"),
-    "world.variant": ("stratified", "shape-grouped"),
-    "method.lora_towers": ("vision", "text", "both"),
 }
 MAX_SEED = 2**32 - 1
 
@@ -38,8 +37,6 @@ RANGES: dict[str, str] = {
     "federation.num_clients": "[1, 10000]", "federation.participation": "(0, 1]",
     "federation.rounds": "[1, 1000000]", "federation.dirichlet_alpha": "(0, 1000000]",
     "federation.min_client_size": "[1, 100000]", "federation.superclass_beta": "(0, 1000000]",
-    "method.n_ctx": "[1, 64]", "method.adapter_reduction": "[1, 1024]", "method.adapter_ratio": "[0, 1]",
-    "method.lora_rank": "[1, 1024]", "method.lora_alpha": "(0, 1024]",
     "stage1.lr": "(0, 100]", "stage1.momentum": "[0, 0.999]", "stage1.weight_decay": "[0, 1]",
     "stage1.batch_size": "[1, 1000000]", "stage1.local_epochs": "[1, 1000]",
     "purification.lambda_proj": "[0, 10]", "purification.bisection_iters": "[1, 100]",
@@ -95,7 +92,8 @@ def check_combinations(config: Any) -> None:
     - ``stage1.optimizer_scope = "shared"`` carries one SGD state from client to client in the
       order they are trained, so the clients of a round must run one after another:
       ``run.workers = 1``.
-    - ``world.variant`` is a variant of the shapes world: another one needs ``world.name = "shapes"``.
+    - a world's own section (``[world.<name>]``) applies to that world only: a section that differs
+      from its defaults needs ``world.name = "<name>"`` (a PEFT's section may be set for another PEFT).
     - ``federation.partition = "superclass"`` draws each client's test split together with its
       training data, so ``federation.test_split`` must stay ``"shares"`` (the default).
     - ``stage1.lr * stage1.weight_decay < 2 (1 + stage1.momentum)``: above it, the weight-decay
@@ -111,10 +109,12 @@ def check_combinations(config: Any) -> None:
         raise ConfigError(f"stage1.optimizer_scope='shared' carries one SGD state from client to client in order, so "
                           f"it needs run.workers=1 (got {config.run.workers}); set run.workers=1 or use "
                           "optimizer_scope='client-round'")
-    if config.world.variant != "stratified" and config.world.name != "shapes":
-        raise ConfigError(f"world.variant={shown(config.world.variant)} is a variant of the shapes world, but "
-                          f"world.name={shown(config.world.name)}; leave world.variant at 'stratified' for other "
-                          "worlds")
+    for (axis, plugin), section in config.plugins.items():
+        if axis == "world" and plugin != config.world.name:
+            key, value = next((f"world.{plugin}.{k}", v) for k, v in vars(section).items()
+                              if v != getattr(type(section)(), k))
+            raise ConfigError(f"{key}={shown(value)} is a setting of the {plugin} world, but world.name="
+                              f"{shown(config.world.name)}; leave [world.{plugin}] at its defaults for other worlds")
     s1 = config.stage1
     if s1.lr * s1.weight_decay >= 2.0 * (1.0 + s1.momentum):
         raise ConfigError(f"stage1.lr * stage1.weight_decay = {s1.lr:g} * {s1.weight_decay:g} = "

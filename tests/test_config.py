@@ -4,8 +4,11 @@ from pathlib import Path
 
 import pytest
 
-from fedpurel_lite.config import RunConfig, resolve_key
+from fedpurel_lite.config import MOVED, RunConfig, resolve_key
 from fedpurel_lite.errors import ConfigError
+from fedpurel_lite.peft import LoRAConfig, PromptConfig
+from fedpurel_lite.registry import knob, register_section
+from fedpurel_lite.worlds.folder import FolderConfig
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -32,7 +35,7 @@ def test_bare_dotted_and_alias_keys_resolve():
     ("lr=nan", "stage1.lr=nan: allowed a finite number"),
     ("rounds=1.5", "federation.rounds='1.5': allowed an integer"),
     ("rounds=true", "federation.rounds='true': allowed an integer"),
-    ("class_specific=False", "method.class_specific='False': allowed true or false"),
+    ("class_specific=False", "peft.prompt.class_specific='False': allowed true or false"),
     ("seed=-1", r"run.seed=-1: allowed \[0, 4294967295\]"),
     ("participation=0", r"federation.participation=0.0: allowed \(0, 1\]"),
     ("peft=3", None),  # a string field takes any text; the registry checks it in preflight
@@ -50,7 +53,7 @@ def test_set_values_are_parsed_by_type(pair, message):
     ({"federation": {"num_clients": True}}, "federation.num_clients=True is a bool; allowed an integer"),
     ({"stage1": {"batch_size": 2.7}}, "stage1.batch_size=2.7 is a float; allowed an integer"),
     ({"stage1": {"lr": "0.1"}}, "stage1.lr='0.1' is a str; allowed a finite number"),
-    ({"method": {"class_specific": 1}}, "method.class_specific=1 is a int; allowed true or false"),
+    ({"peft": {"prompt": {"class_specific": 1}}}, "peft.prompt.class_specific=1 is a int; allowed true or false"),
     ({"optimisation": {"lr": 0.1}}, r"unknown table\(s\) \[optimisation\]"),
     ({"stage1": {"learning_rate": 0.1}}, r"unknown key\(s\) stage1.learning_rate"),
     ({"run": 3}, r"\[run\] must be a table"),
@@ -94,7 +97,7 @@ def test_toml_errors_name_the_file(tmp_path):
 
 
 @pytest.mark.parametrize("preset", ["embedded.toml", "paper_cifar100_lt.toml"])
-def test_presets_load(preset):
+def test_presets_load_with_the_protocol(preset):
     cfg = RunConfig.load(CONFIGS / preset)
     fed = cfg.federation
     assert fed.num_clients == 20 and fed.participation == 0.4 and cfg.longtail.imbalance_ratio == 100
@@ -103,5 +106,93 @@ def test_presets_load(preset):
 
 def test_paper_preset_matches_protocol():
     cfg = RunConfig.load(CONFIGS / "paper_cifar100_lt.toml")
-    assert (cfg.world.name, cfg.federation.rounds, cfg.stage1.lr, cfg.stage1.batch_size, cfg.method.n_ctx) == (
+    assert (cfg.world.name, cfg.federation.rounds, cfg.stage1.lr, cfg.stage1.batch_size, cfg.get("n_ctx")) == (
         "cifar100", 100, 0.001, 32, 4)
+
+
+# ----------------------------------------------------------------------------- the plugins' own sections
+def test_each_plugin_has_its_own_table_set_dotted_or_bare():
+    cfg = RunConfig().with_overrides(["peft=lora", "peft.lora.rank=4", "n_ctx=8", "towers=both"])
+    assert cfg.section(LoRAConfig) == LoRAConfig(rank=4, alpha=16.0, towers="both")
+    assert cfg.section(PromptConfig).n_ctx == 8 and cfg.get("peft.prompt.n_ctx") == 8 and cfg.get("rank") == 4
+    data = cfg.to_dict()
+    assert data["peft"] == {"lora": {"rank": 4, "alpha": 16.0, "towers": "both"},
+                            "prompt": {"n_ctx": 8, "ctx_init": "", "class_specific": False}}
+    assert data["world"]["shapes"] == {"variant": "stratified"}  # the selected world's section, in full
+    assert cfg.differences(RunConfig()) == ["method.peft", "peft.lora.rank", "peft.lora.towers", "peft.prompt.n_ctx"]
+
+
+def test_a_bare_name_of_several_worlds_means_the_selected_one():
+    cfg = RunConfig().with_overrides({"root": "/data/x", "world": "folder"})  # the selection applies first
+    assert cfg.section(FolderConfig).root == "/data/x" and cfg.get("world.folder.root") == "/data/x"
+    assert RunConfig().with_overrides(["world=cifar100", "root=/c"]).get("world.cifar100.root") == "/c"
+    with pytest.raises(ConfigError, match="'root' is ambiguous: write one of .*world.folder.root"):
+        RunConfig().with_overrides(["root=/x"])  # the shapes world has no root
+
+
+def test_a_section_round_trips_through_toml_and_equal_configs_compare_equal(tmp_path):
+    cfg = RunConfig().with_overrides(["peft=prompt", "ctx_init=a photo of a", "variant=shape-grouped"])
+    cfg.save(tmp_path / "run.toml")
+    text = (tmp_path / "run.toml").read_text()
+    assert "[peft.prompt]" in text and "[world.shapes]" in text
+    assert RunConfig.load(tmp_path / "run.toml") == cfg
+    assert RunConfig.from_dict(RunConfig().to_dict()) == RunConfig()  # defaults written in full load as defaults
+
+
+@pytest.mark.parametrize(("table", "message"), [
+    ({"peft": {"lora": {"rank": 0}}}, r"peft.lora.rank=0: allowed \[1, 1024\]"),
+    ({"peft": {"lora": {"towers": "audio"}}}, "peft.lora.towers='audio': allowed one of vision, text, both"),
+    ({"peft": {"lora": {"ranks": 2}}}, r"unknown key\(s\) peft.lora.ranks; \[peft.lora\] has rank, alpha, towers"),
+    ({"peft": {"vera": {"rank": 2}}}, r"unknown table \[peft.vera\]; known: .*\[peft.lora\]"),
+    ({"peft": {"rank": 2}}, r"\[peft\] holds one table per plugin"),
+    ({"world": {"name": "cifar100", "shapes": {"variant": "shape-grouped"}}},
+     "world.shapes.variant='shape-grouped' is a setting of the shapes world, but world.name='cifar100'"),
+])
+def test_section_values_are_checked_with_the_full_key(table, message):
+    with pytest.raises(ConfigError, match=message):
+        RunConfig.from_dict(table)
+
+
+@pytest.mark.parametrize("old", sorted(MOVED))
+def test_every_moved_key_is_one_error_naming_its_new_key(old, tmp_path):
+    table, key = old.split(".")
+    axis, plugin, new_key = MOVED[old]
+    new = f"{axis}.{plugin or 'folder'}.{new_key}"
+    world = "folder" if not plugin else "shapes"
+    value = RunConfig().with_overrides({"world": world}).get(new)
+    path = tmp_path / "old.toml"
+    path.write_text(f'[world]\nname = "{world}"\n\n[{table}]\n{key} = {value!r}\n'.replace("'", '"')
+                    .replace("True", "true").replace("False", "false") if table != "world" else
+                    f'[world]\nname = "{world}"\n{key} = {value!r}\n'.replace("'", '"')
+                    .replace("True", "true").replace("False", "false"))
+    for build in (lambda: RunConfig.load(path), lambda: RunConfig().with_overrides([f"world={world}", f"{old}=1"])):
+        with pytest.raises(ConfigError) as err:
+            build()
+        text = str(err.value)
+        assert f"{old} moved to {new} (" in text and "\n" not in text, text
+
+
+def test_old_bare_names_that_changed_name_the_new_key_and_unchanged_ones_still_work():
+    with pytest.raises(ConfigError, match=r"^lora_rank moved to peft.lora.rank \("):
+        RunConfig().with_overrides(["lora_rank=4"])
+    with pytest.raises(ConfigError, match=r"^adapter_ratio moved to peft.adapter.ratio \("):
+        RunConfig().with_overrides({"adapter_ratio": 0.5})
+    cfg = RunConfig().with_overrides({"variant": "shape-grouped", "n_ctx": 2, "class_specific": True})
+    assert (cfg.get("world.shapes.variant"), cfg.get("peft.prompt.n_ctx"), cfg.get("class_specific")) == (
+        "shape-grouped", 2, True)
+
+
+def test_a_section_must_be_a_frozen_dataclass_of_documented_fields():
+    from dataclasses import dataclass
+
+    @dataclass
+    class Loose:
+        rank: int = knob(1, "r")
+
+    @dataclass(frozen=True)
+    class Undocumented:
+        rank: int = 1
+
+    for cls in (Loose, Undocumented):
+        with pytest.raises(TypeError):
+            register_section("peft", "never-registered", cls)

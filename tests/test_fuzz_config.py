@@ -26,8 +26,11 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from fedpurel_lite.config import RunConfig
-from fedpurel_lite.config_checks import CHOICES, MAX_TEXT, RANGES
+from fedpurel_lite.config_checks import CHOICES as CORE_CHOICES
+from fedpurel_lite.config_checks import MAX_TEXT
+from fedpurel_lite.config_checks import RANGES as CORE_RANGES
 from fedpurel_lite.errors import UserError
+from fedpurel_lite.registry import AXES, sections
 
 ROOT = Path(__file__).resolve().parents[1]
 #: a fixed, reproducible search within the suite's budget; FEDPUREL_FUZZ_EXAMPLES=5000 searches deeper (random)
@@ -40,11 +43,22 @@ def _kind(annotation: object) -> str:
     return annotation if isinstance(annotation, str) else getattr(annotation, "__name__", str(annotation))
 
 
-#: every key of the schema and its kind ("int", "float", "bool", "str"), from the dataclasses
-SCHEMA: dict[str, str] = {f"{sec.name}.{f.name}": _kind(f.type) for sec in fields(RunConfig)
+#: every key of the schema and its kind ("int", "float", "bool", "str"), from the dataclasses: the core tables
+#: and every plugin's own section (``peft.lora.rank``)
+SCHEMA: dict[str, str] = {f"{sec.name}.{f.name}": _kind(f.type) for sec in fields(RunConfig) if sec.name != "plugins"
                           for f in fields(sec.default_factory)}  # type: ignore[arg-type]
+CHOICES, RANGES = dict(CORE_CHOICES), dict(CORE_RANGES)
+for _axis in AXES:
+    for _plugin, _cls in sections(_axis).items():
+        for _f in fields(_cls):
+            _key = f"{_axis}.{_plugin}.{_f.name}"
+            SCHEMA[_key] = _kind(_f.type)
+            if _f.metadata.get("choices"):
+                CHOICES[_key] = _f.metadata["choices"]
+            if _f.metadata.get("range"):
+                RANGES[_key] = _f.metadata["range"]
 SECTIONS = sorted({k.split(".")[0] for k in SCHEMA})
-BARE = sorted({k.split(".")[1] for k in SCHEMA})
+BARE = sorted({k.split(".")[-1] for k in SCHEMA})
 
 
 def _bounds(spec: str) -> tuple[float, bool, float, bool]:
@@ -134,8 +148,11 @@ def tables(draw) -> dict:
     """A nested config table: known sections and keys with near-valid or arbitrary values, plus strays."""
     data: dict = {}
     for key in draw(st.lists(KEYS, max_size=6, unique=True)):
-        section, name = key.split(".")
-        data.setdefault(section, {})[name] = draw(_value_for(key))
+        *path, name = key.split(".")
+        table = data
+        for part in path:
+            table = table.setdefault(part, {})
+        table[name] = draw(_value_for(key))
     if draw(st.booleans()):
         stray = draw(st.sampled_from(SECTIONS + BARE) | st.text(max_size=10))
         data[stray] = draw(NESTED)
@@ -154,6 +171,9 @@ def _deep(depth: int) -> list:
 @given(tables())
 @example({"stage1": {"lr": 10**400}})
 @example({"world": {"root": "a\x00b"}})
+@example({"world": {"name": "folder", "folder": {"root": "a\x00b"}}})
+@example({"peft": {"lora": {"rank": 0}}})
+@example({"method": {"lora_rank": 4}})
 @example({"world": {"name": "x" * (MAX_TEXT + 1)}})
 @example({"stage1": {1: 2, "lr": 0.1}})
 @example({1: {}, "stage1": {}})
@@ -242,13 +262,16 @@ def test_every_numeric_key_has_a_bounded_documented_range():
 # ----------------------------------------------------------------------------- through the real command line
 @pytest.mark.parametrize(("toml", "sets", "pattern"), [
     ("a = " + "[" * 3000 + "]" * 3000 + "\n", [], r"nested too deeply"),
-    ('[world]\nroot = "' + "r" * 5000 + '"\n', [], r"world.root='r+\.\.\.r+': 5000 characters; allowed at most 4096"),
+    ('[world.folder]\nroot = "' + "r" * 5000 + '"\n', [],
+     r"world.folder.root='r+\.\.\.r+': 5000 characters; allowed at most 4096"),
     ("[stage1]\nlr = 1e400\n", [], r"stage1.lr=inf: allowed a finite number"),
     (None, ["rounds=" + "9" * 5000], r"federation.rounds='9+\.\.\.9+': allowed \[1, 1000000\]"),
-    (None, ["ctx_init=a\tb"], r"method.ctx_init='a\\tb': holds the control character"),
+    (None, ["ctx_init=a\tb"], r"peft.prompt.ctx_init='a\\tb': holds the control character"),
     (None, ["rounds=_1"], r"federation.rounds='_1': allowed an integer"),
+    ("[method]\nname = 'fedavg'\nlora_rank = 4\n", [], r"method.lora_rank moved to peft.lora.rank \("),
+    (None, ["method.n_ctx=8"], r"method.n_ctx moved to peft.prompt.n_ctx \("),
 ], ids=["deep-toml", "long-string", "overflowing-float", "huge-integer-text", "control-character",
-        "misplaced-underscore"])
+        "misplaced-underscore", "moved-key-in-toml", "moved-key-set"])
 def test_hostile_config_values_through_the_cli(toml, sets, pattern, tmp_path):
     config = tmp_path / "c.toml"
     config.write_text(toml if toml is not None else (ROOT / "configs" / "embedded.toml").read_text())

@@ -75,7 +75,7 @@ def test_text_anchored_head_uses_logit_scale(core_bank):
 
 def test_build_peft_errors(core_bank):
     with pytest.raises(ValueError, match="unknown PEFT; allowed one of"):
-        build_peft("bitfit", core_bank)
+        build_peft("no-such-peft", core_bank)
     with pytest.raises(ValueError, match="backbone"):
         build_peft("prompt", core_bank)
 

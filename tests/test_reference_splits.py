@@ -92,7 +92,7 @@ def test_symlink_out_of_the_root_is_refused(oltr_root, tmp_path_factory):
 def test_test_list_name_and_missing_lists(oltr_root):
     assert oltr_test_file("ImageNet_LT_train.txt") == "ImageNet_LT_test.txt"
     assert oltr_test_file("iNaturalist18_train.txt", "iNaturalist18_val.txt") == "iNaturalist18_val.txt"
-    with pytest.raises(ConfigError, match="world.test_split_file"):
+    with pytest.raises(ConfigError, match="world.folder.test_split_file"):
         oltr_test_file("lt_list.txt")
     (oltr_root / "Toy_LT_test.txt").unlink()
     with pytest.raises(ResourceMissingError, match="Toy_LT_test.txt not found"):

@@ -141,3 +141,38 @@ def test_shape_grouped_variant_changes_drift_and_order_but_not_the_default() -> 
         shapes.load_shapes("target", n_train=1, n_test=1, variant="nope")
     with pytest.raises(ValueError, match="permutation"):
         shapes.shape_grouped_order([0] * 10)
+
+
+# ----------------------------------------------------------------------------- worlds as plugins
+def test_every_world_registers_its_description_loader_and_section() -> None:
+    from fedpurel_lite.config import RunConfig
+    from fedpurel_lite.registry import sections
+    from fedpurel_lite.worlds import WORLD_PLUGINS, WORLDS, coarse_labels, describe, source
+
+    assert {"shapes", "cifar10", "cifar100", "folder"} <= set(WORLDS) == set(WORLD_PLUGINS.names())
+    assert set(sections("world")) <= set(WORLDS)
+    cfg = RunConfig().with_overrides({"variant": "shape-grouped"})
+    info = describe(cfg)
+    fingerprint, load = source(cfg)
+    assert fingerprint == shapes.shapes_fingerprint(variant="shape-grouped")  # known without rendering
+    assert info.class_order.tolist() == shapes.shape_grouped_order(shapes.VARIANTS["shape-grouped"].shape_rank,
+                                                                   0).tolist()
+    assert coarse_labels(cfg, info.num_classes).tolist() == shapes.COARSE_LABELS.tolist()
+    with pytest.raises(ValueError, match="world 'folder' has none"):
+        coarse_labels(RunConfig().with_overrides({"world": "folder", "root": "/x"}))
+
+
+def test_nothing_outside_a_world_module_names_it() -> None:
+    """The package's world-generic code (the registry, the config, worlds/__init__) holds no world's name."""
+    import re
+    from pathlib import Path
+
+    from fedpurel_lite.worlds import WORLDS
+
+    root = Path(__file__).resolve().parents[1] / "fedpurel_lite"
+    for path in (root / "worlds" / "__init__.py", root / "worlds" / "base.py", root / "registry.py",
+                 root / "config_checks.py"):
+        code = "\n".join(line for line in path.read_text().splitlines() if not line.lstrip().startswith(("#", "``")))
+        code = re.sub(r'"""(.|\n)*?"""', "", code)  # docstrings may name examples
+        for name in WORLDS:
+            assert f'"{name}"' not in code and f"'{name}'" not in code, (path.name, name)

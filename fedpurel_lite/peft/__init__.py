@@ -9,7 +9,9 @@ Modules
              vision tokens (starts at zero-shot).
 
 Every sub-module of this package is imported here, so a new PEFT is one module that decorates its
-builder with :func:`register_peft` (plus its test); nothing else names it.
+builder with :func:`register_peft` (plus its test); nothing else names it. Its knobs are its own
+config section (``[peft.<name>]``): a frozen dataclass of :func:`knob` fields passed as
+``register_peft(..., config=...)`` and read by the builder with ``config.section(ItsConfig)``.
 """
 
 from __future__ import annotations
@@ -19,18 +21,18 @@ import pkgutil
 from typing import Any
 
 from ..errors import ConfigError
-from .base import PEFTS, PEFTModule, PEFTSpec, register_peft
+from .base import PEFTS, PEFTModule, PEFTSpec, knob, register_peft
 
 for _mod in pkgutil.iter_modules(__path__):
     importlib.import_module(f"{__name__}.{_mod.name}")
 
-from .adapter import FeatureAdapter  # noqa: E402
+from .adapter import AdapterConfig, FeatureAdapter  # noqa: E402
 from .head import TextAnchoredHead  # noqa: E402
-from .lora import LoRACLIP  # noqa: E402
-from .prompt import PromptLearner  # noqa: E402
+from .lora import LoRACLIP, LoRAConfig  # noqa: E402
+from .prompt import PromptConfig, PromptLearner  # noqa: E402
 
-__all__ = ["PEFTS", "FeatureAdapter", "LoRACLIP", "PEFTModule", "PEFTSpec", "PromptLearner", "TextAnchoredHead",
-           "build_peft", "register_peft"]
+__all__ = ["PEFTS", "AdapterConfig", "FeatureAdapter", "LoRACLIP", "LoRAConfig", "PEFTModule", "PEFTSpec",
+           "PromptConfig", "PromptLearner", "TextAnchoredHead", "build_peft", "knob", "register_peft"]
 
 
 def build_peft(kind: str, bank: Any, backbone: Any = None, config: Any = None) -> PEFTModule:
@@ -46,7 +48,7 @@ def build_peft(kind: str, bank: Any, backbone: Any = None, config: Any = None) -
     backbone : Backbone-like, optional
         ``model`` and ``tokenizer``; required when the PEFT's spec says ``needs_backbone``.
     config : RunConfig, optional
-        Its ``method`` and ``run`` sections (defaults when omitted).
+        Its ``run`` section and the PEFT's own section ``[peft.<kind>]`` (defaults when omitted).
 
     Returns
     -------

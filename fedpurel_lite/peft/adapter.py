@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .base import PEFTModule, register_peft
+from .base import PEFTModule, knob, register_peft
 
 
 class FeatureAdapter(PEFTModule):
@@ -48,8 +49,17 @@ class FeatureAdapter(PEFTModule):
         return self.text
 
 
-@register_peft("adapter", description="CLIP-Adapter residual MLP on the image features")
+@dataclass(frozen=True)
+class AdapterConfig:
+    """``[peft.adapter]``: the CLIP-Adapter's knobs."""
+
+    reduction: int = knob(4, "hidden width = feature dim / reduction", range="[1, 1024]")
+    ratio: float = knob(0.2, "residual mix r of the adapted features (CLIP-Adapter: 0.2)", range="[0, 1]")
+
+
+@register_peft("adapter", config=AdapterConfig, description="CLIP-Adapter residual MLP on the image features")
 def build_adapter(bank: Any, backbone: Any, config: Any) -> FeatureAdapter:
-    """A :class:`FeatureAdapter` with ``method.adapter_reduction`` and ``method.adapter_ratio``."""
-    return FeatureAdapter(torch.as_tensor(bank.text_features).float(), float(bank.logit_scale),
-                          config.method.adapter_reduction, config.method.adapter_ratio)
+    """A :class:`FeatureAdapter` with ``peft.adapter.reduction`` and ``peft.adapter.ratio``."""
+    opts = config.section(AdapterConfig)
+    return FeatureAdapter(torch.as_tensor(bank.text_features).float(), float(bank.logit_scale), opts.reduction,
+                          opts.ratio)

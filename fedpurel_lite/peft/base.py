@@ -14,8 +14,10 @@ federation averages are the module's trainable parameters, exchanged by name thr
 :meth:`PEFTModule.shared_state` / :meth:`PEFTModule.load_shared_state`.
 
 A PEFT is registered in :data:`PEFTS` by decorating its builder with :func:`register_peft`, which
-declares what it needs (the backbone's towers or only cached features) and whether a round's
-clients gain from training concurrently on the CPU.
+declares what it needs (the backbone's towers or only cached features), whether a round's
+clients gain from training concurrently on the CPU, and its own config section: a frozen
+dataclass of its knobs (fields made with :func:`fedpurel_lite.registry.knob`), the TOML table
+``[peft.<name>]``, read by the builder as ``config.section(ItsConfig)``.
 """
 
 from __future__ import annotations
@@ -28,7 +30,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..registry import Registry
+from ..registry import Registry, knob
+
+__all__ = ["PEFTS", "PEFTModule", "PEFTSpec", "knob", "register_peft"]
 
 
 @dataclass(frozen=True)
@@ -51,6 +55,8 @@ class PEFTSpec:
     inputs : {"features", "tokens"} or callable
         What ``x`` is: cached final image features, or the vision tower's cached input tokens;
         a callable ``inputs(config)`` when it depends on the config.
+    config : type, optional
+        Its config section (a frozen dataclass), the TOML table ``[peft.<name>]``.
     """
 
     name: str
@@ -59,6 +65,7 @@ class PEFTSpec:
     concurrent_clients: bool = False
     description: str = ""
     inputs: str | Callable[[Any], str] = "features"
+    config: type | None = None
 
     def inputs_for(self, config: Any) -> str:
         """``"features"`` or ``"tokens"``: the inputs this PEFT reads under ``config``."""
@@ -66,14 +73,28 @@ class PEFTSpec:
 
 
 #: every registered PEFT
-PEFTS: Registry[PEFTSpec] = Registry("PEFT", "method.peft")
+PEFTS: Registry[PEFTSpec] = Registry("PEFT", "method.peft", axis="peft")
 
 
-def register_peft(name: str, *, needs_backbone: bool = False, concurrent_clients: bool = False,
-                  description: str = "", inputs: str | Callable[[Any], str] = "features") -> Callable:
-    """Decorator registering a builder ``fn(bank, backbone, config) -> PEFTModule`` as PEFT ``name``."""
+def register_peft(name: str, *, config: type | None = None, needs_backbone: bool = False,
+                  concurrent_clients: bool = False, description: str = "",
+                  inputs: str | Callable[[Any], str] = "features") -> Callable[[Any], Any]:
+    """Decorator registering a builder ``fn(bank, backbone, config) -> PEFTModule`` as PEFT ``name``.
+
+    Parameters
+    ----------
+    name : str
+        The registry key (``method.peft = "<name>"``).
+    config : type, optional
+        The PEFT's config section: a frozen dataclass whose fields are made with
+        :func:`~fedpurel_lite.registry.knob` (default, help, range or choices). It becomes the TOML
+        table ``[peft.<name>]`` and ``--set peft.<name>.<key>=...``; the builder reads it with
+        ``config.section(ItsConfig)``.
+    needs_backbone, concurrent_clients, description, inputs
+        See :class:`PEFTSpec`.
+    """
     return PEFTS.decorator(PEFTSpec, name, needs_backbone=needs_backbone, concurrent_clients=concurrent_clients,
-                           description=description, inputs=inputs)
+                           description=description, inputs=inputs, config=config)
 
 
 class PEFTModule(nn.Module):

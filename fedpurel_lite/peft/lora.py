@@ -11,6 +11,7 @@ reads cached image features like the other PEFTs.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -18,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..lora_tower import LoRAFactors, check_blocks, check_vision, run_blocks, vision_pool
-from .base import PEFTModule, register_peft
+from .base import PEFTModule, knob, register_peft
 from .prompt import _text_tower
 
 #: images per pass of the LoRA vision tower without grad (evaluation, the frozen global model)
@@ -154,22 +155,32 @@ class LoRACLIP(PEFTModule):
         return F.normalize(x, dim=-1)
 
 
+@dataclass(frozen=True)
+class LoRAConfig:
+    """``[peft.lora]``: the LoRA factors' knobs."""
+
+    rank: int = knob(8, "rank r of the q/k/v updates", range="[1, 1024]")
+    alpha: float = knob(16.0, "the update is scaled by alpha / sqrt(rank)", range="(0, 1024]")
+    towers: str = knob("vision", "where the factors go: the vision tower, the text tower, or both",
+                       choices=("vision", "text", "both"))
+
+
 def lora_inputs(config: Any) -> str:
     """Tokens when the vision tower carries LoRA factors, cached features otherwise."""
-    return "features" if config.method.lora_towers == "text" else "tokens"
+    return "features" if config.section(LoRAConfig).towers == "text" else "tokens"
 
 
-@register_peft("lora", needs_backbone=True, concurrent_clients=True, inputs=lora_inputs,
+@register_peft("lora", config=LoRAConfig, needs_backbone=True, concurrent_clients=True, inputs=lora_inputs,
                description="LoRA on the attention q/k/v of the frozen CLIP (vision tower by default)")
 def build_lora(bank: Any, backbone: Any, config: Any) -> LoRACLIP:
-    """A :class:`LoRACLIP` (``method.lora_rank``, ``lora_alpha``, ``lora_towers``; seeded by ``run.seed``).
+    """A :class:`LoRACLIP` (``peft.lora.rank``, ``alpha``, ``towers``; seeded by ``run.seed``).
 
     With LoRA in the text tower the class features average the templates the bank's zero-shot
     classifier was built from (so the model starts at its zero-shot logits).
     """
     gen = torch.Generator().manual_seed(config.run.seed + 104729)
     templates = (getattr(bank, "manifest", None) or {}).get("inputs", {}).get("templates")
-    m = config.method
+    opts = config.section(LoRAConfig)
     return LoRACLIP(backbone.model, torch.as_tensor(bank.text_features).float(), float(bank.logit_scale),
-                    towers=m.lora_towers, rank=m.lora_rank, alpha=m.lora_alpha, tokenizer=backbone.tokenizer,
+                    towers=opts.towers, rank=opts.rank, alpha=opts.alpha, tokenizer=backbone.tokenizer,
                     class_names=list(bank.class_names), templates=templates, generator=gen)

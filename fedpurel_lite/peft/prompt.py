@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -9,7 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..prompt_tower import SharedPrefixTower, supports
-from .base import PEFTModule, register_peft
+from .base import PEFTModule, knob, register_peft
 
 
 def _text_tower(model: nn.Module) -> tuple[nn.Module, str]:
@@ -164,11 +165,21 @@ class PromptLearner(PEFTModule):
         return F.normalize(x, dim=-1)
 
 
-@register_peft("prompt", needs_backbone=True, concurrent_clients=True,
+@dataclass(frozen=True)
+class PromptConfig:
+    """``[peft.prompt]``: the CoOp context's knobs."""
+
+    n_ctx: int = knob(4, "context tokens (ignored when ctx_init is given: its token count is used)", range="[1, 64]")
+    ctx_init: str = knob("", "initial context words, e.g. 'a photo of a' ('' = random init)")
+    class_specific: bool = knob(False, "one context per class (CSC) instead of one shared context")
+
+
+@register_peft("prompt", config=PromptConfig, needs_backbone=True, concurrent_clients=True,
                description="CoOp context through the frozen text tower (PromptFL when federated)")
 def build_prompt(bank: Any, backbone: Any, config: Any) -> PromptLearner:
-    """A :class:`PromptLearner` (``method.n_ctx``, ``ctx_init``, ``class_specific``; seeded by ``run.seed``)."""
+    """A :class:`PromptLearner` (``peft.prompt.n_ctx``, ``ctx_init``, ``class_specific``; seeded by ``run.seed``)."""
     gen = torch.Generator().manual_seed(config.run.seed + 7919)
+    opts = config.section(PromptConfig)
     return PromptLearner(backbone.model, backbone.tokenizer, list(bank.class_names), float(bank.logit_scale),
-                         n_ctx=config.method.n_ctx, ctx_init=config.method.ctx_init or None,
-                         class_specific=config.method.class_specific, generator=gen)
+                         n_ctx=opts.n_ctx, ctx_init=opts.ctx_init or None, class_specific=opts.class_specific,
+                         generator=gen)

@@ -1,168 +1,156 @@
-"""Worlds (FLamby-style, one shape for all): ``load_world("shapes" | "cifar10" | "cifar100" | "folder")``.
+"""Worlds (FLamby-style, one shape for all), found by name in :data:`WORLD_PLUGINS`.
 
-:func:`describe_world` is the cheap pre-flight: class count, per-class training-pool sizes and the
-head-to-tail class order from constants, file listings or a split file, without rendering or reading any image.
+Every module of this package is imported here; a world module registers itself with
+:func:`~fedpurel_lite.worlds.base.register_world` (its loader, its cheap description with the
+class order, its coarse labels, its config section ``[world.<name>]``), so a new world is one
+module and nothing outside it names it. The shipped worlds: ``shapes`` (embedded, rendered),
+``cifar10`` / ``cifar100`` (torchvision) and ``folder`` (your own images, JSON split or OLTR lists).
+
+Use them through a config (:func:`describe`, :func:`coarse_labels`, :func:`source`) or by name
+with the loader's options (:func:`load_world`, :func:`describe_world`, :func:`coarse_labels_of`).
+:func:`describe` is the cheap pre-flight: class count, per-class training-pool sizes and the
+head-to-tail class order from constants, file listings or a split file, without rendering or
+reading any image.
+
+A world module must not import torch at import time (the config looks the sections up at once).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from pathlib import PurePosixPath
+import dataclasses
+import importlib
+import pkgutil
+from collections.abc import Callable, Mapping
+from pathlib import PurePath
 from typing import Any
 
 import numpy as np
 
 from fedpurel_lite.errors import ConfigError
-from fedpurel_lite.worlds.base import World
+from fedpurel_lite.worlds.base import WORLD_PLUGINS, World, WorldInfo, WorldSpec, register_world
 
-WORLDS = ("shapes", "cifar10", "cifar100", "folder")
+for _mod in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_mod.name}")
 
-__all__ = ["WORLDS", "World", "WorldInfo", "coarse_labels_of", "describe_world", "load_world"]
+#: the registered world names
+WORLDS: tuple[str, ...] = WORLD_PLUGINS.names()
 
-
-def _unknown(name: str) -> ConfigError:
-    return ConfigError(f"unknown world {name!r} (setting world); choose from {', '.join(WORLDS)}")
-
-
-@dataclass(frozen=True, eq=False)
-class WorldInfo:
-    """What a config needs to know about a world before loading it.
-
-    Attributes
-    ----------
-    name : str
-        Registry name.
-    num_classes : int
-        Number of classes.
-    train_counts_per_class : numpy.ndarray
-        ``int64 [num_classes]`` training-pool images per class id (read-only).
-    class_order : numpy.ndarray
-        ``int64 [num_classes]`` class ids from head to tail, the loaded world's ``class_order``
-        (read-only; label order when not given).
-    """
-
-    name: str
-    num_classes: int
-    train_counts_per_class: np.ndarray
-    class_order: np.ndarray | None = None
-
-    def __post_init__(self) -> None:
-        counts = np.array(self.train_counts_per_class, dtype=np.int64)
-        counts.setflags(write=False)
-        object.__setattr__(self, "train_counts_per_class", counts)
-        if counts.shape != (self.num_classes,):
-            raise ValueError(f"world {self.name!r}: {counts.shape[0]} counts for {self.num_classes} classes")
-        order = np.arange(self.num_classes) if self.class_order is None else self.class_order
-        order = np.array(order, dtype=np.int64)
-        if sorted(order.tolist()) != list(range(self.num_classes)):
-            raise ValueError(f"class_order of world {self.name!r} is not a permutation of 0..{self.num_classes - 1}")
-        order.setflags(write=False)
-        object.__setattr__(self, "class_order", order)
+__all__ = ["WORLDS", "WORLD_PLUGINS", "World", "WorldInfo", "WorldSpec", "coarse_labels", "coarse_labels_of",
+           "describe", "describe_world", "load_world", "register_world", "source"]
 
 
-def _by_count(counts: np.ndarray) -> np.ndarray:
-    """Class ids by decreasing training count, ties in label order (the folder world's class order)."""
-    return np.lexsort((np.arange(len(counts)), -np.asarray(counts)))
+def _spec(name: str) -> WorldSpec:
+    if name not in WORLD_PLUGINS:
+        raise ConfigError(f"unknown world {name!r} (setting world); choose from {', '.join(WORLD_PLUGINS)}")
+    return WORLD_PLUGINS.get(name)
 
 
-def describe_world(name: str, root: str | None = None, split_file: str | None = None,
-                   test_split_file: str | None = None, variant: str | None = None) -> WorldInfo:
-    """Describe a world cheaply (no image is rendered or read), for config validation.
+def _section(spec: WorldSpec, options: Mapping[str, Any]) -> tuple[Any, dict[str, Any]]:
+    """The world's section from loader-style options (``None`` = the default), and the options it has no key for."""
+    if spec.config is None:
+        return None, dict(options)
+    keys = {f.name for f in dataclasses.fields(spec.config)}
+    given = {k: str(v) if isinstance(v, PurePath) else v for k, v in options.items() if k in keys and v is not None}
+    return spec.config(**given), {k: v for k, v in options.items() if k not in keys}
+
+
+def _config_section(config: Any) -> tuple[WorldSpec, Any]:
+    spec = _spec(config.world.name)
+    return spec, config.plugin_section("world", spec.name)
+
+
+# ---------------------------------------------------------------------- from a config
+def describe(config: Any) -> WorldInfo:
+    """Describe the config's world cheaply (no image is rendered or read), for the pre-flight.
 
     Parameters
     ----------
-    name : {"shapes", "cifar10", "cifar100", "folder"}
-    root : str, optional
-        Dataset folder: CIFAR (default ``$FEDPUREL_DATA/cifar`` or ``data/cifar``) or the image
-        folder (required for ``"folder"``).
-    split_file : str, optional
-        Folder world's split file (``None`` / ``""``: ``split.json``, else ``train/`` + ``test/``); a
-        ``.txt`` file is an OLTR-style training list.
-    test_split_file : str, optional
-        Folder world, OLTR lists: the test list (default: the training list's name with ``train`` -> ``test``).
-    variant : str, optional
-        Shapes world: the target variant (``world.variant``; default the loader's), which sets the class order.
-
-    Returns
-    -------
-    WorldInfo
+    config : RunConfig
+        Its ``world.name`` and the world's section ``[world.<name>]``.
 
     Raises
     ------
     ConfigError
-        Unknown world name, or ``"folder"`` without ``root``.
+        Unknown world name, or a required key missing (the folder world's ``root``).
     ResourceMissingError
-        Dataset files or folder missing (CIFAR without download allowed, folder, listed images).
+        Dataset files or folder missing.
     IntegrityError
         A malformed or unsafe split file.
     """
-    if name == "shapes":
-        from fedpurel_lite.worlds import shapes
-
-        n = len(shapes.CLASS_NAMES)
-        v = shapes.VARIANTS.get(variant or shapes.DEFAULT_VARIANT)
-        if v is None:
-            raise ConfigError(f"world.variant={variant!r}: choose from {', '.join(shapes.VARIANTS)}")
-        order = shapes.shapes_class_order(0) if v.shape_rank is None else shapes.shape_grouped_order(v.shape_rank, 0)
-        return WorldInfo(name, n, np.full(n, shapes.N_TRAIN_PER_CLASS, dtype=np.int64), order)
-    if name in ("cifar10", "cifar100"):
-        from fedpurel_lite.worlds.cifar import SIZES, check_cifar_files
-
-        check_cifar_files(name, root)
-        n, per_class = SIZES[name]
-        return WorldInfo(name, n, np.full(n, per_class, dtype=np.int64), np.arange(n))
-    if name == "folder" and str(split_file or "").endswith(".txt"):
-        from fedpurel_lite.worlds.folder import resolve_oltr
-
-        _, labels, _ = resolve_oltr(root, str(split_file), test_split_file)
-        n = int(max(labels["train"].max(), labels["test"].max(initial=0))) + 1
-        counts = np.bincount(labels["train"], minlength=n)
-        return WorldInfo(name, n, counts, _by_count(counts))
-    if name == "folder":
-        from fedpurel_lite.worlds.folder import resolve_split, split_classes
-
-        split, _ = resolve_split(root, split_file)
-        classes = split_classes(split)
-        index = {c: i for i, c in enumerate(classes)}
-        labels = [index[PurePosixPath(p).parts[0]] for p in split["train"]]
-        counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=len(classes))
-        return WorldInfo(name, len(classes), counts, _by_count(counts))
-    raise _unknown(name)
+    spec, section = _config_section(config)
+    return spec.describe(section)
 
 
-def coarse_labels_of(name: str, root: str | None = None, num_classes: int | None = None) -> np.ndarray:
-    """A world's coarse label per class id, without loading its images.
-
-    Parameters
-    ----------
-    name : str
-        World name: ``"shapes"`` (the colour) or ``"cifar100"`` (the 20 superclasses, read from the
-        dataset's ``train`` file when present, else the shipped table).
-    root : str, optional
-        CIFAR folder.
-    num_classes : int, optional
-        Checked against the table's length when given.
+def coarse_labels(config: Any, num_classes: int | None = None) -> np.ndarray:
+    """The config's world's coarse label per class id, without loading its images.
 
     Raises
     ------
     ConfigError
         The world has no coarse labels (``federation.partition="superclass"`` needs them), or the
-        table does not fit the classes.
+        table does not fit ``num_classes``.
     """
-    if name == "shapes":
-        from fedpurel_lite.worlds.shapes import COARSE_LABELS
+    spec, section = _config_section(config)
+    return _coarse(spec, section, num_classes)
 
-        table = COARSE_LABELS.copy()
-    elif name == "cifar100":
-        from fedpurel_lite.worlds.cifar import cifar100_coarse_labels
 
-        table = cifar100_coarse_labels(root)
-    else:
-        raise ConfigError(f"federation.partition='superclass' needs coarse labels, and world {name!r} has none "
-                          "(shapes: colour; cifar100: its 20 superclasses); use partition='per-class'")
+def source(config: Any) -> tuple[str, Callable[[], World]]:
+    """The config's world fingerprint and a function that loads it (without loading it when the world can tell)."""
+    spec, section = _config_section(config)
+    if spec.fingerprint is not None:
+        return spec.fingerprint(section), lambda: spec.load(section)
+    world = spec.load(section)
+    return world.fingerprint(), lambda: world
+
+
+def _coarse(spec: WorldSpec, section: Any, num_classes: int | None) -> np.ndarray:
+    if spec.coarse_labels is None:
+        having = ", ".join(s.name for s in WORLD_PLUGINS.specs() if s.coarse_labels is not None)
+        raise ConfigError(f"federation.partition='superclass' needs coarse labels, and world {spec.name!r} has none "
+                          f"(worlds with coarse labels: {having}); use partition='per-class'")
+    table = np.asarray(spec.coarse_labels(section), dtype=np.int64)
     if num_classes is not None and table.size != num_classes:
-        raise ConfigError(f"world {name!r}: {table.size} coarse labels for {num_classes} classes")
+        raise ConfigError(f"world {spec.name!r}: {table.size} coarse labels for {num_classes} classes")
     return table
+
+
+# ---------------------------------------------------------------------- by name, with the loaders' options
+def describe_world(name: str, root: str | None = None, split_file: str | None = None,
+                   test_split_file: str | None = None, variant: str | None = None) -> WorldInfo:
+    """Describe a world by name cheaply (no image is rendered or read).
+
+    Parameters
+    ----------
+    name : str
+        A registered world (:data:`WORLDS`).
+    root, split_file, test_split_file, variant : str, optional
+        Keys of the world's section (``None``: its default); keys the world has none of are ignored.
+
+    Raises
+    ------
+    ConfigError, ResourceMissingError, IntegrityError
+        As :func:`describe`.
+    """
+    spec = _spec(name)
+    options = {"root": root, "split_file": split_file, "test_split_file": test_split_file, "variant": variant}
+    return spec.describe(_section(spec, options)[0])
+
+
+def coarse_labels_of(name: str, root: str | None = None, num_classes: int | None = None) -> np.ndarray:
+    """A world's coarse label per class id by name, without loading its images (see :func:`coarse_labels`).
+
+    Parameters
+    ----------
+    name : str
+        World name (``"shapes"``: the colour; ``"cifar100"``: the 20 superclasses, read from the
+        dataset's ``train`` file when present, else the shipped table).
+    root : str, optional
+        Dataset folder.
+    num_classes : int, optional
+        Checked against the table's length when given.
+    """
+    spec = _spec(name)
+    return _coarse(spec, _section(spec, {"root": root})[0], num_classes)
 
 
 def load_world(name: str, **kwargs: Any) -> World:
@@ -170,15 +158,12 @@ def load_world(name: str, **kwargs: Any) -> World:
 
     Parameters
     ----------
-    name : {"shapes", "cifar10", "cifar100", "folder"}
+    name : str
+        A registered world (:data:`WORLDS`).
     **kwargs
-        Passed to :func:`~fedpurel_lite.worlds.shapes.load_shapes` (``domain``, ``shift``, ``seed``, ``variant``),
-        :func:`~fedpurel_lite.worlds.cifar.load_cifar` (``root``, ``download``) or
-        :func:`~fedpurel_lite.worlds.folder.load_folder` (``root``, ``split_file``).
-
-    Returns
-    -------
-    World
+        Keys of the world's section (``root``, ``split_file``, ``variant``, ...; ``None``: the
+        default) and its loader's other options (the shapes world's ``domain``, ``shift``,
+        ``seed``; CIFAR's ``download``; the folder world's ``templates``).
 
     Raises
     ------
@@ -189,16 +174,6 @@ def load_world(name: str, **kwargs: Any) -> World:
     IntegrityError
         Damaged dataset files or a malformed split file.
     """
-    if name == "shapes":
-        from fedpurel_lite.worlds.shapes import load_shapes
-
-        return load_shapes(**kwargs)
-    if name in ("cifar10", "cifar100"):
-        from fedpurel_lite.worlds.cifar import load_cifar
-
-        return load_cifar(name, **kwargs)
-    if name == "folder":
-        from fedpurel_lite.worlds.folder import load_folder
-
-        return load_folder(**kwargs)
-    raise _unknown(name)
+    spec = _spec(name)
+    section, extra = _section(spec, kwargs)
+    return spec.load(section, **extra) if section is not None else spec.load(None, **extra)

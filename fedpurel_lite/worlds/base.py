@@ -1,12 +1,23 @@
-"""The shape every world shares (FLamby-style): images, labels, class names, templates, class order."""
+"""The shape every world shares (FLamby-style): images, labels, class names, templates, class order.
+
+Also the world plugin interface: a world module registers itself in :data:`WORLD_PLUGINS` with
+:func:`register_world` (its loader, its cheap description, its coarse labels, its config section),
+so nothing outside the module names it.
+"""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
+from fedpurel_lite.registry import Registry, knob
+
+__all__ = ["DEFAULT_TEMPLATES", "SINGLE_TEMPLATE", "WORLD_PLUGINS", "World", "WorldInfo", "WorldSpec",
+           "by_count", "fingerprint_of", "knob", "register_world"]
 
 #: Prompt templates used for worlds that have no better ones (CLIP-style, short).
 DEFAULT_TEMPLATES: list[str] = [
@@ -100,3 +111,98 @@ class World:
             f"World(name={self.name!r}, classes={self.num_classes}, train={len(self.train_labels)}, "
             f"test={len(self.test_labels)}, params={self.params})"
         )
+
+
+@dataclass(frozen=True, eq=False)
+class WorldInfo:
+    """What a config needs to know about a world before loading it.
+
+    Attributes
+    ----------
+    name : str
+        Registry name.
+    num_classes : int
+        Number of classes.
+    train_counts_per_class : numpy.ndarray
+        ``int64 [num_classes]`` training-pool images per class id (read-only).
+    class_order : numpy.ndarray
+        ``int64 [num_classes]`` class ids from head to tail, the loaded world's ``class_order``
+        (read-only; label order when not given).
+    """
+
+    name: str
+    num_classes: int
+    train_counts_per_class: np.ndarray
+    class_order: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        counts = np.array(self.train_counts_per_class, dtype=np.int64)
+        counts.setflags(write=False)
+        object.__setattr__(self, "train_counts_per_class", counts)
+        if counts.shape != (self.num_classes,):
+            raise ValueError(f"world {self.name!r}: {counts.shape[0]} counts for {self.num_classes} classes")
+        order = np.arange(self.num_classes) if self.class_order is None else self.class_order
+        order = np.array(order, dtype=np.int64)
+        if sorted(order.tolist()) != list(range(self.num_classes)):
+            raise ValueError(f"class_order of world {self.name!r} is not a permutation of 0..{self.num_classes - 1}")
+        order.setflags(write=False)
+        object.__setattr__(self, "class_order", order)
+
+
+def by_count(counts: np.ndarray) -> np.ndarray:
+    """Class ids by decreasing training count, ties in label order (the class order of worlds ranked by their data)."""
+    return np.lexsort((np.arange(len(counts)), -np.asarray(counts)))
+
+
+@dataclass(frozen=True)
+class WorldSpec:
+    """A registered world.
+
+    Every callable takes the world's config section (an instance of ``config``, the
+    ``[world.<name>]`` table; ``None`` when the world has no section).
+
+    Attributes
+    ----------
+    name : str
+        Registry key (``world.name`` in a config).
+    load : callable
+        ``load(section, **extra) -> World``; ``extra`` are loader options that are not config
+        keys (the shapes world's ``domain``, CIFAR's ``download``, ...).
+    describe : callable
+        ``describe(section) -> WorldInfo`` without reading or rendering an image (the pre-flight);
+        its ``class_order`` is the loaded world's.
+    config : type, optional
+        The world's config section: a frozen dataclass of :func:`~fedpurel_lite.registry.knob` fields.
+    coarse_labels : callable, optional
+        ``coarse_labels(section) -> int64 [num_classes]``, a coarse label per class id without
+        loading the images (``federation.partition = "superclass"``); ``None``: the world has none.
+    fingerprint : callable, optional
+        ``fingerprint(section) -> str``, the loaded world's :meth:`World.fingerprint` without loading
+        it (caches are then found without rendering or reading the world).
+    description : str
+        One line for tables and messages.
+    """
+
+    name: str
+    load: Callable[..., World]
+    describe: Callable[[Any], WorldInfo]
+    config: type | None = None
+    coarse_labels: Callable[[Any], np.ndarray] | None = None
+    fingerprint: Callable[[Any], str] | None = None
+    description: str = ""
+
+
+#: every registered world
+WORLD_PLUGINS: Registry[WorldSpec] = Registry("world", "world.name", axis="world")
+
+
+def register_world(name: str, *, describe: Callable[[Any], WorldInfo], config: type | None = None,
+                   coarse_labels: Callable[[Any], np.ndarray] | None = None,
+                   fingerprint: Callable[[Any], str] | None = None,
+                   description: str = "") -> Callable[[Callable[..., World]], Callable[..., World]]:
+    """Decorator registering a loader ``fn(section, **extra) -> World`` as world ``name`` (see :class:`WorldSpec`)."""
+    def register(fn: Callable[..., World]) -> Callable[..., World]:
+        WORLD_PLUGINS.add(name, WorldSpec(name, fn, describe, config, coarse_labels, fingerprint, description), config)
+        return fn
+
+    return register

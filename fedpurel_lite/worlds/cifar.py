@@ -2,18 +2,21 @@
 
 Files are never fetched implicitly: pass ``download=True`` (or set ``FEDPUREL_DOWNLOAD=1``) to allow
 torchvision to download them. Otherwise the python-version archives must already be extracted under
-``root`` (default ``$FEDPUREL_DATA/cifar`` or ``data/cifar``), e.g. ``data/cifar/cifar-100-python/``.
+``root`` (default ``$FEDPUREL_DATA/cifar`` or ``data/cifar``), e.g. ``data/cifar/cifar-100-python/``;
+in a config, ``[world.cifar100] root`` (``[world.cifar10] root``).
 """
 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from fedpurel_lite.errors import ConfigError, IntegrityError, ResourceMissingError
-from fedpurel_lite.worlds.base import DEFAULT_TEMPLATES, World
+from fedpurel_lite.worlds.base import DEFAULT_TEMPLATES, World, WorldInfo, knob, register_world
 
 _FOLDERS = {"cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python"}
 _FILES = {"cifar10": ["batches.meta", "test_batch"] + [f"data_batch_{i}" for i in range(1, 6)],
@@ -157,3 +160,30 @@ def load_cifar(name: str = "cifar100", root: str | Path | None = None, download:
                  train_labels=np.asarray(train.targets), test_images=test, test_labels=np.asarray(test.targets),
                  class_order=np.arange(len(class_names)), params={"version": 1, "dataset": name},
                  coarse_labels=coarse)
+
+
+@dataclass(frozen=True)
+class CifarConfig:
+    """``[world.cifar10]`` / ``[world.cifar100]``: where the extracted archive is."""
+
+    root: str = knob("", "folder holding cifar-10-batches-py / cifar-100-python ('' = $FEDPUREL_DATA/cifar or "
+                     "data/cifar)")
+
+
+def _register(name: str) -> None:
+    classes, per_class = SIZES[name]
+
+    def describe(section: CifarConfig) -> WorldInfo:
+        check_cifar_files(name, section.root or None)
+        return WorldInfo(name, classes, np.full(classes, per_class, dtype=np.int64), np.arange(classes))
+
+    def load(section: CifarConfig, **extra: Any) -> World:
+        return load_cifar(name, root=section.root or None, **extra)
+
+    coarse = (lambda section: cifar100_coarse_labels(section.root or None)) if name == "cifar100" else None
+    register_world(name, config=CifarConfig, describe=describe, coarse_labels=coarse,
+                   description=f"{name.upper()} through torchvision ({classes} classes, {per_class} per class)")(load)
+
+
+for _name in SIZES:
+    _register(_name)

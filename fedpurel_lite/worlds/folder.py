@@ -23,13 +23,15 @@ image present. A bad file raises :class:`~fedpurel_lite.errors.IntegrityError`, 
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 import numpy as np
 
 from fedpurel_lite.errors import ConfigError, IntegrityError, ResourceMissingError
 from fedpurel_lite.safe_load import load_json
-from fedpurel_lite.worlds.base import DEFAULT_TEMPLATES, World
+from fedpurel_lite.worlds.base import DEFAULT_TEMPLATES, World, WorldInfo, by_count, knob, register_world
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff")
 DEFAULT_SPLIT_FILE = "split.json"
@@ -129,11 +131,12 @@ def resolve_split(root: str | Path, split_file: str | Path | None = DEFAULT_SPLI
         Malformed split file, or an entry that is absolute, not in a class folder or leads outside ``root``.
     """
     if root is None or str(root) == "":
-        raise ConfigError("world 'folder' needs root=<image folder> (CLI: --set root=/path/to/images)")
+        raise ConfigError("world 'folder' needs root=<image folder> (world.folder.root; CLI: --set "
+                          "root=/path/to/images)")
     root = Path(root)
     if not root.is_dir():
-        raise ResourceMissingError(f"image folder {root} does not exist (setting root); point root=... at the "
-                                   "dataset folder")
+        raise ResourceMissingError(f"image folder {root} does not exist (setting world.folder.root); point root=... at "
+                                   "the dataset folder")
     split_file = split_file or DEFAULT_SPLIT_FILE
     split_path = Path(split_file) if Path(split_file).is_absolute() else root / split_file
     if split_path.is_file():
@@ -144,8 +147,9 @@ def resolve_split(root: str | Path, split_file: str | Path | None = DEFAULT_SPLI
         bases = {s: root / s for s in _SPLITS}
         sources = {s: f"folder {root / s}" for s in _SPLITS}
     elif str(split_file) != DEFAULT_SPLIT_FILE:
-        raise ResourceMissingError(f"split file {split_path} does not exist (setting split_file); fix the path or "
-                                   f"leave it empty to use {root / DEFAULT_SPLIT_FILE} or {root}/train + test/")
+        raise ResourceMissingError(f"split file {split_path} does not exist (setting world.folder.split_file); fix "
+                                   f"the path or leave it empty to use {root / DEFAULT_SPLIT_FILE} or {root}/train + "
+                                   "test/")
     else:
         raise ResourceMissingError(f"{root}: no split file ({split_path}) and no train/ + test/ sub-folders; "
                                    f"add one of them ({_FORMAT})")
@@ -226,8 +230,8 @@ def oltr_test_file(split_file: str, test_split_file: str | None = None) -> str:
         return str(test_split_file)
     head, sep, tail = str(split_file).rpartition("train")
     if not sep:
-        raise ConfigError(f"world.split_file={split_file!r} is an OLTR list (.txt) without 'train' in its name; set "
-                          "world.test_split_file to its test list")
+        raise ConfigError(f"world.folder.split_file={split_file!r} is an OLTR list (.txt) without 'train' in its name; "
+                          "set world.folder.test_split_file to its test list")
     return head + "test" + tail
 
 
@@ -280,18 +284,20 @@ def resolve_oltr(root: str | Path, split_file: str, test_split_file: str | None 
         A malformed line (file and line number), an unsafe path, or a class with no training image.
     """
     if root is None or str(root) == "":
-        raise ConfigError("world 'folder' needs root=<image folder> (CLI: --set root=/path/to/images)")
+        raise ConfigError("world 'folder' needs root=<image folder> (world.folder.root; CLI: --set "
+                          "root=/path/to/images)")
     root = Path(root)
     names = {"train": str(split_file), "test": oltr_test_file(split_file, test_split_file)}
     lists = {s: Path(n) if Path(n).is_absolute() else root / n for s, n in names.items()}
     if not root.is_dir():
-        raise ResourceMissingError(f"image folder {root} does not exist (world.root): it must hold the images listed "
-                                   f"in {lists['train']} and {lists['test']} and those two split files (OLTR-style "
-                                   "lists); download the dataset and its lists, then point world.root at it")
+        raise ResourceMissingError(f"image folder {root} does not exist (world.folder.root): it must hold the images "
+                                   f"listed in {lists['train']} and {lists['test']} and those two split files "
+                                   "(OLTR-style lists); download the dataset and its lists, then point "
+                                   "world.folder.root at it")
     missing = [str(p) for p in lists.values() if not p.is_file()]
     if missing:
-        raise ResourceMissingError(f"split file(s) {', '.join(missing)} not found (world.split_file / "
-                                   f"world.test_split_file); {_OLTR_FORMAT}")
+        raise ResourceMissingError(f"split file(s) {', '.join(missing)} not found (world.folder.split_file / "
+                                   f"world.folder.test_split_file); {_OLTR_FORMAT}")
     entries, labels = {}, {}
     for s in _SPLITS:
         entries[s], labels[s] = read_oltr_list(lists[s])
@@ -314,7 +320,7 @@ def _oltr_names(entries: list[str], labels: np.ndarray, num_classes: int, names_
     if names_file is None:
         return [f.replace("_", " ") or f"class {c}" for c, f in enumerate(folders)]
     if not names_file.is_file():
-        raise ResourceMissingError(f"class-name file {names_file} not found (world.class_names_file)")
+        raise ResourceMissingError(f"class-name file {names_file} not found (world.folder.class_names_file)")
     given: dict[str, str] = {}
     for n, line in enumerate(names_file.read_text(encoding="utf-8").splitlines(), start=1):
         parts = line.strip().split(None, 1)
@@ -381,3 +387,38 @@ def load_oltr(root: str | Path, split_file: str, test_split_file: str | None = N
                  test_labels=labels["test"], class_order=order,
                  params={"version": 1, "format": "oltr", "root_name": root.name, "lists": lists["train"].name,
                          "files": digest.hexdigest()})
+
+
+@dataclass(frozen=True)
+class FolderConfig:
+    """``[world.folder]``: the image folder and its split files."""
+
+    root: str = knob("", "the image folder (required); list paths are relative to it")
+    split_file: str = knob("", "split file relative to root: JSON, or an OLTR .txt training list ('' = split.json, "
+                           "else train/ + test/)")
+    test_split_file: str = knob("", "OLTR lists: the test list ('' = split_file with train -> test)")
+    class_names_file: str = knob("", "OLTR lists: '<label or folder> <name>' lines ('' = the folder names)")
+
+
+def describe_folder(section: FolderConfig) -> WorldInfo:
+    """Class count, per-class training counts and the class order from the split alone (no image read)."""
+    if section.split_file.endswith(".txt"):
+        _, labels, _ = resolve_oltr(section.root, section.split_file, section.test_split_file or None)
+        n = int(max(labels["train"].max(), labels["test"].max(initial=0))) + 1
+        counts = np.bincount(labels["train"], minlength=n)
+        return WorldInfo("folder", n, counts, by_count(counts))
+    split, _ = resolve_split(section.root, section.split_file or None)
+    classes = split_classes(split)
+    index = {c: i for i, c in enumerate(classes)}
+    ids = np.asarray([index[PurePosixPath(p).parts[0]] for p in split["train"]], dtype=np.int64)
+    counts = np.bincount(ids, minlength=len(classes))
+    return WorldInfo("folder", len(classes), counts, by_count(counts))
+
+
+@register_world("folder", config=FolderConfig, describe=describe_folder,
+                description="your own images: one sub-folder per class and a split file (or OLTR lists)")
+def load_folder_world(section: FolderConfig, **extra: Any) -> World:
+    """The folder world of a config section (``extra``: :func:`load_folder`'s ``templates``)."""
+    return load_folder(section.root, section.split_file or DEFAULT_SPLIT_FILE,
+                       test_split_file=section.test_split_file or None,
+                       class_names_file=section.class_names_file or None, **extra)

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
-import torch.nn.functional as F
+
+if TYPE_CHECKING:  # torch is imported when a probe runs: the worlds package loads without it
+    import torch
 
 
 def default_groups(class_order: np.ndarray, n_max: int = 500, imbalance_ratio: float = 100.0) -> np.ndarray:
@@ -57,6 +60,9 @@ def linear_probe_accuracy(train_x: torch.Tensor, train_y: torch.Tensor, test_x: 
     float
         Test accuracy in ``[0, 1]``.
     """
+    import torch
+    import torch.nn.functional as F
+
     torch.manual_seed(seed)
     mu, sd = train_x.mean(0), train_x.std(0) + 1e-6
     xtr, xte = (train_x - mu) / sd, (test_x - mu) / sd

@@ -28,10 +28,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Any
 
 import numpy as np
 
-from fedpurel_lite.worlds.base import World, fingerprint_of
+from fedpurel_lite.worlds.base import World, WorldInfo, fingerprint_of, knob, register_world
 from fedpurel_lite.worlds.shapes_geometry import bilinear_matrix, shape_distance
 
 IMAGE_SIZE = 32
@@ -90,7 +91,7 @@ class TargetVariant:
     shape_rank: tuple[int, ...] | None = None
 
 
-#: the target variants by name (``world.variant``)
+#: the target variants by name (``world.shapes.variant``)
 VARIANTS: dict[str, TargetVariant] = {
     "stratified": TargetVariant(DRIFT_PER_SHIFT),
     "shape-grouped": TargetVariant(0.65, (3, 6, 8, 0, 1, 9, 5, 2, 4, 7)),
@@ -324,11 +325,39 @@ def load_shapes(domain: str = "target", shift: float = DEFAULT_SHIFT, seed: int 
                                                     v.drift_per_shift)
     train_labels, test_labels = train_labels.copy(), test_labels.copy()
     params = shapes_params(domain, shift, seed, n_train, n_test, variant)
-    order = shapes_class_order(seed) if v.shape_rank is None else shape_grouped_order(v.shape_rank, seed)
+    order = _class_order(variant if domain == "target" else DEFAULT_VARIANT, seed)
     return World(name="shapes", class_names=list(CLASS_NAMES), templates=list(TEMPLATES), train_images=train,
                  train_labels=train_labels, test_images=test, test_labels=test_labels,
                  class_order=order, params=params, coarse_labels=COARSE_LABELS.copy())
 
+
+
+@dataclass(frozen=True)
+class ShapesConfig:
+    """``[world.shapes]``: the federated target domain's variant."""
+
+    variant: str = knob(DEFAULT_VARIANT, "target variant: colour drift and which classes are the head (VARIANTS)",
+                        choices=tuple(VARIANTS))
+
+
+def _class_order(variant: str, seed: int = 0) -> np.ndarray:
+    v = _variant(variant)
+    return shapes_class_order(seed) if v.shape_rank is None else shape_grouped_order(v.shape_rank, seed)
+
+
+def describe_shapes(section: ShapesConfig) -> WorldInfo:
+    """Class count, pool sizes and the variant's class order, without rendering."""
+    n = len(CLASS_NAMES)
+    return WorldInfo("shapes", n, np.full(n, N_TRAIN_PER_CLASS, dtype=np.int64), _class_order(section.variant))
+
+
+@register_world("shapes", config=ShapesConfig, describe=describe_shapes,
+                coarse_labels=lambda section: COARSE_LABELS.copy(),
+                fingerprint=lambda section: shapes_fingerprint(variant=section.variant),
+                description="embedded procedural world: 100 classes (10 colours x 10 shapes), 32x32")
+def load_shapes_world(section: ShapesConfig, **extra: Any) -> World:
+    """The shapes world of a config section (``extra``: :func:`load_shapes`'s other arguments)."""
+    return load_shapes(variant=section.variant, **extra)
 
 def plot_contact_sheet(path: str = "figures/shapes_contact_sheet.png", shift: float = DEFAULT_SHIFT,
                        seed: int = 0, dpi: int = 150) -> str:
