@@ -88,8 +88,8 @@ def suspects(config: Any, stage: int, objective: str | None = None, personal: st
 
     Stage 1 (and aggregation / evaluation): ``stage1.lr``, ``stage1.momentum``, ``stage1.weight_decay``,
     and, when used, ``purification.lambda_proj``, ``baselines.prox_mu``, ``baselines.la_tau`` and
-    ``method.lora_alpha``; stage 2: ``personalization.personal_lr``, ``personal_momentum``, the residual
-    head's ``residual_scale`` and ``method.lora_alpha``.
+    ``peft.lora.alpha``; stage 2: ``personalization.personal_lr``, ``personal_momentum``, the residual
+    head's ``residual_scale`` and ``peft.lora.alpha``.
     """
     lora = config.method.peft == "lora"
     if stage == 2:
@@ -97,7 +97,7 @@ def suspects(config: Any, stage: int, objective: str | None = None, personal: st
         if personal == "residual":
             keys.append("personalization.residual_scale")
         elif lora:
-            keys.append("method.lora_alpha")
+            keys.append("peft.lora.alpha")
         return keys
     keys = ["stage1.lr", "stage1.momentum", "stage1.weight_decay"]
     if objective is not None:
@@ -108,7 +108,7 @@ def suspects(config: Any, stage: int, objective: str | None = None, personal: st
                                                                          else [])
         keys += ["baselines.la_tau"] if spec.logit_adjusted else []
     if lora:
-        keys.append("method.lora_alpha")
+        keys.append("peft.lora.alpha")
     return keys
 
 
@@ -152,5 +152,32 @@ def located(exc: NonFiniteError, round_idx: int, client: int | str | None, stage
                           f"most likely at fault: {knob}", round_idx)
 
 
-__all__ = ["STAGES", "NonFiniteError", "all_finite", "check_loss", "check_tensors", "first_nonfinite",
-           "likely_knob", "located", "suspects"]
+def check_aggregated(state: Mapping[str, Tensor], round_idx: int, clients: Iterable[int], config: Any = None,
+                     objective: str | None = None) -> None:
+    """Raise a located :class:`NonFiniteError` when the aggregated (FedAvg) state of a round is not finite.
+
+    Parameters
+    ----------
+    state : mapping of str to Tensor
+        The aggregated shared state.
+    round_idx : int
+        The round (0-based).
+    clients : iterable of int
+        The clients whose states were averaged.
+    config : RunConfig, optional
+        The run's settings: the message then names the one most likely at fault (:func:`likely_knob`).
+    objective : str, optional
+        The method's stage-1 objective (which settings enter its arithmetic).
+    """
+    try:
+        check_tensors(state, "the aggregated state's tensor")
+    except NonFiniteError as exc:
+        who = f"clients {', '.join(str(int(k)) for k in clients)}"
+        if config is not None:
+            raise located(exc, round_idx, who, 3, config, objective) from None
+        raise NonFiniteError(f"training became non-finite in round {round_idx}, {who}, {STAGES[3]}, {exc}",
+                             round_idx) from None
+
+
+__all__ = ["STAGES", "NonFiniteError", "all_finite", "check_aggregated", "check_loss", "check_tensors",
+           "first_nonfinite", "likely_knob", "located", "suspects"]
