@@ -125,14 +125,14 @@ def _backbone_dims(name: str) -> dict[str, int] | None:
 
 def _trainable(config: RunConfig, dims: dict[str, int], classes: int) -> int:
     """Trainable floats of one model copy (upper bounds per PEFT)."""
-    m = config.method
+    m, opts = config.method, config.plugin_section("peft", config.method.peft)
     if m.peft == "prompt":
-        return int(m.n_ctx) * dims["t_width"] * (classes if m.class_specific else 1)
+        return int(opts.n_ctx) * dims["t_width"] * (classes if opts.class_specific else 1)
     if m.peft == "adapter":
-        return 2 * dims["embed"] * max(dims["embed"] // max(int(m.adapter_reduction), 1), 1)
+        return 2 * dims["embed"] * max(dims["embed"] // max(int(opts.reduction), 1), 1)
     if m.peft == "lora":
-        layers = dims["v_layers"] * (2 if m.lora_towers == "both" else 1)
-        return 3 * 2 * int(m.lora_rank) * dims["v_width"] * layers
+        layers = dims["v_layers"] * (2 if opts.towers == "both" else 1)
+        return 3 * 2 * int(opts.rank) * dims["v_width"] * layers
     return classes * dims["embed"]
 
 
@@ -231,12 +231,11 @@ def bound_resources(config: RunConfig, outputs: Iterable[Path] = (), ignore: boo
     """
     from .longtail import class_counts
     from .preflight import cache_dir
-    from .worlds import describe_world
+    from .worlds import describe
 
     config = clip_threads(config)
-    w = config.world
     try:
-        info = describe_world(w.name, w.root or None, w.split_file or None, w.test_split_file or None)
+        info = describe(config)
     except Exception:  # noqa: BLE001 - preflight has reported what it could; no estimate without the world
         return config
     pool = info.train_counts_per_class
@@ -245,7 +244,7 @@ def bound_resources(config: RunConfig, outputs: Iterable[Path] = (), ignore: boo
     else:
         profile: Any = config.longtail.profile  # "exp" or "step" here ("given" is handled above)
         train = int(class_counts(int(pool.max()), len(pool), config.longtail.imbalance_ratio, profile).sum())
-    test = int(pool.sum() // 5) if w.name != "shapes" else info.num_classes * 100
+    test = int(pool.sum() // 5) if config.world.name != "shapes" else info.num_classes * 100
     cost = estimate_cost(config, int(pool.sum()), train, test, info.num_classes, runs, checkpoints)
     if cost.seconds is not None and cost.seconds > LONG_RUN_S:
         print(f"estimate: about {_duration(cost.seconds)} on a 2-core CPU, {_mb(cost.disk)} of disk, "
