@@ -1,12 +1,14 @@
-"""What counts as a drawing cell, and whether its outputs hold an image.
+"""What counts as a drawing cell, whether its outputs hold an image, and nbval's verdict on an executed copy.
 
-Used on the stored notebooks (``test_notebook_figures.py``), on nbval's executed outputs
-(``notebooks/conftest.py``: a drawing cell without an image fails) and by the browser tests.
+Used on the stored notebooks (``test_notebook_figures.py``), on nbval's executed outputs (the root
+``conftest.py``: a drawing cell without an image fails) and by the browser tests, which execute the
+series once in JupyterLab and hold that run to nbval's rules (:func:`nbval_failures`).
 """
 
 from __future__ import annotations
 
 import inspect
+import json
 import re
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -92,3 +94,91 @@ def output_text(cell: Mapping[str, Any]) -> str:
         elif out.get("output_type") == "error":
             parts.append(f"{out['ename']}: {out['evalue']}")
     return "".join(parts)
+
+
+# ----------------------------------------------------------------------------- nbval's verdict on an executed copy
+# nbval's own defaults for what is never compared (`IPyNbFile.skip_compare` without --nbdime)
+NBVAL_SKIP_COMPARE = ("metadata", "traceback", "prompt_number", "output_type", "name", "execution_count",
+                      "application/vnd.jupyter.widget-view+json", "image/png", "image/jpeg")
+
+
+def nbval_options(cell: Mapping[str, Any], lax: bool = True) -> dict[str, bool]:
+    """nbval's options for a code cell (``check``, ``skip``, ``check_exception``) from its tags and comments."""
+    from nbval.plugin import find_comment_markers, find_metadata_tags
+
+    options = dict(find_metadata_tags(cell.get("metadata", {})))
+    options.update(dict(find_comment_markers(cell["source"])))
+    options.setdefault("check", not lax)
+    return {"check": bool(options["check"]), "skip": bool(options.get("skip")),
+            "check_exception": bool(options.get("check_exception"))}
+
+
+class _Comparison:
+    """What nbval's ``IPyNbCell.compare_outputs`` reads from its cell item, so that its own code compares."""
+
+    def __init__(self) -> None:
+        from types import SimpleNamespace
+
+        from nbval.plugin import IPyNbCell, nocolors
+
+        self.colors = nocolors
+        self.parent = SimpleNamespace(skip_compare=NBVAL_SKIP_COMPARE, sanitize_patterns={})
+        self.ihook = SimpleNamespace(pytest_assertrepr_compare=lambda **_: [])
+        self.config = None
+        self.comparison_traceback: list[str] = []
+        self._compare, self._sanitize, self._format = (IPyNbCell.compare_outputs, IPyNbCell.sanitize,
+                                                       IPyNbCell.format_output_compare)
+
+    def sanitize(self, s: Any) -> Any:
+        return self._sanitize(self, s)
+
+    def format_output_compare(self, key: str, left: Any, right: Any) -> None:
+        self._format(self, key, left, right)
+
+    def differs(self, test: list[Any], ref: list[Any]) -> str | None:
+        """``None`` when nbval finds the outputs equal, else its explanation."""
+        if self._compare(self, test, ref, NBVAL_SKIP_COMPARE):
+            return None
+        return "\n".join(self.comparison_traceback)
+
+
+def nbval_failures(reference: Any, executed: Any, lax: bool = True) -> list[str]:
+    """What ``pytest --nbval-lax`` would report for ``executed``, a run of the stored notebook ``reference``.
+
+    ``executed`` is the same notebook after a run (any front end: its outputs as that front end keeps
+    them). Per code cell, as nbval does: a skipped cell is ignored; an error fails unless the cell is
+    tagged ``raises-exception``; a stored cell that never ran must hold no outputs; and a cell to check
+    (``nbval-check-output``; every cell without ``lax``) must have the same outputs, compared by nbval's
+    own code (streams coalesced, images, widget ids and metadata ignored).
+    """
+    import nbformat
+    from nbval.plugin import coalesce_streams
+
+    def node(nb: Any) -> Any:  # a front end's JSON may hold nulls nbformat does not read (JupyterLab: attachments)
+        plain = dict(nb, cells=[{k: v for k, v in c.items() if v is not None or k == "execution_count"}
+                                for c in nb["cells"]])
+        return nbformat.reads(json.dumps(plain), as_version=4)
+
+    ref_cells = [c for c in node(reference).cells if c.cell_type == "code"]
+    run_cells = [c for c in node(executed).cells if c.cell_type == "code"]
+    if len(ref_cells) != len(run_cells):
+        return [f"the executed notebook has {len(run_cells)} code cells, the stored one {len(ref_cells)}"]
+    failures = []
+    for k, (ref, run) in enumerate(zip(ref_cells, run_cells, strict=True)):
+        options = nbval_options(ref, lax)
+        first = ref.source.strip().splitlines()[0] if ref.source.strip() else ""
+        if options["skip"]:
+            continue
+        errors = [o for o in run.get("outputs", []) if o.get("output_type") == "error"]
+        if errors and not options["check_exception"]:
+            failures.append(f"cell {k} ({first!r}) raised {errors[0]['ename']}: {errors[0]['evalue']}")
+            continue
+        if ref.execution_count is None:
+            if ref.outputs:
+                failures.append(f"cell {k} ({first!r}): unrun reference cell has outputs")
+            continue
+        if options["check"]:
+            why = _Comparison().differs(coalesce_streams(list(run.outputs)), coalesce_streams(list(ref.outputs)))
+            if why is not None:
+                failures.append(f"cell {k} ({first!r}): outputs differ\n{why}")
+    return failures
