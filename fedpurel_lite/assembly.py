@@ -1,28 +1,31 @@
-"""One assembly path: config -> world, feature bank, federation, backbone (if needed), PEFT, method.
+"""One assembly path: config -> bank, federation, backbone (if needed), PEFT, method.
 
 The simulator, both Flower apps, the widgets and the notebooks all set a run up through
 :func:`assemble`, so a run is built the same way wherever it executes. It applies the method's
 config overrides, runs :func:`~fedpurel_lite.preflight.preflight` before loading anything, loads
-the backbone only when the bank must be built or the PEFT's registry entry says it needs it, and
-encodes features on the config's device.
+the backbone only when a cache must be built or the PEFT's registry entry says it needs it, and
+gets the bank from :func:`~fedpurel_lite.bank.build_bank` (features or tokens, as the PEFT declares).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
+from .bank import Bank, backbone_for, build_bank, model_inputs
 from .client import ClientData, make_clients
 from .config import RunConfig
-from .errors import ConfigError
 from .methods import Method, get_method
 from .partition import Federation, build_federation
 from .peft import PEFTS, PEFTModule, build_peft
-from .preflight import cache_dir, preflight
-from .token_bank import model_inputs
+from .preflight import preflight
+
+if TYPE_CHECKING:
+    from .backbone import Backbone
+    from .results import RunResult
 
 
 def resolve_device(name: str) -> torch.device:
@@ -38,45 +41,15 @@ def with_method(config: RunConfig) -> tuple[RunConfig, Method]:
     return (config.with_overrides(method.overrides) if method.overrides else config), method
 
 
-def _is_embedded(config: RunConfig) -> bool:
-    return config.world.name == "shapes" and config.world.backbone == "fedpurel-tiny" and not config.world.pretrained
-
-
-def load_backbone_for(config: RunConfig) -> Any:
+def load_backbone_for(config: RunConfig) -> Backbone:
     """The config's backbone on its device (open_clip model, tokenizer, preprocessing)."""
-    from .backbone import load_backbone
-
-    return load_backbone(config.world.backbone, config.world.pretrained or None,
-                         device=str(resolve_device(config.world.device)))
+    return backbone_for(config)
 
 
-def _world(config: RunConfig) -> tuple[str, Any]:
-    """The config's world fingerprint and a function that loads the world (embedded: without rendering it)."""
-    from .worlds import load_world
-
-    if _is_embedded(config):
-        from .worlds import shapes
-
-        variant = config.world.variant
-        fp = shapes.shapes_fingerprint("target", shapes.DEFAULT_SHIFT, 0, variant=variant)
-        return fp, lambda: shapes.load_shapes("target", shapes.DEFAULT_SHIFT, 0, variant=variant)
-    kwargs: dict[str, Any] = {}
-    if config.world.name == "shapes":
-        kwargs["variant"] = config.world.variant
-    else:
-        kwargs["root"] = config.world.root or None
-    if config.world.name == "folder":
-        if not config.world.root:
-            raise ConfigError("world.name='folder' needs world.root, the image folder (--set world.root=PATH)")
-        kwargs["split_file"] = config.world.split_file or "split.json"
-        kwargs["test_split_file"] = config.world.test_split_file or None
-        kwargs["class_names_file"] = config.world.class_names_file or None
-    world = load_world(config.world.name, **kwargs)
-    return world.fingerprint(), lambda: world
-
-
-def load_bank(config: RunConfig, backbone: Any = None, progress: bool = True) -> Any:
+def load_bank(config: RunConfig, backbone: Backbone | None = None, progress: bool = True) -> Bank:
     """The feature bank of the config's world and backbone, from the cache or encoded on ``world.device``.
+
+    :func:`~fedpurel_lite.bank.build_bank` with ``inputs="features"`` (what every PEFT's teacher reads).
 
     Parameters
     ----------
@@ -86,44 +59,23 @@ def load_bank(config: RunConfig, backbone: Any = None, progress: bool = True) ->
     progress : bool
         Progress bars while encoding.
     """
-    from . import features
-    from .worlds.base import SINGLE_TEMPLATE
-
-    device = str(resolve_device(config.world.device))
-    single = [SINGLE_TEMPLATE] if config.world.templates == "single" else None
-    if _is_embedded(config) and backbone is None:
-        return features.load_embedded_bank(cache_dir=cache_dir(config), progress=progress, device=device,
-                                           templates=single, variant=config.world.variant)
-    if backbone is None:
-        backbone = load_backbone_for(config)
-    world = _world(config)[1]()
-    if single:  # the world's text features from the one template (the cache key holds the templates)
-        world.templates = single
-    return features.FeatureBank.load_or_build(backbone, world, cache_dir(config), progress=progress, device=device)
+    return build_bank(config, backbone, progress, inputs="features")
 
 
-def with_inputs(config: RunConfig, bank: Any, backbone: Any = None, progress: bool = True) -> Any:
-    """``bank`` with the inputs the config's PEFT reads: as it is for cached features, else a TokenBank.
+def with_inputs(config: RunConfig, bank: Bank, backbone: Backbone | None = None, progress: bool = True) -> Bank:
+    """``bank`` with the inputs the config's PEFT reads (:func:`~fedpurel_lite.bank.build_bank` on it).
 
     Parameters
     ----------
     config : RunConfig
-    bank : FeatureBank-like
-        The world's feature bank.
+    bank : Bank
+        The world's bank.
     backbone : Backbone, optional
         Reused when the token cache must be built (loaded otherwise).
     progress : bool
         Progress bars while encoding.
     """
-    if PEFTS.get(config.method.peft).inputs_for(config) != "tokens" or hasattr(bank, "train_tokens"):
-        return bank
-    from .token_bank import load_or_build_tokens
-
-    if backbone is None:
-        backbone = load_backbone_for(config)
-    fingerprint, make_world = _world(config)
-    return load_or_build_tokens(bank, backbone, fingerprint, make_world, cache_dir(config), progress,
-                                device=str(resolve_device(config.world.device)))
+    return build_bank(config, backbone, progress, features=bank)
 
 
 @dataclass
@@ -136,9 +88,9 @@ class Assembly:
         The config with the method's overrides applied.
     method : Method
     device : torch.device
-    bank : FeatureBank-like
-        Cached features, labels, zero-shot text features, logit scale, class names and order (a
-        :class:`~fedpurel_lite.token_bank.TokenBank` when the PEFT reads vision tokens).
+    bank : Bank
+        What the PEFT reads (cached features, or vision tokens when its registry entry says so),
+        labels, zero-shot text features, logit scale, class names and order.
     federation : Federation or None
         ``None`` only for a node that holds just its own exported data.
     backbone : Backbone or None
@@ -150,9 +102,9 @@ class Assembly:
     config: RunConfig
     method: Method
     device: torch.device
-    bank: Any
+    bank: Bank
     federation: Federation | None
-    backbone: Any
+    backbone: Backbone | None
     peft: PEFTModule
 
     def clients(self) -> list[ClientData]:
@@ -171,15 +123,15 @@ class Assembly:
         return new_personal_module(kind, self.peft, self.config).to(self.device) if kind else None
 
 
-def assemble(config: RunConfig, bank: Any = None, backbone: Any = None, federation: Federation | None = None,
-             progress: bool = True, with_federation: bool = True) -> Assembly:
+def assemble(config: RunConfig, bank: Bank | None = None, backbone: Backbone | None = None,
+             federation: Federation | None = None, progress: bool = True, with_federation: bool = True) -> Assembly:
     """Build a run's pieces from its config (checks first, then loads).
 
     Parameters
     ----------
     config : RunConfig
-    bank : FeatureBank-like, optional
-        Reuse a loaded bank (else from the cache, or encoded).
+    bank : Bank, optional
+        Reuse a loaded bank (else from the cache, or encoded); given the tokens on top when the PEFT reads them.
     backbone : Backbone, optional
         Reuse a loaded backbone (loaded here when the PEFT needs it).
     federation : Federation, optional
@@ -200,10 +152,8 @@ def assemble(config: RunConfig, bank: Any = None, backbone: Any = None, federati
     device = resolve_device(config.world.device)
     if spec.needs_backbone and backbone is None:
         backbone = load_backbone_for(config)
-    if bank is None:
-        bank = load_bank(config, backbone, progress)
-    if with_federation:
-        bank = with_inputs(config, bank, backbone, progress)
+    if bank is None or with_federation:  # a deployed node's own exported data is used as it is
+        bank = build_bank(config, backbone, progress, features=bank, inputs=None if with_federation else "features")
     if federation is None and with_federation:
         federation = build_federation(np.asarray(bank.train_labels), np.asarray(bank.test_labels), bank.class_order,
                                       config)
@@ -211,14 +161,14 @@ def assemble(config: RunConfig, bank: Any = None, backbone: Any = None, federati
     return Assembly(config, method, device, bank, federation, backbone, peft)
 
 
-def rebuild_global_model(result: Any, bank: Any, backbone: Any = None) -> PEFTModule:
+def rebuild_global_model(result: RunResult, bank: Bank, backbone: Backbone | None = None) -> PEFTModule:
     """The final global PEFT of a finished run (eval mode, on the CPU).
 
     Parameters
     ----------
     result : RunResult
         A finished run (its ``final_state`` holds ``global/<name>`` tensors).
-    bank : FeatureBank-like
+    bank : Bank
         The bank the run used.
     backbone : Backbone-like, optional
         Needed when the run's PEFT needs the backbone.
@@ -231,14 +181,14 @@ def rebuild_global_model(result: Any, bank: Any, backbone: Any = None) -> PEFTMo
     return peft.eval()
 
 
-def personal_predictions(result: Any, bank: Any, backbone: Any = None) -> list[np.ndarray]:
+def personal_predictions(result: RunResult, bank: Bank, backbone: Backbone | None = None) -> list[np.ndarray]:
     """Every client's final personal-model predictions on its test split (the global model's without one).
 
     Parameters
     ----------
     result : RunResult
         A finished run.
-    bank : FeatureBank-like
+    bank : Bank
         The bank the run used (the federation is rebuilt from the run's config).
     backbone : Backbone-like, optional
         Needed when the run's PEFT needs the backbone.
@@ -253,7 +203,7 @@ def personal_predictions(result: Any, bank: Any, backbone: Any = None) -> list[n
     config = RunConfig.from_dict(result.config)
     fed = build_federation(np.asarray(bank.train_labels), np.asarray(bank.test_labels), bank.class_order, config)
     peft = rebuild_global_model(result, bank, backbone)
-    bank = with_inputs(config, bank, backbone, progress=False)
+    bank = build_bank(config, backbone, progress=False, features=bank)
     x_test = torch.as_tensor(model_inputs(bank, "test")).float()
     with torch.no_grad():
         logits = peft.predict_logits(x_test)

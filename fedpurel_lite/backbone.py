@@ -12,7 +12,6 @@ init only by name, ``pretrained="random"``. :func:`check_backbone` checks all th
 from __future__ import annotations
 
 import difflib
-import hashlib
 import logging
 import os
 import socket
@@ -23,7 +22,12 @@ from typing import Any
 
 import torch
 
+from fedpurel_lite.cache_entry import sha256_file
 from fedpurel_lite.errors import ConfigError, ResourceMissingError
+
+__all__ = ["EMBEDDED_NAME", "EMBEDDED_SHA256", "EMBEDDED_WEIGHTS", "RANDOM_INIT", "Backbone",
+           "BackboneUnavailableError", "check_backbone", "load_backbone", "register_embedded_config",
+           "resolve_device", "sha256_file", "zero_shot_classifier"]
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 EMBEDDED_NAME = "fedpurel-tiny"
@@ -115,15 +119,6 @@ def register_embedded_config() -> None:
 
     if EMBEDDED_NAME not in open_clip.list_models():
         open_clip.add_model_config(EMBEDDED_CONFIG.parent)
-
-
-def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
-    """SHA-256 hex digest of a file, streamed."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _hf_cache_dir(cache_dir: str | None) -> str:

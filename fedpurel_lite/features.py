@@ -2,50 +2,42 @@
 
 Cache (``cache_dir``): ``<key>.safetensors``, ``<key>.json`` (manifest: every input, class data, the
 tensor file's SHA-256 and, over all of it, ``manifest_sha256``) and ``<key>.lock`` (serialises
-builders). Stale caches are rebuilt; damaged or altered ones are reported once, moved aside
-(``<file>.corrupt-<n>``, never deleted) and rebuilt. Writes are atomic, manifest last. No pickle.
+builders), written, checked and rebuilt by :mod:`fedpurel_lite.cache_entry`: stale caches are
+rebuilt; damaged or altered ones are reported once, moved aside (``<file>.corrupt-<n>``, never
+deleted) and rebuilt. Writes are atomic, manifest last. No pickle.
+
+This module encodes and caches; it does not decide which bank a run needs
+(:func:`fedpurel_lite.bank.build_bank` does).
 """
 
 from __future__ import annotations
 
-import hashlib
-import itertools
-import json
 import logging
 import math
 import os
-import warnings
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from fedpurel_lite import __version__, kernels
-from fedpurel_lite.backbone import Backbone, load_backbone, resolve_device, sha256_file, zero_shot_classifier
-from fedpurel_lite.cache_entry import DIGEST, manifest_digest, write_entry
-from fedpurel_lite.safe_load import load_json
+from fedpurel_lite import __version__, cache_entry, kernels
+from fedpurel_lite.backbone import Backbone, load_backbone, resolve_device, zero_shot_classifier
+from fedpurel_lite.cache_entry import DIGEST, FeatureCacheWarning, entry_key, sha256_file
 from fedpurel_lite.worlds.base import World
 
-try:
-    import fcntl
-except ImportError:  # pragma: no cover - not POSIX: builders are not serialised
-    fcntl = None
+__all__ = ["DEFAULT_CACHE_DIR", "FORMAT_VERSION", "FeatureBank", "FeatureCacheWarning", "encode_images",
+           "feature_inputs", "image_batches", "load_embedded_bank", "sha256_file"]
 
 log = logging.getLogger(__name__)
 FORMAT_VERSION = 2
 #: Default cache folder: ``$FEDPUREL_CACHE`` or the repository's ``data/cache`` (shared whatever the cwd).
 DEFAULT_CACHE_DIR = Path(os.environ.get("FEDPUREL_CACHE", Path(__file__).resolve().parent.parent / "data" / "cache"))
 _TENSORS = ("train_features", "train_labels", "test_features", "test_labels", "text_features")
-
-
-class FeatureCacheWarning(UserWarning):
-    """A feature cache file was damaged or altered; it was moved aside and the bank rebuilt."""
 
 
 class _Preprocessed(torch.utils.data.Dataset):
@@ -88,6 +80,18 @@ def _to_tensor(images: np.ndarray, cfg: dict) -> torch.Tensor:
     return (x - mean) / std
 
 
+def image_batches(backbone: Backbone, images: Any, batch_size: int) -> Iterator[torch.Tensor]:
+    """The images preprocessed by the backbone's eval transform, ``batch_size`` at a time (``[b, 3, H, W]``).
+
+    ``uint8 [N,H,W,3]`` arrays at the model's size take a tensor path (checked against the
+    transform on the first images); anything else goes through the transform image by image.
+    """
+    if _fast_path_ok(images, backbone):
+        cfg = backbone.preprocess_cfg
+        return (_to_tensor(images[i : i + batch_size], cfg) for i in range(0, len(images), batch_size))
+    return iter(torch.utils.data.DataLoader(_Preprocessed(images, backbone.preprocess), batch_size=batch_size))
+
+
 @torch.no_grad()
 def encode_images(backbone: Backbone, images: Any, batch_size: int = 500, progress: bool = True,
                   desc: str = "encode") -> torch.Tensor:
@@ -113,12 +117,7 @@ def encode_images(backbone: Backbone, images: Any, batch_size: int = 500, progre
     device = next(model.parameters()).device
     out = []
     bar = tqdm(total=len(images), desc=desc, unit="img", disable=not progress, leave=False)
-    if _fast_path_ok(images, backbone):
-        cfg = backbone.preprocess_cfg
-        batches = (_to_tensor(images[i : i + batch_size], cfg) for i in range(0, len(images), batch_size))
-    else:
-        batches = iter(torch.utils.data.DataLoader(_Preprocessed(images, backbone.preprocess), batch_size=batch_size))
-    for x in batches:
+    for x in image_batches(backbone, images, batch_size):
         out.append(F.normalize(model.encode_image(x.to(device)).float(), dim=-1).cpu())
         bar.update(len(x))
     bar.close()
@@ -129,45 +128,14 @@ def _transform_id(backbone: Backbone) -> str:
     return f"{backbone.preprocess_cfg}|{backbone.preprocess}".replace("\n", " ")
 
 
-def _inputs(backbone: Backbone, world_fingerprint: str, templates: list[str]) -> dict:
+def feature_inputs(backbone: Backbone, world_fingerprint: str, templates: list[str]) -> dict:
+    """Everything a feature cache entry depends on (its key is :func:`~fedpurel_lite.cache_entry.entry_key` of it)."""
     return {"format": FORMAT_VERSION, "package_version": __version__, "model": backbone.name,
             "pretrained": backbone.pretrained, "weights_id": backbone.weights_id, "world": world_fingerprint,
             "transform": _transform_id(backbone), "templates": list(templates), "kernels": kernels.tag()}
 
 
-def _key(inputs: dict) -> str:
-    digest = hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:16]
-    stem = f"{inputs['world'].split(':', 1)[0]}-{inputs['model']}"
-    return "".join(c if c.isalnum() or c in "-_" else "_" for c in stem) + f"-{digest}"
-
-
-@contextmanager
-def _locked(base: Path) -> Iterator[None]:
-    """Hold an exclusive advisory ``flock`` on ``<base>.lock`` (none on a read-only folder or without fcntl)."""
-    try:
-        handle = open(base.with_suffix(".lock"), "a+b")  # noqa: SIM115 - closing the file releases the lock
-    except OSError:
-        handle = None
-    if handle is not None and fcntl is not None:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
-    try:
-        yield
-    finally:
-        if handle is not None:
-            handle.close()
-
-
-def _move_aside(*paths: Path) -> list[str]:
-    """Rename the existing ``paths`` to ``<name>.corrupt-<n>`` (one free ``n``); return the new names."""
-    n = next(n for n in itertools.count(1) if not any(p.with_name(f"{p.name}.corrupt-{n}").exists() for p in paths))
-    moved = [p for p in paths if p.exists()]
-    for p in moved:
-        os.replace(p, p.with_name(f"{p.name}.corrupt-{n}"))
-    return [f"{p.name}.corrupt-{n}" for p in moved]
-
-
-class _Damaged(Exception):
-    """``(path, reason)``: a cache file that must not be used."""
+_inputs, _key = feature_inputs, entry_key  # the names older callers import
 
 
 @dataclass
@@ -198,6 +166,18 @@ class FeatureBank:
     class_order: np.ndarray
     manifest: dict = field(default_factory=dict)
     path: Path | None = None
+    #: what a PEFT reading this bank gets (:class:`~fedpurel_lite.bank.Bank`): the cached features
+    inputs: ClassVar[Literal["features"]] = "features"
+
+    @property
+    def train_inputs(self) -> torch.Tensor:
+        """What a feature-input PEFT reads for the training images: ``train_features``."""
+        return self.train_features
+
+    @property
+    def test_inputs(self) -> torch.Tensor:
+        """What a feature-input PEFT reads for the test images: ``test_features``."""
+        return self.test_features
 
     def zero_shot_logits(self, features: torch.Tensor) -> torch.Tensor:
         """CLIP zero-shot logits ``logit_scale * features @ text_features.T`` (``[N, C]``)."""
@@ -239,7 +219,7 @@ class FeatureBank:
             te = encode_images(backbone, world.test_images, batch_size, progress, f"{world.name} test")
         finally:
             model.to(home)
-        manifest = {"inputs": _inputs(backbone, world.fingerprint(), world.templates),
+        manifest = {"inputs": feature_inputs(backbone, world.fingerprint(), world.templates),
                     "class_names": list(world.class_names), "class_order": world.class_order.tolist(),
                     "logit_scale": backbone.logit_scale, "encoded_on": dev.type}
         return cls(tr, torch.from_numpy(world.train_labels.copy()), te, torch.from_numpy(world.test_labels.copy()),
@@ -250,48 +230,29 @@ class FeatureBank:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         manifest = {k: v for k, v in self.manifest.items() if k != DIGEST}
-        self.manifest = write_entry(path, {k: getattr(self, k) for k in _TENSORS}, manifest)
+        self.manifest = cache_entry.write_entry(path, {k: getattr(self, k) for k in _TENSORS}, manifest)
         self.path = path
 
     @classmethod
     def _read(cls, base: Path, inputs: dict) -> FeatureBank | None:
-        """The intact cache at ``base``; ``None`` if absent or stale; raises ``_Damaged`` otherwise."""
-        from safetensors.torch import load_file
-
-        mpath, tpath = base.with_suffix(".json"), base.with_suffix(".safetensors")
-        if not mpath.exists():
-            if tpath.exists():
-                raise _Damaged(mpath, "the manifest is missing (its tensor file is there)")
+        """The intact cache at ``base``; ``None`` if absent or stale; raises ``cache_entry.Damaged`` otherwise."""
+        entry = cache_entry.read_entry(base, inputs, _TENSORS, "feature-cache manifest")
+        if entry is None:
+            if base.with_suffix(".json").exists():
+                log.info("Feature cache %s is stale (inputs differ); rebuilding", base.with_suffix(".json"))
             return None
-        try:
-            manifest = load_json(mpath, "feature-cache manifest")  # bounded; damage is an IntegrityError (ValueError)
-            altered = manifest_digest(manifest) != manifest[DIGEST]
-        except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
-            raise _Damaged(mpath, f"the manifest is unreadable or has no valid {DIGEST} ({exc!r})") from None
-        if altered:
-            raise _Damaged(mpath, "the manifest was altered (its SHA-256 does not match)")
-        if manifest.get("inputs") != inputs:
-            log.info("Feature cache %s is stale (inputs differ); rebuilding", mpath)
-            return None
-        if not tpath.exists():
-            raise _Damaged(tpath, "the tensor file is missing (its manifest is there)")
-        if sha256_file(tpath) != manifest.get("content_sha256"):
-            raise _Damaged(tpath, "the tensor file is truncated or altered (content hash mismatch)")
-        try:
-            t = load_file(str(tpath))
-            ok = {k: list(v.shape) for k, v in t.items()} == manifest.get("shapes") and set(t) == set(_TENSORS)
-        except Exception as exc:  # noqa: BLE001 - any failure means: do not use this cache
-            raise _Damaged(tpath, f"the tensor file does not load ({exc})") from None
+        manifest, t = entry
         try:
             names, order = manifest["class_names"], np.asarray(manifest["class_order"], dtype=np.int64)
             scale = float(manifest["logit_scale"])
-            ok = ok and (isinstance(names, list) and all(isinstance(n, str) for n in names) and math.isfinite(scale)
-                         and len(names) == len(t["text_features"]) == len(order) and scale > 0
-                         and sorted(order.tolist()) == list(range(len(names))))
+            ok = (isinstance(names, list) and all(isinstance(n, str) for n in names) and math.isfinite(scale)
+                  and len(names) == len(t["text_features"]) == len(order) and scale > 0
+                  and sorted(order.tolist()) == list(range(len(names))))
         except (KeyError, TypeError, ValueError):
             ok = False
         if not ok:
-            raise _Damaged(mpath, "its shapes, class names, class order or logit scale do not fit the tensors")
+            raise cache_entry.Damaged(base.with_suffix(".json"),
+                                      "its class names, class order or logit scale do not fit the tensors")
         return cls(t["train_features"], t["train_labels"], t["test_features"], t["test_labels"], t["text_features"],
                    scale, list(names), order, manifest, base)
 
@@ -299,22 +260,16 @@ class FeatureBank:
     def _load_or_build(cls, cache_dir: str | Path | None, inputs: dict, make: Callable[[], tuple[Backbone, World]],
                        progress: bool, batch_size: int, device: str | None) -> FeatureBank:
         """Under the entry's lock: read the cache, or report and move aside a damaged one, build and save."""
-        base = Path(cache_dir if cache_dir is not None else DEFAULT_CACHE_DIR) / _key(inputs)
-        base.parent.mkdir(parents=True, exist_ok=True)
-        with _locked(base):  # a second builder waits here, then reads the first one's cache
-            try:
-                bank = cls._read(base, inputs)
-            except _Damaged as err:
-                moved = _move_aside(base.with_suffix(".json"), base.with_suffix(".safetensors"))
-                bank, (path, reason) = None, err.args
-                warnings.warn(f"Feature cache file {path} is damaged: {reason}. Moved aside as "
-                              f"{', '.join(moved) or 'nothing'} (kept for inspection) and rebuilding the cache.",
-                              FeatureCacheWarning, stacklevel=3)
-            if bank is None:
-                backbone, world = make()
-                bank = cls.build(backbone, world, progress, batch_size, device=device)
-                bank.save(base)
-        return bank
+        base = Path(cache_dir if cache_dir is not None else DEFAULT_CACHE_DIR) / entry_key(inputs)
+
+        def build() -> FeatureBank:
+            backbone, world = make()
+            bank = cls.build(backbone, world, progress, batch_size, device=device)
+            bank.save(base)
+            return bank
+
+        return cache_entry.load_or_build_entry(base, lambda: cls._read(base, inputs), build, "Feature cache",
+                                               stacklevel=3)
 
     @classmethod
     def load_or_build(cls, backbone: Backbone, world: World, cache_dir: str | Path | None = None,
@@ -340,7 +295,7 @@ class FeatureBank:
         FeatureBank
             A damaged or altered cache gives one :class:`FeatureCacheWarning` naming the file.
         """
-        inputs = _inputs(backbone, world.fingerprint(), world.templates)
+        inputs = feature_inputs(backbone, world.fingerprint(), world.templates)
         return cls._load_or_build(cache_dir, inputs, lambda: (backbone, world), progress, batch_size, device)
 
 
@@ -371,7 +326,7 @@ def load_embedded_bank(cache_dir: str | Path | None = None, shift: float | None 
     from fedpurel_lite.worlds import shapes
     backbone, templates = load_backbone(device=device), list(templates or shapes.TEMPLATES)
     shift = shapes.DEFAULT_SHIFT if shift is None else shift
-    inputs = _inputs(backbone, shapes.shapes_fingerprint("target", shift, seed, variant=variant), templates)
+    inputs = feature_inputs(backbone, shapes.shapes_fingerprint("target", shift, seed, variant=variant), templates)
     world = lambda: (backbone, replace(shapes.load_shapes("target", shift, seed, variant=variant),  # noqa: E731
                                        templates=templates))
     return FeatureBank._load_or_build(cache_dir, inputs, world, progress, 500, None)

@@ -11,6 +11,8 @@ into one matrix per block.
 The vision tower splits into a frozen prefix, :func:`vision_tokens` (patch embedding, class
 token, positional embedding, ``ln_pre``: computed once per image and cached), the blocks with
 LoRA, and a frozen suffix, :func:`vision_pool` (``ln_post`` at the pooled token, projection).
+Those two and the block layout are open_clip internals, read only through
+:mod:`fedpurel_lite.openclip_adapter` (re-exported here).
 """
 
 from __future__ import annotations
@@ -20,6 +22,11 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from .openclip_adapter import Block, block_view, check_blocks, check_vision, resblocks, vision_pool, vision_tokens
+
+__all__ = ["TARGETS", "LoRAFactors", "block_forward", "check_blocks", "check_vision", "run_blocks", "vision_pool",
+           "vision_tokens"]
 
 #: the attention input projections that carry LoRA factors, in the order of ``in_proj_weight``
 TARGETS: tuple[str, ...] = ("q", "k", "v")
@@ -64,41 +71,24 @@ class LoRAFactors(nn.Module):
         return scaling * torch.cat([getattr(self, f"{t}_B") @ getattr(self, f"{t}_A") for t in TARGETS])
 
 
-def check_blocks(transformer: nn.Module) -> None:
-    """Raise ``TypeError`` unless every block is a plain open_clip ``ResidualAttentionBlock``.
-
-    Supported: batch-first towers whose attention is an ``nn.MultiheadAttention`` with one packed
-    q/k/v projection, no extra key/value biases and no cross-attention.
-    """
-    if not getattr(transformer, "batch_first", True):
-        raise TypeError("LoRA needs a batch-first open_clip Transformer")
-    for i, blk in enumerate(transformer.resblocks):
-        attn = getattr(blk, "attn", None)
-        ok = (isinstance(attn, nn.MultiheadAttention) and attn.in_proj_weight is not None
-              and attn.bias_k is None and not attn.add_zero_attn and attn.batch_first
-              and not hasattr(blk, "ln_1_kv") and hasattr(blk, "ln_1") and hasattr(blk, "mlp"))
-        if not ok:
-            raise TypeError(f"LoRA supports open_clip ResidualAttentionBlock towers; block {i} is "
-                            f"{type(blk).__name__} with attention {type(attn).__name__}")
-
-
-def block_forward(blk: nn.Module, x: Tensor, lora: LoRAFactors | None, scaling: float,
+def block_forward(blk: nn.Module | Block, x: Tensor, lora: LoRAFactors | None, scaling: float,
                   attn_mask: Tensor | None = None, query: int | None = None) -> Tensor:
     """One ``ResidualAttentionBlock`` forward on ``x`` ``[B, L, width]`` with LoRA on q/k/v.
 
-    Equal to ``blk(x, attn_mask=attn_mask)`` when the update is zero (tested). Without grad the
-    update is merged into the projection matrix (one matmul). With ``query`` only that token's
-    output is computed (``[B, 1, width]``; keys and values still come from every token): exact
-    for a last block whose other outputs are never read.
+    ``blk``: the open_clip block (checked with :func:`check_blocks`) or its
+    :class:`~fedpurel_lite.openclip_adapter.Block` view. Equal to ``blk(x, attn_mask=attn_mask)``
+    when the update is zero (tested). Without grad the update is merged into the projection matrix
+    (one matmul). With ``query`` only that token's output is computed (``[B, 1, width]``; keys and
+    values still come from every token): exact for a last block whose other outputs are never read.
     """
-    attn = blk.attn
+    blk = blk if isinstance(blk, Block) else block_view(blk)
     h = blk.ln_1(x)
-    weight, bias = attn.in_proj_weight, attn.in_proj_bias
+    weight, bias = blk.in_proj_weight, blk.in_proj_bias
     if lora is not None and not torch.is_grad_enabled():
         weight = weight + lora.merged(scaling)
         lora = None
     b, n, width = x.shape
-    heads = attn.num_heads
+    heads = blk.heads
     if query is None:
         q, k, v = F.linear(h, weight, bias).chunk(3, dim=-1)
         if lora is not None:
@@ -118,7 +108,7 @@ def block_forward(blk: nn.Module, x: Tensor, lora: LoRAFactors | None, scaling: 
     if attn_mask is not None:
         scores = scores + attn_mask.to(scores.dtype)
     out = (scores.softmax(dim=-1) @ v).transpose(1, 2).reshape(b, q.shape[2], width)
-    x = x + blk.ls_1(attn.out_proj(out))
+    x = x + blk.ls_1(blk.out_proj(out))
     return x + blk.ls_2(blk.mlp(blk.ln_2(x)))
 
 
@@ -128,50 +118,10 @@ def run_blocks(transformer: nn.Module, x: Tensor, factors: nn.ModuleList | None,
 
     ``last_query``: the last block computes only that token (see :func:`block_forward`).
     """
-    last = len(transformer.resblocks) - 1
-    for i, blk in enumerate(transformer.resblocks):
-        x = block_forward(blk, x, None if factors is None else factors[i], scaling, attn_mask,
+    blocks = resblocks(transformer)
+    last = len(blocks) - 1
+    for i, blk in enumerate(blocks):
+        lora: LoRAFactors | None = None if factors is None else factors[i]  # type: ignore[assignment]
+        x = block_forward(blk, x, lora, scaling, attn_mask,
                           last_query if i == last else None)
     return x
-
-
-def check_vision(visual: nn.Module) -> None:
-    """Raise ``TypeError`` unless ``visual`` is an open_clip ``VisionTransformer`` LoRA can run."""
-    for attr in ("_embeds", "_pool", "transformer", "ln_post"):
-        if not hasattr(visual, attr):
-            raise TypeError(f"vision LoRA needs an open_clip VisionTransformer; {type(visual).__name__} has no "
-                            f"{attr!r}")
-    if getattr(visual, "attn_pool", None) is not None:
-        raise TypeError("vision LoRA does not support attention-pooling towers (CoCa)")
-    check_blocks(visual.transformer)
-
-
-@torch.no_grad()
-def vision_tokens(visual: nn.Module, images: Tensor) -> Tensor:
-    """The frozen prefix of the vision tower: patch embedding, class token, positions, ``ln_pre``.
-
-    Parameters
-    ----------
-    visual : open_clip VisionTransformer
-    images : Tensor
-        Preprocessed images ``[B, 3, H, W]``.
-
-    Returns
-    -------
-    Tensor
-        ``float32 [B, tokens, width]``, the input of the first block.
-    """
-    was = visual.training
-    visual.eval()  # patch dropout off
-    try:
-        return visual._embeds(images).float()
-    finally:
-        visual.train(was)
-
-
-def vision_pool(visual: nn.Module, x: Tensor) -> Tensor:
-    """The frozen suffix: pooling with ``ln_post`` and the projection -> L2-normalised features ``[B, D]``."""
-    pooled, _ = visual._pool(x)
-    if visual.proj is not None:
-        pooled = pooled @ visual.proj
-    return F.normalize(pooled, dim=-1)

@@ -21,6 +21,8 @@ of the plain pass; the saving grows with the context length.
 Supported: open_clip ``Transformer`` stacks of ``ResidualAttentionBlock`` (``nn.MultiheadAttention``
 with packed in-projection, no cross-attention) under a causal mask. :func:`supports` says whether a
 tower qualifies; :class:`~fedpurel_lite.peft.PromptLearner` falls back to the plain pass otherwise.
+The blocks are read through :mod:`fedpurel_lite.openclip_adapter` (the one user of open_clip's
+internals) as :class:`~fedpurel_lite.openclip_adapter.Block` views.
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .openclip_adapter import Block, block_problem, block_views, grad_checkpointing, resblocks
+
 
 def supports(transformer: nn.Module, attn_mask: Tensor | None) -> bool:
     """Whether :class:`SharedPrefixTower` can run ``transformer`` under ``attn_mask``.
@@ -39,22 +43,14 @@ def supports(transformer: nn.Module, attn_mask: Tensor | None) -> bool:
     ``nn.MultiheadAttention`` (packed in-projection, no dropout, no bias_k/v) between ``ln_1`` and
     ``ln_2`` / ``mlp``, without cross-attention.
     """
-    if attn_mask is None or attn_mask.dim() != 2 or getattr(transformer, "grad_checkpointing", False):
+    if attn_mask is None or attn_mask.dim() != 2 or grad_checkpointing(transformer):
         return False
     n = attn_mask.shape[0]
     causal = torch.full((n, n), float("-inf"), device=attn_mask.device).triu(1)
     if not torch.equal(attn_mask.float(), causal):
         return False
-    blocks = list(getattr(transformer, "resblocks", ()))
-    for block in blocks:
-        attn = getattr(block, "attn", None)
-        if not isinstance(attn, nn.MultiheadAttention) or not attn._qkv_same_embed_dim:
-            return False
-        if attn.bias_k is not None or attn.dropout or hasattr(block, "ln_1_kv"):
-            return False
-        if not all(hasattr(block, a) for a in ("ln_1", "ls_1", "ln_2", "mlp", "ls_2")):
-            return False
-    return len(blocks) > 0
+    blocks = resblocks(transformer, strict=False)
+    return len(blocks) > 0 and all(block_problem(block, no_dropout=True) is None for block in blocks)
 
 
 class SharedPrefixTower(nn.Module):
@@ -109,7 +105,7 @@ class SharedPrefixTower(nn.Module):
     def forward(self, prefix: Tensor) -> Tensor:
         """Normalised pooled features ``[C, D]`` for prefix embeddings ``[1 or C, P, W]`` (without positions)."""
         transformer, ln_final, proj = self._frozen
-        blocks = list(transformer.resblocks)
+        blocks = block_views(transformer)
         hp = prefix + self.pos_prefix  # [Cp, P, W]
         hs = self.suffix_packed  # [T, W]
         for block in blocks[:-1]:
@@ -128,31 +124,29 @@ class SharedPrefixTower(nn.Module):
         out = F.scaled_dot_product_attention(_heads(q, heads), _heads(k, heads), _heads(v, heads), attn_mask=mask)
         return out.transpose(-3, -2).flatten(-2)
 
-    def _block(self, block: nn.Module, hp: Tensor, hs: Tensor) -> tuple[Tensor, Tensor]:
-        attn = block.attn
-        heads, width = attn.num_heads, hp.shape[-1]
-        qp, kp, vp = F.linear(block.ln_1(hp), attn.in_proj_weight, attn.in_proj_bias).split(width, -1)
-        qs, ks, vs = F.linear(block.ln_1(hs), attn.in_proj_weight, attn.in_proj_bias).split(width, -1)
+    def _block(self, block: Block, hp: Tensor, hs: Tensor) -> tuple[Tensor, Tensor]:
+        heads, width = block.heads, hp.shape[-1]
+        qp, kp, vp = F.linear(block.ln_1(hp), block.in_proj_weight, block.in_proj_bias).split(width, -1)
+        qs, ks, vs = F.linear(block.ln_1(hs), block.in_proj_weight, block.in_proj_bias).split(width, -1)
         op = F.scaled_dot_product_attention(*(_heads(t, heads) for t in (qp, kp, vp)), is_causal=True)
         op = op.transpose(-3, -2).flatten(-2)
         os = self._suffix_attention(qs[self.pad_index], kp, vp, ks, vs, heads, self.mask)[self.cls_of, self.pos_of]
-        hp = hp + block.ls_1(attn.out_proj(op))
-        hs = hs + block.ls_1(attn.out_proj(os))
+        hp = hp + block.ls_1(block.out_proj(op))
+        hs = hs + block.ls_1(block.out_proj(os))
         hp = hp + block.ls_2(block.mlp(block.ln_2(hp)))
         hs = hs + block.ls_2(block.mlp(block.ln_2(hs)))
         return hp, hs
 
-    def _last_block(self, block: nn.Module, hp: Tensor, hs: Tensor) -> Tensor:
+    def _last_block(self, block: Block, hp: Tensor, hs: Tensor) -> Tensor:
         """The last block at the EOT rows only: ``[C, W]``."""
-        attn = block.attn
-        heads, width = attn.num_heads, hp.shape[-1]
-        w, b = attn.in_proj_weight, attn.in_proj_bias
+        heads, width = block.heads, hp.shape[-1]
+        w, b = block.in_proj_weight, block.in_proj_bias
         _, kp, vp = F.linear(block.ln_1(hp), w, b).split(width, -1)
         ks, vs = F.linear(block.ln_1(hs), w[width:], None if b is None else b[width:]).split(width, -1)
         he = hs[self.eot_row]
         qe = F.linear(block.ln_1(he), w[:width], None if b is None else b[:width])
         o = self._suffix_attention(qe.unsqueeze(1), kp, vp, ks, vs, heads, self.eot_mask).squeeze(1)
-        he = he + block.ls_1(attn.out_proj(o))
+        he = he + block.ls_1(block.out_proj(o))
         return he + block.ls_2(block.mlp(block.ln_2(he)))
 
 

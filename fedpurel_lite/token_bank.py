@@ -10,27 +10,31 @@ patch embedding at run time, and they serve any backbone and any image transform
 
 Cache (``cache_dir``): ``<key>.safetensors`` + ``<key>.json`` (manifest: every input, the tensor
 file's SHA-256, shapes and ``manifest_sha256`` over all of it) + ``<key>.lock``, written and
-checked as :mod:`fedpurel_lite.features` does: stale entries are rebuilt, damaged or altered ones
-are reported once (:class:`~fedpurel_lite.features.FeatureCacheWarning`), moved aside
-(``<file>.corrupt-<n>``) and rebuilt.
+checked by :mod:`fedpurel_lite.cache_entry` like the feature cache: stale entries are rebuilt,
+damaged or altered ones are reported once (:class:`~fedpurel_lite.features.FeatureCacheWarning`),
+moved aside (``<file>.corrupt-<n>``) and rebuilt. The vision prefix is open_clip's private
+``_embeds``, read through :mod:`fedpurel_lite.openclip_adapter`; this module knows nothing of
+the PEFTs that train on the tokens.
 """
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Literal
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from . import features as fb
-from .backbone import Backbone, resolve_device, sha256_file
-from .cache_entry import DIGEST, manifest_digest, write_entry
-from .lora_tower import vision_tokens
+from .backbone import Backbone, resolve_device
+from .cache_entry import entry_key, load_or_build_entry, read_entry, write_entry
+from .features import DEFAULT_CACHE_DIR, FeatureBank, feature_inputs, image_batches
+from .openclip_adapter import vision_tokens
 from .safe_load import load_json
+
+__all__ = ["TokenBank", "encode_tokens", "load_or_build_tokens", "model_inputs", "token_inputs"]
 
 _TENSORS = ("train_tokens", "test_tokens")
 
@@ -41,7 +45,7 @@ class TokenBank:
 
     Attributes
     ----------
-    features : FeatureBank-like
+    features : FeatureBank
         Final image features, labels, zero-shot text features, logit scale, class data.
     train_tokens, test_tokens : torch.Tensor
         ``float32 [N, tokens, width]``: the input of the vision tower's first block.
@@ -51,17 +55,68 @@ class TokenBank:
         The token cache entry (without suffix).
     """
 
-    features: Any
+    features: FeatureBank
     train_tokens: torch.Tensor
     test_tokens: torch.Tensor
-    token_manifest: dict = field(default_factory=dict)
+    token_manifest: dict[str, Any] = field(default_factory=dict)
     token_path: Path | None = None
+    #: what a PEFT reading this bank gets (:class:`~fedpurel_lite.bank.Bank`): the vision tokens
+    inputs: ClassVar[Literal["tokens"]] = "tokens"
 
-    def __getattr__(self, name: str) -> Any:
+    def __getattr__(self, name: str) -> Any:  # anything else of the feature bank (num_classes, path, ...)
         inner = self.__dict__.get("features")
         if inner is None:
             raise AttributeError(name)
         return getattr(inner, name)
+
+    @property
+    def train_features(self) -> torch.Tensor:
+        """The feature bank's final training-image features (the teacher reads these)."""
+        return self.features.train_features
+
+    @property
+    def test_features(self) -> torch.Tensor:
+        """The feature bank's final test-image features."""
+        return self.features.test_features
+
+    @property
+    def train_labels(self) -> torch.Tensor:
+        """Training labels."""
+        return self.features.train_labels
+
+    @property
+    def test_labels(self) -> torch.Tensor:
+        """Test labels."""
+        return self.features.test_labels
+
+    @property
+    def text_features(self) -> torch.Tensor:
+        """The zero-shot classifier ``[C, D]``."""
+        return self.features.text_features
+
+    @property
+    def logit_scale(self) -> float:
+        """CLIP's ``exp(logit_scale)``."""
+        return self.features.logit_scale
+
+    @property
+    def class_names(self) -> list[str]:
+        """Class names."""
+        return self.features.class_names
+
+    @property
+    def class_order(self) -> np.ndarray:
+        """Class ids head to tail."""
+        return self.features.class_order
+
+    @property
+    def manifest(self) -> dict[str, Any]:
+        """The feature cache's manifest (the token cache's is :attr:`token_manifest`)."""
+        return self.features.manifest
+
+    def zero_shot_logits(self, features: torch.Tensor) -> torch.Tensor:
+        """The teacher's logits on final image features (the feature bank's)."""
+        return self.features.zero_shot_logits(features)
 
     @property
     def train_inputs(self) -> torch.Tensor:
@@ -81,74 +136,32 @@ def encode_tokens(backbone: Backbone, images: Any, batch_size: int = 500, progre
 
     ``images`` as in :func:`~fedpurel_lite.features.encode_images` (``uint8`` array or dataset).
     """
-    visual = backbone.model.visual
+    visual: Any = backbone.model.visual
     device = next(backbone.model.parameters()).device
-    if fb._fast_path_ok(images, backbone):
-        cfg = backbone.preprocess_cfg
-        batches = (fb._to_tensor(images[i:i + batch_size], cfg) for i in range(0, len(images), batch_size))
-    else:
-        data = fb._Preprocessed(images, backbone.preprocess)
-        batches = iter(torch.utils.data.DataLoader(data, batch_size=batch_size))
     out = []
     bar = tqdm(total=len(images), desc=desc, unit="img", disable=not progress, leave=False)
-    for x in batches:
+    for x in image_batches(backbone, images, batch_size):
         out.append(vision_tokens(visual, x.to(device)).cpu())
         bar.update(len(x))
     bar.close()
     return torch.cat(out) if out else torch.empty(0, 0, 0)
 
 
-def token_inputs(backbone: Backbone, world_fingerprint: str) -> dict:
+def token_inputs(backbone: Backbone, world_fingerprint: str) -> dict[str, Any]:
     """Everything a token cache entry depends on (the feature cache's inputs without the templates)."""
-    inputs = fb._inputs(backbone, world_fingerprint, [])
+    inputs = feature_inputs(backbone, world_fingerprint, [])
     inputs.pop("templates")
     return {**inputs, "kind": "vision-tokens"}
 
 
-def _read(base: Path, inputs: dict) -> dict[str, torch.Tensor] | None:
-    """The intact entry's tensors; ``None`` if absent or stale; raises ``features._Damaged`` otherwise."""
-    from safetensors.torch import load_file
-
-    mpath, tpath = base.with_suffix(".json"), base.with_suffix(".safetensors")
-    if not mpath.exists():
-        if tpath.exists():
-            raise fb._Damaged(mpath, "the manifest is missing (its tensor file is there)")
-        return None
-    try:
-        manifest = load_json(mpath, "vision-token cache manifest")
-        altered = manifest_digest(manifest) != manifest[DIGEST]
-    except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
-        raise fb._Damaged(mpath, f"the manifest is unreadable or has no valid {DIGEST} ({exc!r})") from None
-    if altered:
-        raise fb._Damaged(mpath, "the manifest was altered (its SHA-256 does not match)")
-    if manifest.get("inputs") != inputs:
-        return None
-    if not tpath.exists():
-        raise fb._Damaged(tpath, "the tensor file is missing (its manifest is there)")
-    if sha256_file(tpath) != manifest.get("content_sha256"):
-        raise fb._Damaged(tpath, "the tensor file is truncated or altered (content hash mismatch)")
-    try:
-        t = load_file(str(tpath))
-    except Exception as exc:  # noqa: BLE001 - any failure means: do not use this cache
-        raise fb._Damaged(tpath, f"the tensor file does not load ({exc})") from None
-    if set(t) != set(_TENSORS) or {k: list(v.shape) for k, v in t.items()} != manifest.get("shapes"):
-        raise fb._Damaged(mpath, "its shapes do not fit the tensors")
-    return t
-
-
-def _save(base: Path, tensors: dict[str, torch.Tensor], inputs: dict) -> dict:
-    """Write the tensors, then the manifest (:func:`~fedpurel_lite.cache_entry.write_entry`)."""
-    return write_entry(base, tensors, {"inputs": inputs})
-
-
-def load_or_build_tokens(features: Any, backbone: Backbone, world_fingerprint: str, make_world: Callable[[], Any],
-                         cache_dir: str | Path | None = None, progress: bool = True, batch_size: int = 500,
-                         device: str | None = None) -> TokenBank:
+def load_or_build_tokens(features: FeatureBank, backbone: Backbone, world_fingerprint: str,
+                         make_world: Callable[[], Any], cache_dir: str | Path | None = None, progress: bool = True,
+                         batch_size: int = 500, device: str | None = None) -> TokenBank:
     """The :class:`TokenBank` of ``features``: tokens from an intact cache entry, else encoded and cached.
 
     Parameters
     ----------
-    features : FeatureBank-like
+    features : FeatureBank
         The same world's feature bank under the same backbone.
     backbone : Backbone
     world_fingerprint : str
@@ -170,35 +183,34 @@ def load_or_build_tokens(features: Any, backbone: Backbone, world_fingerprint: s
         A damaged or altered entry gives one ``FeatureCacheWarning`` naming the file.
     """
     inputs = token_inputs(backbone, world_fingerprint)
-    base = Path(cache_dir if cache_dir is not None else fb.DEFAULT_CACHE_DIR) / f"tokens-{fb._key(inputs)}"
-    base.parent.mkdir(parents=True, exist_ok=True)
-    with fb._locked(base):
+    base = Path(cache_dir if cache_dir is not None else DEFAULT_CACHE_DIR) / f"tokens-{entry_key(inputs)}"
+
+    def read() -> dict[str, torch.Tensor] | None:
+        entry = read_entry(base, inputs, _TENSORS, "vision-token cache manifest")
+        return None if entry is None else entry[1]
+
+    def build() -> dict[str, torch.Tensor]:
+        world = make_world()
+        model = backbone.model
+        home = next(model.parameters()).device
+        model.to(resolve_device(device) if device is not None else home)
         try:
-            tensors = _read(base, inputs)
-        except fb._Damaged as err:
-            moved = fb._move_aside(base.with_suffix(".json"), base.with_suffix(".safetensors"))
-            tensors, (path, reason) = None, err.args
-            warnings.warn(f"Token cache file {path} is damaged: {reason}. Moved aside as "
-                          f"{', '.join(moved) or 'nothing'} (kept for inspection) and rebuilding the cache.",
-                          fb.FeatureCacheWarning, stacklevel=2)
-        if tensors is None:
-            world = make_world()
-            model = backbone.model
-            home = next(model.parameters()).device
-            model.to(resolve_device(device) if device is not None else home)
-            try:
-                tensors = {"train_tokens": encode_tokens(backbone, world.train_images, batch_size, progress,
-                                                         f"{world.name} train tokens"),
-                           "test_tokens": encode_tokens(backbone, world.test_images, batch_size, progress,
-                                                        f"{world.name} test tokens")}
-            finally:
-                model.to(home)
-            _save(base, tensors, inputs)
+            tensors = {"train_tokens": encode_tokens(backbone, world.train_images, batch_size, progress,
+                                                     f"{world.name} train tokens"),
+                       "test_tokens": encode_tokens(backbone, world.test_images, batch_size, progress,
+                                                    f"{world.name} test tokens")}
+        finally:
+            model.to(home)
+        write_entry(base, tensors, {"inputs": inputs})
+        return tensors
+
+    tensors = load_or_build_entry(base, read, build, "Token cache", stacklevel=2)
     manifest = load_json(base.with_suffix(".json"), "vision-token cache manifest")
     return TokenBank(features, tensors["train_tokens"], tensors["test_tokens"], manifest, base)
 
 
 def model_inputs(bank: Any, split: str) -> torch.Tensor:
-    """What the PEFT reads for ``split`` (``"train"`` or ``"test"``): tokens of a TokenBank, else features."""
-    inputs = getattr(bank, f"{split}_inputs", None)
-    return inputs if inputs is not None else getattr(bank, f"{split}_features")
+    """What the PEFT reads for ``split`` (``"train"`` or ``"test"``); see :func:`fedpurel_lite.bank.model_inputs`."""
+    from .bank import model_inputs as inputs_of
+
+    return inputs_of(bank, split)

@@ -173,11 +173,11 @@ def test_forward_with_pullback_matches_autograd(lora_clip):
 def test_text_tower_option_starts_at_zero_shot_and_trains_text_only(lora_clip):
     model, _ = lora_clip
     bank = _bank(model, 60, 12)
-    cfg = RunConfig().with_overrides({"lora_towers": "text", "lora_rank": 4})
+    cfg = RunConfig().with_overrides({"peft.lora.towers": "text", "peft.lora.rank": 4})
     peft = build_peft("lora", bank, _backbone(lora_clip), cfg)
     assert peft.inputs == "features" and all(n.startswith("text_lora.") for n in peft.shared_names())
     torch.testing.assert_close(peft.class_features(), bank.text_features, atol=1e-5, rtol=0)
-    both = build_peft("lora", bank, _backbone(lora_clip), cfg.with_overrides({"lora_towers": "both"}))
+    both = build_peft("lora", bank, _backbone(lora_clip), cfg.with_overrides({"peft.lora.towers": "both"}))
     torch.testing.assert_close(both(bank.test_tokens), build_peft("head", bank)(bank.test_features), atol=1e-5,
                                rtol=0)
     _perturb(peft)
@@ -200,7 +200,7 @@ def test_clone_shares_the_frozen_towers(lora_clip):
 
 def _cfg(**kw):
     base = dict(method="fedpurel", peft="lora", num_clients=3, participation=0.67, rounds=2, imbalance_ratio=4,
-                min_client_size=5, lr=0.05, personal_lr=0.05, batch_size=16, seed=3, lora_rank=2)
+                min_client_size=5, lr=0.05, personal_lr=0.05, batch_size=16, seed=3, rank=2)
     base.update(kw)
     return RunConfig().with_overrides(base)
 
