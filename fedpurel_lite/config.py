@@ -41,16 +41,15 @@ folders, clients against samples) live in :mod:`fedpurel_lite.preflight` and als
 
 This module imports no torch, so a bad value is reported at once: a plugin's section is looked up
 (importing its package, :func:`fedpurel_lite.registry.sections`) only when the config names a
-plugin key or is written out.
+plugin key or is written out. The section classes live in :mod:`fedpurel_lite.config_sections`, the
+keys and the checks of one value in :mod:`fedpurel_lite.config_keys`, the value tables and the rules
+that tie two keys together in :mod:`fedpurel_lite.config_checks`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
-import re
 import tomllib
-import unicodedata
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -58,191 +57,49 @@ from typing import Any, TypeVar, cast
 
 import tomli_w
 
-from .config_checks import CHOICES, MAX_SEED, MAX_TEXT, RANGES, check_combinations, in_range, one_line, shown
+from .config_checks import CHOICES, MAX_SEED, RANGES, check_combinations, one_line, shown
+from .config_keys import (
+    _ALL_TABLES,
+    _BARE,
+    _SECTION_CLASSES,
+    _TABLES,
+    ALIASES,
+    MOVED,
+    _Ambiguous,
+    _check_section,
+    _check_value,
+    _known_tables,
+    _listed,
+    _moved,
+    _name,
+    _put,
+    _section_from,
+    _selection,
+    _split_pair,
+    _typed,
+    resolve_key,
+)
+from .config_sections import (
+    BaselinesCfg,
+    FederationCfg,
+    LongTailCfg,
+    MethodCfg,
+    PersonalizationCfg,
+    PluginSections,
+    PurificationCfg,
+    RunCfg,
+    Stage1Cfg,
+    WorldCfg,
+)
 from .errors import ConfigError
-from .registry import AXES, field_kind, section_names, sections
+from .registry import AXES, section_names, sections
 
-__all__ = ["CHOICES", "MAX_SEED", "MOVED", "PluginSections", "RunConfig", "resolve_key"]
+__all__ = ["ALIASES", "CHOICES", "MAX_SEED", "MOVED", "BaselinesCfg", "FederationCfg", "LongTailCfg", "MethodCfg",
+           "PersonalizationCfg", "PluginSections", "PurificationCfg", "RunCfg", "RunConfig", "Stage1Cfg", "WorldCfg",
+           "resolve_key"]
 
 T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class WorldCfg:
-    """World, backbone and where things live (the world's own knobs: its ``[world.<name>]`` section)."""
-
-    name: str = "shapes"  # a registered world: shapes (embedded), cifar100, cifar10, folder, ...
-    backbone: str = "fedpurel-tiny"  # an open_clip name, hf-hub:org/repo or local-dir:/path
-    pretrained: str = ""  # "" = the embedded model's shipped weights; a file, tag or "random" otherwise
-    templates: str = "ensemble"  # zero-shot text features: the world's template ensemble, or "a photo of a {}."
-    cache_dir: str = ""  # "" = $FEDPUREL_CACHE or the repository's data/cache
-    device: str = "cpu"  # cpu, cuda or auto (cuda when available)
-
-
-@dataclass(frozen=True)
-class LongTailCfg:
-    """The long-tailed training set."""
-
-    imbalance_ratio: float = 100.0  # IF >= 1 ("ratio 100"); see longtail.ratio_from_fraction
-    profile: str = "exp"  # exp, step, or given (the world's training list is long-tailed already: kept whole)
-    group_convention: str = "reference"  # tail <= 20 (reference) or < 20 (oltr)
-
-
-@dataclass(frozen=True)
-class FederationCfg:
-    """Clients, their data and the rounds."""
-
-    num_clients: int = 20
-    participation: float = 0.4
-    rounds: int = 100
-    dirichlet_alpha: float = 1.0
-    min_client_size: int = 10
-    test_split: str = "shares"
-    partition: str = "per-class"  # per-class Dirichlet shares, or superclass x fine-class draws (pooled train + test)
-    superclass_beta: float = 1.0  # partition="superclass": Dirichlet concentration over the coarse labels
-
-
-@dataclass(frozen=True)
-class MethodCfg:
-    """The named method and its shared trainable part (the PEFT's own knobs: its ``[peft.<name>]`` section)."""
-
-    name: str = "fedpurel"
-    peft: str = "head"
-
-
-@dataclass(frozen=True)
-class Stage1Cfg:
-    """Local training of the shared PEFT (fresh SGD per client-round by default)."""
-
-    lr: float = 0.01
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    batch_size: int = 32
-    local_epochs: int = 1
-    optimizer_scope: str = "client-round"  # fresh SGD per client-round, or one SGD state for all (shared)
-    drop_last: bool = False  # drop a client's last partial batch (when it has at least one full batch)
-
-
-@dataclass(frozen=True)
-class PurificationCfg:
-    """Gradient purification against the temperature-aligned KL."""
-
-    projection: str = "global"  # whole flattened gradient, or per tensor
-    lambda_proj: float = 1.0
-    bisection_iters: int = 16  # temperature search steps
-    track_cos: bool = False  # record the CE/alignment cosine also for unpurified methods
-    kl_log: str = "exact"  # alignment KL: exact log_softmax, or log(p.clamp_min(1e-12))
-
-
-@dataclass(frozen=True)
-class PersonalizationCfg:
-    """Stage 2: the personal branch of every sampled client."""
-
-    personal_alpha: float = 0.9  # weight of CE(l_L) against CE(l_G + l_L)
-    personal_lr: float = 0.01
-    personal_epochs: int = 1
-    personal_momentum: float = 0.0
-    residual_scale: float = 0.0  # linear residual head: logit scale (0 = the backbone's)
-    residual_bias: bool = False  # linear residual head: per-class bias
-
-
-@dataclass(frozen=True)
-class BaselinesCfg:
-    """Knobs of the comparison methods."""
-
-    prox_mu: float = 0.01
-    la_tau: float = 1.0
-    interp_beta: float = 0.5
-    folio_theta: float = 0.2
-
-
-@dataclass(frozen=True)
-class RunCfg:
-    """Seed and execution (``workers`` and ``num_threads`` never change a number)."""
-
-    seed: int = 1
-    eval_batch_size: int = 1024
-    workers: int = 0  # clients trained at once (threads); 0 = automatic
-    num_threads: int = 0  # torch threads per client step; 0 = automatic (1 on the CPU)
-
-
 _RANGES = RANGES  # the allowed ranges (kept under their old name)
-
-#: keys of the earlier layout -> ``(axis, plugin, key)`` of their new place (plugin ``""``: the
-#: selected world's section). An old key is an error naming the new one.
-MOVED: dict[str, tuple[str, str, str]] = {
-    "method.n_ctx": ("peft", "prompt", "n_ctx"),
-    "method.ctx_init": ("peft", "prompt", "ctx_init"),
-    "method.class_specific": ("peft", "prompt", "class_specific"),
-    "method.adapter_reduction": ("peft", "adapter", "reduction"),
-    "method.adapter_ratio": ("peft", "adapter", "ratio"),
-    "method.lora_rank": ("peft", "lora", "rank"),
-    "method.lora_alpha": ("peft", "lora", "alpha"),
-    "method.lora_towers": ("peft", "lora", "towers"),
-    "world.variant": ("world", "shapes", "variant"),
-    "world.root": ("world", "", "root"),
-    "world.split_file": ("world", "folder", "split_file"),
-    "world.test_split_file": ("world", "folder", "test_split_file"),
-    "world.class_names_file": ("world", "folder", "class_names_file"),
-}
-#: bare names of the earlier layout that no section has any more
-_MOVED_BARE = {old.split(".")[1]: old for old, new in MOVED.items() if old.split(".")[1] != new[2]}
-
-
-def _moved(old: str, world: str | None = None, shown_as: str | None = None) -> ConfigError:
-    """The one-line error for a key of the earlier layout (``shown_as``: as the user wrote it), naming its new key."""
-    axis, plugin, key = MOVED[old]
-    why = "each world and PEFT has its own section"
-    if not plugin:  # a key several worlds' sections have: the selected world's, or all of them
-        owners = [n for n, cls in sections(axis).items() if key in _names(cls)]
-        if world not in owners:
-            return ConfigError(f"{shown_as or old} moved to the world's own section: "
-                               f"{', '.join(f'{axis}.{n}.{key}' for n in owners)} ({why}: [{axis}.<name>] {key} = "
-                               "... in a TOML file)")
-        plugin = world
-    new = f"{axis}.{plugin}.{key}"
-    return ConfigError(f"{shown_as or old} moved to {new} ({why}: [{axis}.{plugin}] {key} = ... in a TOML file, "
-                       f"--set {new}=... on the command line)")
-
-
-def _names(section: type) -> tuple[str, ...]:
-    return tuple(f.name for f in fields(section))
-
-
-class PluginSections:
-    """The plugins' config sections of a :class:`RunConfig` that differ from their defaults (immutable).
-
-    Keyed by ``(axis, plugin)`` (``("peft", "lora")``); a section not held is at its defaults.
-    """
-
-    __slots__ = ("_items",)
-
-    def __init__(self, items: Iterable[tuple[tuple[str, str], Any]] = ()) -> None:
-        kept = {k: v for k, v in items if v != type(v)()}
-        self._items: tuple[tuple[tuple[str, str], Any], ...] = tuple(sorted(kept.items(), key=lambda kv: kv[0]))
-
-    def get(self, axis: str, plugin: str) -> Any:
-        """The section of ``plugin`` on ``axis``, or ``None`` when it is at its defaults."""
-        return next((v for k, v in self._items if k == (axis, plugin)), None)
-
-    def items(self) -> tuple[tuple[tuple[str, str], Any], ...]:
-        """``((axis, plugin), section)`` pairs, sorted."""
-        return self._items
-
-    def __iter__(self) -> Iterator[tuple[str, str]]:
-        return (k for k, _ in self._items)
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, PluginSections) and self._items == other._items
-
-    def __hash__(self) -> int:
-        return hash(self._items)
-
-    def __repr__(self) -> str:
-        return f"PluginSections({dict(self._items)!r})"
 
 
 @dataclass(frozen=True)
@@ -381,21 +238,21 @@ class RunConfig:
             if not isinstance(given, Mapping):
                 raise ConfigError(f"{source}: [{table}] must be a table, got {shown(given)}")
             known = {f.name: f for f in fields(_SECTION_CLASSES[table])} if table in _TABLES else {}
-            plain = {}
-            for k, v in given.items():
-                if k in known:
-                    plain[k] = v
-                elif f"{table}.{k}" in MOVED:
-                    raise ConfigError(f"{source}: {_moved(f'{table}.{k}', world_name)}")
-                elif table in AXES and isinstance(v, Mapping):
-                    given_sections.append((table, k, v))
-                elif table in AXES and table not in _TABLES:
-                    raise ConfigError(f"{source}: {table}.{_name(k)} = {shown(v)}: [{table}] holds one table per "
-                                      f"plugin ([{table}.<name>] key = value); known: {_known_tables(table)}")
-                else:
-                    more = f"; its plugins' tables are [{table}.<name>]" if table in AXES else ""
-                    raise ConfigError(f"{source}: unknown key(s) {_listed(f'{table}.{_name(x)}' for x in given if x not in known and not (table in AXES and isinstance(given[x], Mapping)))}; "  # noqa: E501
-                                      f"[{table}] has {', '.join(known)}{more}")
+            moved = next((f"{table}.{k}" for k in given if f"{table}.{k}" in MOVED), None)
+            if moved:
+                raise ConfigError(f"{source}: {_moved(moved, world_name)}")
+            subtables = {k: v for k, v in given.items() if table in AXES and k not in known and isinstance(v, Mapping)}
+            given_sections.extend((table, k, v) for k, v in subtables.items())
+            unknown = sorted((k for k in given if k not in known and k not in subtables), key=str)
+            if unknown and table not in _TABLES:
+                first = unknown[0]
+                raise ConfigError(f"{source}: {table}.{_name(first)} = {shown(given[first])}: [{table}] holds "
+                                  f"one table per plugin ([{table}.<name>] key = value); known: {_known_tables(table)}")
+            if unknown:
+                more = f"; its plugins' tables are [{table}.<name>]" if table in AXES else ""
+                raise ConfigError(f"{source}: unknown key(s) {_listed(f'{table}.{_name(k)}' for k in unknown)}; "
+                                  f"[{table}] has {', '.join(known)}{more}")
+            plain = {k: v for k, v in given.items() if k in known}
             if table in _TABLES:
                 tables[table] = _SECTION_CLASSES[table](**{k: _typed(f"{table}.{k}", str(known[k].type), v)
                                                            for k, v in plain.items()})
@@ -481,255 +338,6 @@ class RunConfig:
                 if (mine[k] if k in mine else self.get(k)) != (theirs[k] if k in theirs else other.get(k))]
 
 
-# ---------------------------------------------------------------------- keys and types
-_TABLES: tuple[str, ...] = tuple(f.name for f in fields(RunConfig) if f.name != "plugins")
-_SECTION_CLASSES: dict[str, type] = {f.name: f.default_factory for f in fields(RunConfig)  # type: ignore[misc]
-                                     if f.name != "plugins"}
-#: the TOML tables: the core sections, then the axes that are only plugin tables ([peft])
-_ALL_TABLES: tuple[str, ...] = (*_TABLES, *(a for a in AXES if a not in _TABLES))
-_FIELD_TYPES: dict[str, str] = {f"{t}.{f.name}": str(f.type) for t in _TABLES for f in fields(_SECTION_CLASSES[t])}
-_BARE: dict[str, list[str]] = {}
-for _full in _FIELD_TYPES:
-    _BARE.setdefault(_full.split(".")[1], []).append(_full)
-#: bare names that stand for a section's ``name``
-ALIASES: dict[str, str] = {"world": "world.name", "method": "method.name"}
 
 
-class _Ambiguous(ConfigError):
-    """A bare name of several plugins' sections, none of them selected."""
-
-
-def _known_tables(axis: str) -> str:
-    return ", ".join(f"[{axis}.{n}]" for n, cls in sections(axis).items() if fields(cls)) or "none"
-
-
-def _plugin_keys() -> dict[str, list[str]]:
-    """Bare name -> ``axis.plugin.key`` of every plugin section's field (imports the plugin packages).
-
-    Raises
-    ------
-    TypeError
-        A plugin's name or field shadows a key of the core tables.
-    """
-    out: dict[str, list[str]] = {}
-    for axis in AXES:
-        for plugin, cls in sections(axis).items():
-            if axis in _TABLES and plugin in _names(_SECTION_CLASSES[axis]):
-                raise TypeError(f"{axis} plugin {plugin!r} is named like the key {axis}.{plugin}")
-            for f in fields(cls):
-                if f.name in _BARE or f.name in ALIASES:
-                    raise TypeError(f"{cls.__name__}.{f.name} shadows the config key {f.name!r}; rename the field")
-                out.setdefault(f.name, []).append(f"{axis}.{plugin}.{f.name}")
-    return out
-
-
-def _selection(data: Mapping[str, Any]) -> dict[str, str]:
-    """The plugin each axis selects in a nested dict of tables."""
-    out = {}
-    for axis, (_, key) in AXES.items():
-        table, name = key.split(".")
-        value = data.get(table, {}).get(name, getattr(_SECTION_CLASSES[table](), name))
-        out[axis] = value
-    return out
-
-
-def resolve_key(key: str, selected: RunConfig | Mapping[str, str] | None = None) -> str:
-    """The dotted ``section.key`` (or ``axis.plugin.key``) of a dotted or bare key.
-
-    Parameters
-    ----------
-    key : str
-        ``stage1.lr``, ``lr``, ``peft.lora.rank``, ``rank``, ...
-    selected : RunConfig or mapping, optional
-        The selected plugin of each axis (``{"world": "folder"}``): a bare name of several
-        plugins' sections then means the selected plugin's.
-
-    Raises
-    ------
-    ConfigError
-        An unknown key (with close names), a key of the earlier layout (naming its new key), or an
-        ambiguous bare name.
-    """
-    if not isinstance(key, str):
-        raise ConfigError(f"config key {shown(key)} is a {type(key).__name__}; keys are strings")
-    key = key.strip()
-    if key in _FIELD_TYPES:
-        return key
-    if key in ALIASES:
-        return ALIASES[key]
-    world = (selected.selected("world") if isinstance(selected, RunConfig)
-             else (selected or {}).get("world"))
-    if key in MOVED or key in _MOVED_BARE:
-        raise _moved(_MOVED_BARE.get(key, key), world, key)
-    if "." not in key and len(_BARE.get(key, [])) == 1:
-        return _BARE[key][0]
-    if len(_BARE.get(key, [])) > 1:
-        raise ConfigError(f"config key {key!r} is ambiguous: write one of {', '.join(_BARE[key])}")
-    parts = key.split(".")
-    if len(parts) == 3 and parts[0] in AXES:
-        cls = sections(parts[0]).get(parts[1])
-        if cls is None:
-            raise ConfigError(f"unknown config key {shown(key)}: {parts[0]} {parts[1]!r} has no config section; "
-                              f"known: {_known_tables(parts[0])}")
-        if parts[2] in _names(cls):
-            return key
-        raise ConfigError(f"unknown config key {shown(key)}; [{parts[0]}.{parts[1]}] has {', '.join(_names(cls))}")
-    plugin = _plugin_keys()
-    if "." not in key and key in plugin:
-        found = plugin[key]
-        if len(found) == 1:
-            return found[0]
-        chosen = {a: selected.selected(a) for a in AXES} if isinstance(selected, RunConfig) else dict(selected or {})
-        mine = [k for k in found if chosen.get(k.split(".")[0]) == k.split(".")[1]]
-        if len(mine) == 1:
-            return mine[0]
-        raise _Ambiguous(f"config key {key!r} is ambiguous: write one of {', '.join(found)} (a bare name means the "
-                         "selected plugin's)")
-    import difflib
-
-    names = [*_FIELD_TYPES, *_BARE, *ALIASES, *plugin, *(k for v in plugin.values() for k in v)]
-    near = difflib.get_close_matches(key[:100], names, n=3)
-    hint = f"; did you mean {', '.join(near)}?" if near else "; keys look like section.key (see configs/)"
-    raise ConfigError(f"unknown config key {shown(key)}{hint}")
-
-
-def _put(data: dict[str, dict[str, Any]], full: str, value: Any, seen: set[str]) -> None:
-    """Set the dotted key ``full`` in nested ``data`` (a ``--set`` text parsed by the field's type)."""
-    if full in seen:
-        raise ConfigError(f"{full} is given twice")
-    seen.add(full)
-    parts = full.split(".")
-    value = _parse_text(full, _kind(full), value) if isinstance(value, str) else value
-    if len(parts) == 2:
-        data[parts[0]][parts[1]] = value
-    else:
-        table = data.setdefault(parts[0], {})
-        section = table.get(parts[1])
-        if not isinstance(section, dict):
-            section = table[parts[1]] = {}
-        section[parts[2]] = value
-
-
-def _kind(full: str) -> str:
-    """The type name of a resolved key."""
-    if full in _FIELD_TYPES:
-        return _FIELD_TYPES[full]
-    axis, plugin, name = full.split(".")
-    return next(field_kind(f) for f in fields(sections(axis)[plugin]) if f.name == name)
-
-
-def _section_from(axis: str, plugin: Any, values: Mapping[Any, Any], source: str) -> Any:
-    """A plugin's section from a table of its keys, strictly typed and checked."""
-    cls = sections(axis).get(plugin) if isinstance(plugin, str) else None
-    if cls is None:
-        raise ConfigError(f"{source}: unknown table [{axis}.{_name(plugin)}]; known: {_known_tables(axis)}")
-    known = {f.name: f for f in fields(cls)}
-    unknown = sorted((k for k in values if k not in known), key=str)
-    if unknown:
-        raise ConfigError(f"{source}: unknown key(s) {_listed(f'{axis}.{plugin}.{_name(k)}' for k in unknown)}; "
-                          f"[{axis}.{plugin}] has {', '.join(known) or 'no keys'}")
-    section = cls(**{k: _typed(f"{axis}.{plugin}.{k}", field_kind(known[k]), v) for k, v in values.items()})
-    _check_section(f"{axis}.{plugin}", section)
-    return section
-
-
-def _check_section(prefix: str, section: Any) -> None:
-    """Type, choice and range checks of a section's fields, from the ranges and choices declared with them."""
-    for f in fields(section):
-        key, value = f"{prefix}.{f.name}", getattr(section, f.name)
-        _typed(key, field_kind(f), value)
-        choices, spec = f.metadata.get("choices"), f.metadata.get("range")
-        if choices and value not in choices:
-            raise ConfigError(f"{key}={shown(value)}: allowed one of {', '.join(choices)}")
-        if spec and not in_range(value, spec):
-            raise ConfigError(f"{key}={shown(value)}: allowed {spec}")
-
-
-def _listed(names: Iterable[str], most: int = 5) -> str:
-    """The first ``most`` names, comma-separated, then how many more."""
-    items = list(names)
-    more = f" and {len(items) - most} more" if len(items) > most else ""
-    return ", ".join(items[:most]) + more
-
-
-def _name(key: Any) -> str:
-    """A table or key name as given, for a message (quoted when it is not a plain printable string)."""
-    return key if isinstance(key, str) and key.isprintable() and 0 < len(key) <= 60 else shown(key)
-
-
-def _split_pair(pair: str) -> tuple[str, str]:
-    if not isinstance(pair, str):
-        raise ConfigError(f"override {shown(pair)} is a {type(pair).__name__}; write key=value")
-    if "=" not in pair:
-        raise ConfigError(f"override {shown(pair)} must look like key=value")
-    key, value = pair.split("=", 1)
-    return key.strip(), value.strip()
-
-
-_INT = re.compile(r"[+-]?\d+")
-
-
-def _parse_text(key: str, kind: str, text: str) -> Any:
-    """A ``--set`` value parsed by the field's type (strings are taken as they are)."""
-    if kind == "str":
-        return text
-    if kind == "bool":
-        if text in ("true", "false"):
-            return text == "true"
-        raise ConfigError(f"{key}={shown(text)}: allowed true or false")
-    if kind == "int":
-        if _INT.fullmatch(text.replace("_", "")):
-            if len(text) > 100:  # beyond every range (and Python's limit on digits read)
-                raise ConfigError(f"{key}={shown(text)}: allowed {_RANGES.get(key, 'a smaller integer')}")
-            try:
-                return int(text)
-            except ValueError:  # misplaced underscores
-                pass
-        raise ConfigError(f"{key}={shown(text)}: allowed an integer")
-    try:
-        value = float(text)
-    except ValueError:
-        raise ConfigError(f"{key}={shown(text)}: allowed a finite number") from None
-    return value
-
-
-def _typed(key: str, kind: str, value: Any) -> Any:
-    """``value`` checked against the field's type (ints are ints, floats finite, bools bools)."""
-    if kind == "bool":
-        ok = isinstance(value, bool)
-    elif kind == "int":
-        ok = isinstance(value, int) and not isinstance(value, bool)
-    elif kind == "float":
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-        if ok:
-            try:
-                value = float(value)
-            except OverflowError:  # an integer beyond the float range
-                value = math.inf
-        if ok and not math.isfinite(value):
-            raise ConfigError(f"{key}={shown(value)}: allowed a finite number")
-    else:
-        ok = isinstance(value, str)
-        if ok and len(value) > MAX_TEXT:
-            raise ConfigError(f"{key}={shown(value)}: {len(value)} characters; allowed at most {MAX_TEXT}")
-        bad = next((c for c in value if unicodedata.category(c) in _CONTROL), None) if ok else None
-        if bad is not None:
-            raise ConfigError(f"{key}={shown(value)}: holds the control character {bad!r}; allowed printable text")
-    if not ok:
-        raise ConfigError(f"{key}={shown(value)} is a {type(value).__name__}; allowed {_KIND_TEXT[kind]}")
-    return value
-
-
-#: Unicode categories a text field refuses: control characters, lone surrogates, line and paragraph separators
-_CONTROL = ("Cc", "Cs", "Zl", "Zp")
-_KIND_TEXT = {"bool": "true or false", "int": "an integer", "float": "a finite number", "str": "a string"}
-
-
-def _check_value(key: str, value: Any) -> None:
-    """Range and choice checks of one field (types are checked by :func:`_typed`)."""
-    _typed(key, _FIELD_TYPES[key], value)
-    if key in CHOICES and value not in CHOICES[key]:
-        raise ConfigError(f"{key}={shown(value)}: allowed one of {', '.join(CHOICES[key])}")
-    if key in _RANGES and not in_range(value, _RANGES[key]):
-        raise ConfigError(f"{key}={shown(value)}: allowed {_RANGES[key]}")
-
+assert _TABLES == tuple(f.name for f in fields(RunConfig) if f.name != "plugins"), "RunConfig and CORE differ"

@@ -196,3 +196,17 @@ def test_a_section_must_be_a_frozen_dataclass_of_documented_fields():
     for cls in (Loose, Undocumented):
         with pytest.raises(TypeError):
             register_section("peft", "never-registered", cls)
+
+
+def test_core_keys_and_world_sections_are_checked_without_importing_torch():
+    """A config of core keys and world sections loads and fails fast: the PEFT plugins (torch) load only when named."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from fedpurel_lite.config import RunConfig; "
+            "c = RunConfig.load(sys.argv[1]).with_overrides(['lr=0.02', 'world.shapes.variant=shape-grouped']); "
+            "assert c.get('world.shapes.variant') == 'shape-grouped'; "
+            "assert 'torch' not in sys.modules, 'torch imported'")
+    proc = subprocess.run([sys.executable, "-c", code, str(CONFIGS / "embedded.toml")], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
