@@ -48,7 +48,7 @@ class ImageList:
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, i: int) -> tuple:
+    def __getitem__(self, i: int) -> tuple[Any, int]:
         from PIL import Image
 
         with Image.open(self.paths[i]) as img:
@@ -193,7 +193,8 @@ def load_folder(root: str | Path, split_file: str | Path | None = DEFAULT_SPLIT_
         As :func:`resolve_split`.
     """
     if str(split_file or "").endswith(".txt"):
-        return load_oltr(root, str(split_file), test_split_file, class_names_file, templates)
+        return load_oltr(root, str(split_file), None if test_split_file is None else str(test_split_file),
+                         None if class_names_file is None else str(class_names_file), templates)
     split, bases = resolve_split(root, split_file)
     root = Path(root)
     classes = split_classes(split)

@@ -166,7 +166,8 @@ def _render_chunk(labels: np.ndarray, target: bool, shift: float, rng: np.random
         img += rng.standard_normal((n, s, s, 1), dtype=np.float32) * np.float32(0.06 * clutter)
     else:
         img += rng.standard_normal(img.shape, dtype=np.float32) * np.float32(0.015)
-    return (np.clip(img, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+    out: np.ndarray = (np.clip(img, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+    return out
 
 
 def render(labels: np.ndarray, domain: str = "target", shift: float = DEFAULT_SHIFT, seed: int = 0,
@@ -276,7 +277,7 @@ def _pools(domain: str, shift: float, seed: int, n_train: int, n_test: int,
 
 def shapes_params(domain: str = "target", shift: float = DEFAULT_SHIFT, seed: int = 0,
                   n_train: int = N_TRAIN_PER_CLASS, n_test: int = N_TEST_PER_CLASS,
-                  variant: str = DEFAULT_VARIANT) -> dict:
+                  variant: str = DEFAULT_VARIANT) -> dict[str, Any]:
     """The parameters that determine the shapes world's content (what its fingerprint names).
 
     The default variant adds no key, so its fingerprint (and every cache built on it) stays as it was.
