@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -9,11 +11,13 @@ import torch
 pytest.importorskip("flwr", reason="the Flower layer needs the 'flower' extra (pip install -e '.[flower]')")
 
 from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict  # noqa: E402
+from flwr.serverapp import Grid  # noqa: E402
 from flwr.supercore.task_identity import TaskIdentity  # noqa: E402
 
 from fedpurel_lite.aggregate import ClientSampler, fedavg  # noqa: E402
 from fedpurel_lite.client import make_clients, predict_private, train_private, train_shared  # noqa: E402
 from fedpurel_lite.config import RunConfig  # noqa: E402
+from fedpurel_lite.errors import NonFiniteError  # noqa: E402
 from fedpurel_lite.flower.client_app import ClientRuntime, evaluate_step, train_step  # noqa: E402
 from fedpurel_lite.flower.strategy import FedPuReLStrategy, FlowerRunError  # noqa: E402
 from fedpurel_lite.methods import get_method  # noqa: E402
@@ -247,3 +251,149 @@ def test_a_restarted_node_evaluates_with_its_saved_branch(setup, tmp_path):
     lost = Context(run_id=3, node_id=NODE[0], node_config={"partition-id": 0}, state=RecordDict(), run_config={})
     evaluate(lost, True, 2)  # without its saved branch the node would start round 2 from scratch
     assert any(not torch.equal(branch(lost)[k], v) for k, v in branch(before).items())
+
+
+# ----------------------------------------------------------------------------- the finite guard on the Flower engine
+def _nan_state(state: dict) -> dict:
+    """``state`` with one NaN in its first tensor (what a diverged global model hands the clients)."""
+    out = {k: v.clone() for k, v in state.items()}
+    first = next(iter(out))
+    out[first].view(-1)[0] = float("nan")
+    return out
+
+
+def test_a_non_finite_client_replies_with_the_guard_line_instead_of_crashing(setup, monkeypatch):
+    import fedpurel_lite.flower.client_app as client_app
+
+    rt = _runtime(setup, 1)
+    monkeypatch.setattr(client_app, "runtime_for", lambda config, node_config: rt)
+    app = client_app.build_client_app(rt.config)
+    ctx = Context(run_id=1, node_id=NODE[1], node_config={"partition-id": 1}, state=RecordDict(), run_config={})
+    msg = Message(RecordDict({"arrays": ArrayRecord(_nan_state(rt.initial_state)),
+                              "config": ConfigRecord({"round-idx": 4, "server-round": 5})}),
+                  dst_node_id=NODE[1], message_type="train")
+    reply = app(msg, ctx)  # the ClientApp's train function, as Flower calls it
+    assert not reply.has_error() and "arrays" not in reply.content
+    text = client_app.nonfinite_message(reply)
+    assert re.fullmatch(r"training became non-finite in round 4, client 1, stage 1 \(local training of the shared "
+                        r"PEFT\), at step 1 the loss is nan; most likely at fault: stage1\.lr=\S+ .*", text), text
+    assert int(reply.content["metrics"]["partition-id"]) == 1
+    finite = app(Message(RecordDict({"arrays": ArrayRecord(rt.initial_state), "config": ConfigRecord(
+        {"round-idx": 4, "server-round": 5})}), dst_node_id=NODE[1], message_type="train"), ctx)
+    assert client_app.nonfinite_message(finite) is None and "arrays" in finite.content  # a finite step is as before
+
+
+def test_a_non_finite_stage_two_replies_with_the_guard_line_and_keeps_the_branch(setup):
+    from fedpurel_lite.flower.client_app import nonfinite_message
+
+    rt = _runtime(setup, 0)
+    ctx = Context(run_id=1, node_id=NODE[0], node_config={"partition-id": 0}, state=RecordDict(), run_config={})
+    msg = Message(RecordDict({"arrays": ArrayRecord(_nan_state(rt.initial_state)), "config": ConfigRecord(
+        {"round-idx": 2, "server-round": 3, "personalize": True})}), dst_node_id=NODE[0], message_type="evaluate")
+    reply = evaluate_step(msg, ctx, rt)
+    assert re.match(r"training became non-finite in round 2, client 0, stage 2 \(personal training\), ",
+                    nonfinite_message(reply))
+    assert "personal" not in ctx.state and "gm-pred" not in reply.content["metrics"]
+
+
+def _nonfinite_reply(msg: Message, pid: int, text: str) -> Message:
+    return Message(RecordDict({"metrics": MetricRecord({"num-examples": 5, "partition-id": pid}),
+                               "non-finite": ConfigRecord({"message": text, "round": 0})}), reply_to=msg)
+
+
+@pytest.mark.parametrize("stage", ["train", "evaluate"])
+def test_a_non_finite_reply_ends_the_run_with_its_line(setup, stage):
+    s = _strategy(setup)
+    msgs = list(s.configure_train(1, ArrayRecord({"w": torch.zeros(2)}), ConfigRecord(), None))
+    if stage == "evaluate":
+        msgs = list(s.configure_evaluate(1, ArrayRecord({"w": torch.zeros(2)}), ConfigRecord(), None))
+    line = "training became non-finite in round 0, client 3, stage 1 (...), at step 2 the loss is nan; most likely ..."
+    replies = [_reply(m, pid, {"w": torch.ones(2)}, 5) for pid, m in enumerate(msgs) if pid != 3]
+    replies.insert(1, _nonfinite_reply(msgs[3], 3, line))
+    with pytest.raises(NonFiniteError, match=re.escape(line) + "; no round completed$") as err:
+        (s.aggregate_train if stage == "train" else s.aggregate_evaluate)(1, replies)
+    assert err.value.round_idx == 0 and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("with_config", [True, False])
+def test_a_non_finite_aggregate_ends_the_run_naming_the_round_and_clients(setup, with_config):
+    cfg, fed, bank = setup
+    s = FedPuReLStrategy(fed, bank.test_labels.numpy(), cfg.federation.participation, cfg.run.seed,
+                         config=cfg.with_overrides({"lr": 50}) if with_config else None)
+    s.register_nodes({node: pid for pid, node in NODE.items()})
+    s.configure_train(1, ArrayRecord({"w": torch.zeros(2)}), ConfigRecord(), None)
+    msgs = list(s.configure_train(2, ArrayRecord({"w": torch.zeros(2)}), ConfigRecord(), None))
+    chosen = [int(k) for k in s.entries[2]["clients"]]
+    states = [{"w": torch.tensor([1.0, float("inf") if i == 1 else 2.0])} for i in range(len(msgs))]
+    replies = [_reply(m, pid, st, 5) for m, pid, st in zip(msgs, chosen, states, strict=True)]
+    with pytest.raises(NonFiniteError) as err:
+        s.aggregate_train(2, replies)
+    text = str(err.value)
+    who = ", ".join(str(k) for k in sorted(chosen))
+    assert text.startswith(f"training became non-finite in round 1, clients {who}, aggregation (FedAvg), the "
+                           "aggregated state's tensor 'w' is not finite"), text
+    assert text.endswith("; round 0 completed") and err.value.round_idx == 1
+    assert ("most likely at fault: stage1.lr=50" in text) == with_config
+    assert "telemetry" not in s.entries[2]  # the round was not recorded as trained
+
+
+class _InProcessGrid(Grid):
+    """A Grid that hands each message to a ClientApp in this process (one node per partition; no server).
+
+    A ClientApp that raises gives an error reply, as in Flower's engines.
+    """
+
+    def __init__(self, app, num_nodes: int) -> None:
+        self.app = app
+        self.contexts = {NODE[k]: Context(run_id=1, node_id=NODE[k], node_config={"partition-id": k},
+                                          state=RecordDict(), run_config={}) for k in range(num_nodes)}
+
+    def get_node_ids(self):
+        return list(self.contexts)
+
+    def send_and_receive(self, messages, *, timeout=None):
+        return [self._call(m) for m in messages]
+
+    def _call(self, msg: Message) -> Message:
+        try:
+            return self.app(msg, self.contexts[msg.metadata.dst_node_id])
+        except Exception as exc:  # as Flower's engine: a ClientApp that raises answers with an error reply
+            return Message(Error(code=0, reason=f"ClientAppException\nException occurred. Message: {exc}"),
+                           reply_to=msg)
+
+    def set_run(self, run_id):
+        raise NotImplementedError
+
+    @property
+    def run(self):
+        raise NotImplementedError
+
+    def create_message(self, *args, **kwargs):
+        raise NotImplementedError
+
+    def get_nodes(self):
+        raise NotImplementedError
+
+    def push_messages(self, messages):
+        raise NotImplementedError
+
+    def pull_messages(self, message_ids):
+        raise NotImplementedError
+
+
+@pytest.mark.slow
+def test_a_diverging_flower_run_stops_with_the_guard_line():
+    """The ServerApp's loop with the real ClientApp on an in-process grid: the simulator's contract."""
+    from pathlib import Path
+
+    from fedpurel_lite.flower.client_app import build_client_app
+    from fedpurel_lite.flower.server_app import serve
+
+    preset = Path(__file__).resolve().parents[1] / "configs" / "embedded.toml"
+    cfg = RunConfig.load(preset).with_overrides(["rounds=1", "method=fedprox", "prox_mu=1000", "lr=1",
+                                                 "num_clients=4"])
+    with pytest.raises(NonFiniteError) as err:
+        serve(_InProcessGrid(build_client_app(cfg), 4), cfg)
+    assert re.fullmatch(r"training became non-finite in round 0, client \d, stage 1 \(local training of the shared "
+                        r"PEFT\), at step \d+ the loss is (nan|inf); most likely at fault: baselines\.prox_mu=1000 "
+                        r"[^\n]*; no round completed", str(err.value)), str(err.value)

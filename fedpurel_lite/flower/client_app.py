@@ -6,6 +6,12 @@ file written by :func:`export_client_data` (deployment: a node holds only its ow
 The private personal branch lives in ``context.state["personal"]`` and never leaves the node. With
 ``state-dir`` in its node config (deployment), the node also keeps it on its own disk after every
 round it trains it, so a node started again (a run resumed after its launcher died) continues from it.
+
+A step whose training becomes non-finite (the finite guard's
+:class:`~fedpurel_lite.errors.NonFiniteError`) does not crash the ClientApp: the node replies with
+a ``"non-finite"`` record holding the guard's one-line message (round, client, stage, the setting
+most likely at fault) and no arrays, and the strategy ends the run with that line
+(:func:`nonfinite_reply`, :func:`nonfinite_message`).
 """
 
 from __future__ import annotations
@@ -18,14 +24,14 @@ from types import SimpleNamespace
 from typing import Any
 
 import torch
-from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from safetensors.torch import load_file, save_file
 
 from ..assembly import assemble
 from ..client import ClientData, make_clients, predict_private, train_private, train_shared
 from ..config import RunConfig
-from ..errors import ConfigError
+from ..errors import ConfigError, NonFiniteError
 from ..methods import Method
 from ..peft import PEFTModule
 
@@ -83,11 +89,47 @@ def runtime_for(config: RunConfig, node_config: dict[str, Any]) -> ClientRuntime
     return _RUNTIMES[key]
 
 
+#: the record of a reply whose training became non-finite (``message``: the finite guard's line, ``round``)
+NONFINITE = "non-finite"
+
+
+def nonfinite_reply(msg: Message, rt: ClientRuntime, exc: NonFiniteError, round_idx: int) -> Message:
+    """The reply of a step stopped by the finite guard: its one-line message, no arrays.
+
+    Parameters
+    ----------
+    msg : Message
+        The message being answered.
+    rt : ClientRuntime
+        The node's runtime (its partition id and size go into the metrics, as in a normal reply).
+    exc : NonFiniteError
+        The guard's error, already naming the round, the client, the stage and the likely setting.
+    round_idx : int
+        The round of the step.
+    """
+    metrics = MetricRecord({"num-examples": rt.data.n, "partition-id": rt.data.client_id})
+    record = ConfigRecord({"message": str(exc), "round": int(round_idx)})
+    return Message(RecordDict({"metrics": metrics, NONFINITE: record}), reply_to=msg)
+
+
+def nonfinite_message(reply: Message) -> str | None:
+    """The finite guard's one-line message of a reply from :func:`nonfinite_reply`; ``None`` for any other reply."""
+    if reply.has_error() or NONFINITE not in reply.content:
+        return None
+    return str(reply.content[NONFINITE]["message"])
+
+
 def train_step(msg: Message, rt: ClientRuntime) -> Message:
-    """Stage 1 on this client from the received global arrays; reply with its shared tensors."""
+    """Stage 1 on this client from the received global arrays; reply with its shared tensors.
+
+    A non-finite loss, gradient or trained state gives the :func:`nonfinite_reply` instead.
+    """
     round_idx = int(msg.content["config"]["round-idx"])
-    state, tele = train_shared(rt.peft, msg.content["arrays"].to_torch_state_dict(), rt.data, rt.config, rt.method,
-                               round_idx, rt.prior)
+    try:
+        state, tele = train_shared(rt.peft, msg.content["arrays"].to_torch_state_dict(), rt.data, rt.config,
+                                   rt.method, round_idx, rt.prior)
+    except NonFiniteError as exc:
+        return nonfinite_reply(msg, rt, exc, round_idx)
     metrics = {"num-examples": rt.data.n, "partition-id": rt.data.client_id,
                **{k: float(v) for k, v in tele.items()}}
     arrays = ArrayRecord({k: v.detach().cpu().contiguous() for k, v in state.items()})
@@ -118,7 +160,10 @@ def load_personal(state_dir: str | Path, before_round: int) -> dict[str, torch.T
 
 
 def evaluate_step(msg: Message, context: Context, rt: ClientRuntime) -> Message:
-    """Stage 2 (if this client was sampled) against the new global model, then predict the test split."""
+    """Stage 2 (if this client was sampled) against the new global model, then predict the test split.
+
+    A non-finite stage 2 gives the :func:`nonfinite_reply` instead (the stored private branch is kept).
+    """
     cfg = msg.content["config"]
     round_idx = int(cfg["round-idx"])
     state_dir = str(context.node_config.get("state-dir", "")) or None
@@ -130,8 +175,11 @@ def evaluate_step(msg: Message, context: Context, rt: ClientRuntime) -> Message:
         previous = load_personal(state_dir, round_idx) if state_dir else None
     loss = float("nan")
     if rt.personal is not None and bool(cfg["personalize"]):
-        previous, loss = train_private(rt.personal, rt.peft, previous, rt.initial_state, rt.data, rt.config,
-                                       rt.method, round_idx)
+        try:
+            previous, loss = train_private(rt.personal, rt.peft, previous, rt.initial_state, rt.data, rt.config,
+                                           rt.method, round_idx)
+        except NonFiniteError as exc:
+            return nonfinite_reply(msg, rt, exc, round_idx)
         context.state["personal"] = ArrayRecord({k: v.detach().cpu().contiguous() for k, v in previous.items()})
         if state_dir:
             save_personal(state_dir, round_idx, previous)

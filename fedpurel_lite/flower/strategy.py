@@ -14,6 +14,11 @@ rounds, :meth:`FedPuReLStrategy.resume_from`):
   ``gm_clients`` and ``pm`` blocks.
 
 Fewer than ``min_replies`` successful replies in a step stops the run with :class:`FlowerRunError`.
+The finite guard holds as in the simulator: a client whose training became non-finite replies with
+the guard's one-line message (:func:`~fedpurel_lite.flower.client_app.nonfinite_reply`), and an
+aggregated state holding a NaN or an infinity is never handed on; either stops the run with
+:class:`~fedpurel_lite.errors.NonFiniteError` (one ``error:`` line naming the round and the
+client(s)) before the round's update is applied.
 """
 
 from __future__ import annotations
@@ -28,10 +33,15 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
 from ..aggregate import ClientSampler, fedavg
+from ..config import RunConfig
+from ..errors import NonFiniteError
+from ..finite import check_aggregated
 from ..local import merge_telemetry
+from ..methods import get_method
 from ..metrics import evaluate_clients
 from ..partition import Federation
 from ..results import clean_json
+from .client_app import nonfinite_message
 
 log = logging.getLogger("fedpurel_lite.flower")
 TELEMETRY_KEYS = ("steps", "decisions", "projected", "cos_sum", "cos_count", "task_loss", "align_loss")
@@ -61,10 +71,13 @@ class FedPuReLStrategy(FedAvg):
         As in :class:`~fedpurel_lite.config.RunConfig`.
     min_replies : int
         Successful replies needed in every train and evaluate step.
+    config : RunConfig, optional
+        The run's settings (the method's overrides applied): a non-finite aggregate then names the
+        setting most likely at fault, as the simulator does.
     """
 
     def __init__(self, federation: Federation, test_labels: np.ndarray, participation: float, seed: int,
-                 min_replies: int = 1) -> None:
+                 min_replies: int = 1, config: RunConfig | None = None) -> None:
         k = federation.num_clients
         super().__init__(min_train_nodes=1, min_evaluate_nodes=1, min_available_nodes=k)
         if not 1 <= min_replies <= k:
@@ -77,6 +90,7 @@ class FedPuReLStrategy(FedAvg):
         self.failures: list[dict[str, Any]] = []
         self.entries: dict[int, dict[str, Any]] = {}
         self.offset = 0  # rounds done before Flower's round 1 (a resumed run)
+        self.config = config
 
     def resume_from(self, history: list[dict[str, Any]]) -> None:
         """Continue after the rounds in ``history`` (a saved result's): Flower's round 1 becomes round ``len``."""
@@ -117,6 +131,14 @@ class FedPuReLStrategy(FedAvg):
                 f"{[f for f in self.failures if f['round'] == server_round - 1]}")
         return sorted(ok, key=lambda m: int(m.content["metrics"]["partition-id"]))
 
+    def _check_finite(self, server_round: int, replies: list[Message]) -> None:
+        """Stop the run at the first reply whose training became non-finite (in partition order)."""
+        stopped = [(int(m.content["metrics"]["partition-id"]), text) for m in replies
+                   if (text := nonfinite_message(m)) is not None]
+        if stopped:
+            pid, text = min(stopped)
+            raise NonFiniteError(f"{text}; {_kept(server_round - 1)}", server_round - 1)
+
     def _messages(self, pids: Iterable[int], arrays: ArrayRecord, server_round: int, kind: str,
                   extra: dict[int, dict[str, Any]] | None = None) -> list[Message]:
         out = []
@@ -138,14 +160,23 @@ class FedPuReLStrategy(FedAvg):
     def aggregate_train(self, server_round: int,
                         replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
         server_round += self.offset
+        replies = list(replies)
+        self._check_finite(server_round, replies)
         ok = self._split(server_round, replies, "train", self.entries[server_round]["clients"])
         states = [m.content["arrays"].to_torch_state_dict() for m in ok]
         weights = [int(m.content["metrics"]["num-examples"]) for m in ok]
+        trained = [int(m.content["metrics"]["partition-id"]) for m in ok]
+        state = fedavg(states, weights)
+        try:
+            check_aggregated(state, server_round - 1, trained, self.config,
+                             None if self.config is None else get_method(self.config.method.name).stage1)
+        except NonFiniteError as exc:
+            raise NonFiniteError(f"{exc}; {_kept(server_round - 1)}", server_round - 1) from None
         tele = merge_telemetry([{k: float(m.content["metrics"][k]) for k in TELEMETRY_KEYS} for m in ok])
         entry = self.entries[server_round]
-        entry["trained"] = [int(m.content["metrics"]["partition-id"]) for m in ok]
+        entry["trained"] = trained
         entry["telemetry"] = tele
-        return ArrayRecord(fedavg(states, weights)), MetricRecord({k: float(v) for k, v in tele.items()})
+        return ArrayRecord(state), MetricRecord({k: float(v) for k, v in tele.items()})
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                            grid: Grid) -> Iterable[Message]:
@@ -156,6 +187,8 @@ class FedPuReLStrategy(FedAvg):
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
         server_round += self.offset
+        replies = list(replies)
+        self._check_finite(server_round, replies)
         ok = self._split(server_round, replies, "evaluate", range(self.federation.num_clients))
         pids = [int(m.content["metrics"]["partition-id"]) for m in ok]
         truths = [self.test_truths[p] for p in pids]
@@ -169,3 +202,8 @@ class FedPuReLStrategy(FedAvg):
                 preds, truths, self.federation.num_classes, self.federation.groups))
         return MetricRecord({"pm-accuracy": float(entry["pm"]["accuracy"]),
                              "gm-clients-accuracy": float(entry["gm_clients"]["accuracy"])})
+
+
+def _kept(r: int) -> str:
+    """What a Flower run stopped by the finite guard in round ``r`` has done (for its one-line message)."""
+    return "no round completed" if r == 0 else "round 0 completed" if r == 1 else f"rounds 0-{r - 1} completed"
