@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from .bank import Bank, backbone_for, build_bank, model_inputs
+from .bank import Bank, FeatureSource, backbone_for, build_bank, model_inputs
 from .client import ClientData, make_clients
 from .config import RunConfig
 from .methods import Method, get_method
@@ -62,7 +62,8 @@ def load_bank(config: RunConfig, backbone: Backbone | None = None, progress: boo
     return build_bank(config, backbone, progress, inputs="features")
 
 
-def with_inputs(config: RunConfig, bank: Bank, backbone: Backbone | None = None, progress: bool = True) -> Bank:
+def with_inputs(config: RunConfig, bank: FeatureSource, backbone: Backbone | None = None,
+                progress: bool = True) -> Bank:
     """``bank`` with the inputs the config's PEFT reads (:func:`~fedpurel_lite.bank.build_bank` on it).
 
     Parameters
@@ -123,14 +124,14 @@ class Assembly:
         return new_personal_module(kind, self.peft, self.config).to(self.device) if kind else None
 
 
-def assemble(config: RunConfig, bank: Bank | None = None, backbone: Backbone | None = None,
+def assemble(config: RunConfig, bank: FeatureSource | None = None, backbone: Backbone | None = None,
              federation: Federation | None = None, progress: bool = True, with_federation: bool = True) -> Assembly:
     """Build a run's pieces from its config (checks first, then loads).
 
     Parameters
     ----------
     config : RunConfig
-    bank : Bank, optional
+    bank : Bank or FeatureSource, optional
         Reuse a loaded bank (else from the cache, or encoded); given the tokens on top when the PEFT reads them.
     backbone : Backbone, optional
         Reuse a loaded backbone (loaded here when the PEFT needs it).
@@ -161,7 +162,7 @@ def assemble(config: RunConfig, bank: Bank | None = None, backbone: Backbone | N
     return Assembly(config, method, device, bank, federation, backbone, peft)
 
 
-def rebuild_global_model(result: RunResult, bank: Bank, backbone: Backbone | None = None) -> PEFTModule:
+def rebuild_global_model(result: RunResult, bank: FeatureSource, backbone: Backbone | None = None) -> PEFTModule:
     """The final global PEFT of a finished run (eval mode, on the CPU).
 
     Parameters
@@ -181,7 +182,7 @@ def rebuild_global_model(result: RunResult, bank: Bank, backbone: Backbone | Non
     return peft.eval()
 
 
-def personal_predictions(result: RunResult, bank: Bank, backbone: Backbone | None = None) -> list[np.ndarray]:
+def personal_predictions(result: RunResult, bank: FeatureSource, backbone: Backbone | None = None) -> list[np.ndarray]:
     """Every client's final personal-model predictions on its test split (the global model's without one).
 
     Parameters

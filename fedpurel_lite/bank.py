@@ -21,7 +21,7 @@ and none of those modules imports this one or the assembly.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol, cast
 
 import numpy as np
 import torch
@@ -29,23 +29,21 @@ import torch
 if TYPE_CHECKING:
     from .backbone import Backbone
     from .config import RunConfig
+    from .features import FeatureBank
     from .worlds.base import World
 
-__all__ = ["Bank", "InputKind", "backbone_for", "build_bank", "input_kind", "model_inputs", "world_source"]
+__all__ = ["Bank", "FeatureSource", "InputKind", "backbone_for", "build_bank", "input_kind", "model_inputs",
+           "world_source"]
 
 #: what a PEFT reads: cached final image features ``[N, D]`` or the vision tower's input tokens ``[N, L, width]``
 InputKind = Literal["features", "tokens"]
 
 
-class Bank(Protocol):
-    """What every bank offers the engine (features or tokens for train and test, plus the teacher).
+class FeatureSource(Protocol):
+    """The least a bank holds: features and labels of both splits, and the zero-shot teacher's pieces.
 
     Attributes
     ----------
-    inputs : {"features", "tokens"}
-        What :attr:`train_inputs` / :attr:`test_inputs` hold.
-    train_inputs, test_inputs : torch.Tensor
-        What the PEFT reads: ``float32 [N, D]`` features or ``[N, L, width]`` tokens.
     train_features, test_features : torch.Tensor
         ``float32 [N, D]`` L2-normalised final image features (the teacher reads these).
     train_labels, test_labels : torch.Tensor
@@ -57,18 +55,7 @@ class Bank(Protocol):
     class_names : list of str
     class_order : numpy.ndarray
         Class ids head to tail.
-    manifest : dict
-        The feature cache's manifest (inputs such as the templates, class data, hashes).
     """
-
-    @property
-    def inputs(self) -> InputKind: ...
-
-    @property
-    def train_inputs(self) -> torch.Tensor: ...
-
-    @property
-    def test_inputs(self) -> torch.Tensor: ...
 
     @property
     def train_features(self) -> torch.Tensor: ...
@@ -94,6 +81,29 @@ class Bank(Protocol):
     @property
     def class_order(self) -> np.ndarray: ...
 
+
+class Bank(FeatureSource, Protocol):
+    """What every bank offers the engine: a :class:`FeatureSource` plus the PEFT's inputs, the teacher and the manifest.
+
+    Attributes
+    ----------
+    inputs : {"features", "tokens"}
+        What :attr:`train_inputs` / :attr:`test_inputs` hold.
+    train_inputs, test_inputs : torch.Tensor
+        What the PEFT reads: ``float32 [N, D]`` features or ``[N, L, width]`` tokens.
+    manifest : dict
+        The feature cache's manifest (inputs such as the templates, class data, hashes).
+    """
+
+    @property
+    def inputs(self) -> InputKind: ...
+
+    @property
+    def train_inputs(self) -> torch.Tensor: ...
+
+    @property
+    def test_inputs(self) -> torch.Tensor: ...
+
     @property
     def manifest(self) -> dict[str, Any]: ...
 
@@ -102,15 +112,15 @@ class Bank(Protocol):
         ...
 
 
-def input_kind(bank: Any) -> InputKind:
-    """What ``bank`` holds for the PEFT: its declared ``inputs`` (a bank that declares none holds features)."""
+def input_kind(bank: FeatureSource) -> InputKind:
+    """What ``bank`` holds for the PEFT: its declared ``inputs`` (features for a :class:`FeatureSource` without one)."""
     kind = getattr(bank, "inputs", "features")
     if kind == "features" or kind == "tokens":
         return "features" if kind == "features" else "tokens"
     raise TypeError(f"{type(bank).__name__}.inputs is {kind!r}; a bank holds 'features' or 'tokens'")
 
 
-def model_inputs(bank: Any, split: str) -> torch.Tensor:
+def model_inputs(bank: FeatureSource, split: str) -> torch.Tensor:
     """What the PEFT reads for ``split`` (``"train"`` or ``"test"``): the bank's tokens or its features."""
     if split not in ("train", "test"):
         raise ValueError(f"split={split!r}: 'train' or 'test'")
@@ -166,7 +176,7 @@ def _feature_bank(config: RunConfig, backbone: Backbone | None, progress: bool) 
 
 
 def build_bank(config: RunConfig, backbone: Backbone | None = None, progress: bool = True, *,
-               features: Bank | None = None, inputs: InputKind | None = None) -> Bank:
+               features: FeatureSource | None = None, inputs: InputKind | None = None) -> Bank:
     """The bank a run of ``config`` reads: the one place that decides features or tokens and calls the caches.
 
     Parameters
@@ -197,7 +207,7 @@ def build_bank(config: RunConfig, backbone: Backbone | None = None, progress: bo
         inputs = PEFTS.get(config.method.peft).inputs_for(config)  # type: ignore[assignment]
     bank = features if features is not None else _feature_bank(config, backbone, progress)
     if inputs == input_kind(bank):
-        return bank
+        return cast(Bank, bank)  # a bare FeatureSource given by the caller is used as it is
     if inputs == "features":
         if isinstance(bank, TokenBank):
             inner: Bank = bank.features
@@ -209,5 +219,5 @@ def build_bank(config: RunConfig, backbone: Backbone | None = None, progress: bo
     if backbone is None:
         backbone = backbone_for(config)
     fingerprint, make_world = world_source(config)
-    return load_or_build_tokens(bank, backbone, fingerprint, make_world, cache_dir(config), progress,
-                                device=_device(config))
+    return load_or_build_tokens(cast("FeatureBank", bank), backbone, fingerprint, make_world, cache_dir(config),
+                                progress, device=_device(config))

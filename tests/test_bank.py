@@ -17,7 +17,7 @@ from fedpurel_lite.token_bank import TokenBank
 
 PACKAGE = Path(banks.__file__).resolve().parent
 #: what the Bank protocol promises (its properties and methods)
-PROTOCOL = sorted(n for n in vars(banks.Bank) if not n.startswith("_"))
+PROTOCOL = sorted(n for proto in (banks.FeatureSource, banks.Bank) for n in vars(proto) if not n.startswith("_"))
 
 
 def _features(n: int = 6, classes: int = 3, dim: int = 4) -> FeatureBank:
@@ -34,8 +34,9 @@ def _tokens(features: FeatureBank) -> TokenBank:
 
 
 def test_the_protocol_lists_what_the_engine_reads():
-    assert set(PROTOCOL) >= {"inputs", "train_inputs", "test_inputs", "train_labels", "test_labels", "text_features",
-                             "logit_scale", "class_names", "class_order", "manifest", "zero_shot_logits"}
+    assert set(PROTOCOL) >= {"inputs", "train_features", "train_inputs", "test_inputs", "train_labels", "test_labels",
+                             "text_features", "logit_scale", "class_names", "class_order", "manifest",
+                             "zero_shot_logits"}
 
 
 @pytest.mark.parametrize("kind", ["features", "tokens"])
