@@ -63,6 +63,8 @@ class AttentionAdapter(PEFTModule):
         Source of the random inits (``nn.Linear``'s bounds, drawn from this generator).
     """
 
+    text: Tensor
+
     def __init__(self, text_features: Tensor, logit_scale: float, zero_init: bool = True,
                  generator: torch.Generator | None = None) -> None:
         super().__init__()

@@ -13,7 +13,7 @@ zero-shot CLIP. The key bias is kept for completeness although it cannot change 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -44,8 +44,14 @@ def _biased(blk: Block) -> list[nn.Module]:
     return weighted
 
 
-def _layer_norm(ln: nn.Module, x: Tensor, offsets: nn.ParameterDict, key: str) -> Tensor:
-    bias = ln.bias + offsets[key] if key in offsets else ln.bias
+def _bias(layer: nn.Module) -> Tensor:
+    """The frozen bias of a layer checked by :func:`_biased`."""
+    return cast(Tensor, layer.bias)
+
+
+def _layer_norm(module: nn.Module, x: Tensor, offsets: nn.ParameterDict, key: str) -> Tensor:
+    ln = cast(nn.LayerNorm, module)
+    bias = _bias(ln) + offsets[key] if key in offsets else _bias(ln)
     return F.layer_norm(x, ln.normalized_shape, ln.weight, bias, ln.eps)
 
 
@@ -58,7 +64,7 @@ def block_forward(blk: nn.Module | Block, x: Tensor, offsets: nn.ParameterDict, 
     """
     blk = blk if isinstance(blk, Block) else block_view(blk)
     h = _layer_norm(blk.ln_1, x, offsets, "ln_1")
-    weight, bias = blk.in_proj_weight, blk.in_proj_bias + offsets["qkv"]
+    weight, bias = blk.in_proj_weight, cast(Tensor, blk.in_proj_bias) + offsets["qkv"]
     b, _, width = x.shape
     heads = blk.heads
     if query is None:
@@ -70,19 +76,19 @@ def block_forward(blk: nn.Module | Block, x: Tensor, offsets: nn.ParameterDict, 
     q, k, v = (t.reshape(b, t.shape[1], heads, width // heads).transpose(1, 2) for t in (q, k, v))
     scores = (q * (width // heads) ** -0.5) @ k.transpose(-2, -1)
     out = (scores.softmax(dim=-1) @ v).transpose(1, 2).reshape(b, q.shape[2], width)
-    x = x + blk.ls_1(F.linear(out, blk.out_proj.weight, blk.out_proj.bias + offsets["out"]))
+    x = x + blk.ls_1(F.linear(out, cast(Tensor, blk.out_proj.weight), _bias(blk.out_proj) + offsets["out"]))
     h = _layer_norm(blk.ln_2, x, offsets, "ln_2")
     for name, layer in blk.mlp.named_children():
-        h = F.linear(h, layer.weight, layer.bias + offsets[name]) if isinstance(layer, nn.Linear) else layer(h)
-    return x + blk.ls_2(h)
+        h = F.linear(h, layer.weight, _bias(layer) + offsets[name]) if isinstance(layer, nn.Linear) else layer(h)
+    return cast(Tensor, x + blk.ls_2(h))
 
 
 def _offsets(blk: Block, include_norms: bool) -> nn.ParameterDict:
     """Zero offsets for the biases of one block, keyed ``qkv``, ``out``, the MLP's layer names (and ``ln_*``)."""
-    shapes = {"qkv": blk.in_proj_bias.shape, "out": blk.out_proj.bias.shape}
-    shapes.update({name: m.bias.shape for name, m in blk.mlp.named_children() if isinstance(m, nn.Linear)})
+    shapes = {"qkv": cast(Tensor, blk.in_proj_bias).shape, "out": _bias(blk.out_proj).shape}
+    shapes.update({name: _bias(m).shape for name, m in blk.mlp.named_children() if isinstance(m, nn.Linear)})
     if include_norms:
-        shapes.update(ln_1=blk.ln_1.bias.shape, ln_2=blk.ln_2.bias.shape)
+        shapes.update(ln_1=_bias(blk.ln_1).shape, ln_2=_bias(blk.ln_2).shape)
     return nn.ParameterDict({k: nn.Parameter(torch.zeros(s)) for k, s in shapes.items()})
 
 
@@ -102,13 +108,14 @@ class BitFitCLIP(PEFTModule):
     """
 
     inputs = "tokens"
+    text: Tensor
 
     def __init__(self, model: nn.Module, text_features: Tensor, logit_scale: float,
                  include_norms: bool = True) -> None:
         super().__init__()
-        visual = model.visual
+        visual = cast(nn.Module, model.visual)
         check_vision(visual)
-        blocks = [block_view(b) for b in resblocks(visual.transformer)]
+        blocks = [block_view(b) for b in resblocks(cast(nn.Module, visual.transformer))]
         for blk in blocks:
             _biased(blk)
         visual.requires_grad_(False)
@@ -123,8 +130,8 @@ class BitFitCLIP(PEFTModule):
 
     def _apply(self, fn: Any, recurse: bool = True) -> BitFitCLIP:
         """``.to(device)`` / casts also reach the frozen tower (shared, so not a registered submodule)."""
-        super()._apply(fn, recurse)
-        self._frozen["visual"]._apply(fn)
+        super()._apply(fn, recurse)  # type: ignore[no-untyped-call]
+        self._frozen["visual"]._apply(fn)  # type: ignore[no-untyped-call]
         return self
 
     def image_features(self, x: Tensor) -> Tensor:
@@ -132,10 +139,10 @@ class BitFitCLIP(PEFTModule):
         if not torch.is_grad_enabled() and x.shape[0] > NO_GRAD_ROWS:
             return torch.cat([self.image_features(x[i:i + NO_GRAD_ROWS]) for i in range(0, x.shape[0], NO_GRAD_ROWS)])
         visual = self._frozen["visual"]
-        blocks = resblocks(visual.transformer)
+        blocks = resblocks(cast(nn.Module, visual.transformer))
         last = len(blocks) - 1
         for i, (blk, offsets) in enumerate(zip(blocks, self.offsets, strict=True)):
-            x = block_forward(blk, x, offsets, self.last_query if i == last else None)
+            x = block_forward(blk, x, cast(nn.ParameterDict, offsets), self.last_query if i == last else None)
         return vision_pool(visual, x)
 
     def class_features(self) -> Tensor:
