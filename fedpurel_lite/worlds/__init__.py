@@ -35,8 +35,8 @@ for _mod in pkgutil.iter_modules(__path__):
 #: the registered world names
 WORLDS: tuple[str, ...] = WORLD_PLUGINS.names()
 
-__all__ = ["WORLDS", "WORLD_PLUGINS", "World", "WorldInfo", "WorldSpec", "coarse_labels", "coarse_labels_of",
-           "describe", "describe_world", "load_world", "register_world", "source"]
+__all__ = ["WORLDS", "WORLD_PLUGINS", "World", "WorldInfo", "WorldSpec", "check_files", "coarse_labels",
+           "coarse_labels_of", "describe", "describe_world", "load_world", "register_world", "source"]
 
 
 def _spec(name: str) -> WorldSpec:
@@ -79,6 +79,19 @@ def describe(config: Any) -> WorldInfo:
     """
     spec, section = _config_section(config)
     return spec.describe(section)
+
+
+def check_files(config: Any) -> None:
+    """Read the config's world's own list files now, bounded, before any image (nothing for worlds without any).
+
+    Raises
+    ------
+    UserError
+        Naming the file (and the line).
+    """
+    spec, section = _config_section(config)
+    if spec.check_files is not None:
+        spec.check_files(section)
 
 
 def coarse_labels(config: Any, num_classes: int | None = None) -> np.ndarray:

@@ -179,6 +179,9 @@ class WorldSpec:
     fingerprint : callable, optional
         ``fingerprint(section) -> str``, the loaded world's :meth:`World.fingerprint` without loading
         it (caches are then found without rendering or reading the world).
+    check_files : callable, optional
+        ``check_files(section)`` reads the world's own list files now, bounded, and raises one
+        :class:`~fedpurel_lite.errors.UserError` naming the file (the pre-flight, before any image).
     description : str
         One line for tables and messages.
     """
@@ -189,6 +192,7 @@ class WorldSpec:
     config: type | None = None
     coarse_labels: Callable[[Any], np.ndarray] | None = None
     fingerprint: Callable[[Any], str] | None = None
+    check_files: Callable[[Any], None] | None = None
     description: str = ""
 
 
@@ -198,11 +202,12 @@ WORLD_PLUGINS: Registry[WorldSpec] = Registry("world", "world.name", axis="world
 
 def register_world(name: str, *, describe: Callable[[Any], WorldInfo], config: type | None = None,
                    coarse_labels: Callable[[Any], np.ndarray] | None = None,
-                   fingerprint: Callable[[Any], str] | None = None,
+                   fingerprint: Callable[[Any], str] | None = None, check_files: Callable[[Any], None] | None = None,
                    description: str = "") -> Callable[[Callable[..., World]], Callable[..., World]]:
     """Decorator registering a loader ``fn(section, **extra) -> World`` as world ``name`` (see :class:`WorldSpec`)."""
     def register(fn: Callable[..., World]) -> Callable[..., World]:
-        WORLD_PLUGINS.add(name, WorldSpec(name, fn, describe, config, coarse_labels, fingerprint, description), config)
+        spec = WorldSpec(name, fn, describe, config, coarse_labels, fingerprint, check_files, description)
+        WORLD_PLUGINS.add(name, spec, config)
         return fn
 
     return register

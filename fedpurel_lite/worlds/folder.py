@@ -416,7 +416,73 @@ def describe_folder(section: FolderConfig) -> WorldInfo:
     return WorldInfo("folder", len(classes), counts, by_count(counts))
 
 
-@register_world("folder", config=FolderConfig, describe=describe_folder,
+#: largest class-name or OLTR list file read (the iNaturalist-2018 lists are about 30 MB)
+MAX_LIST_BYTES = 1024 * 1024 * 1024
+
+
+def _check_entry_text(entry: object, source: Path) -> None:
+    """A listed path the file system can be asked about (no NUL character)."""
+    if isinstance(entry, str) and "\x00" in entry:
+        raise IntegrityError(f"split file {source}: the entry {entry!r} holds a NUL character; not a file path")
+
+
+def check_folder_files(section: FolderConfig) -> None:
+    """Read the split and class-name files now, bounded, before any image is read (the pre-flight).
+
+    A split file is parsed through :func:`fedpurel_lite.safe_load.load_json` (size, nesting, UTF-8);
+    with OLTR lists and ``world.folder.class_names_file``, every class must be named, checked from
+    the lists alone, so a bad class-name file is reported before the world's images are loaded.
+
+    Raises
+    ------
+    UserError
+        Naming the file (and the line).
+    """
+    from fedpurel_lite.safe_load import read_bounded
+
+    if not section.root:
+        return
+    root = Path(section.root)
+    split_file = section.split_file or DEFAULT_SPLIT_FILE
+    split_path = Path(split_file) if Path(split_file).is_absolute() else root / split_file
+    if not split_file.endswith(".txt"):
+        if split_path.is_file():
+            split = load_json(split_path, "split file")
+            for part in split.values() if isinstance(split, dict) else ():
+                for entry in part if isinstance(part, list) else ():
+                    _check_entry_text(entry, split_path)
+        return
+    test_file = Path(oltr_test_file(split_file, section.test_split_file or None))
+    lists = [split_path, test_file if test_file.is_absolute() else root / test_file]
+    if not all(p.is_file() for p in lists):
+        return  # describe names the missing list
+    read = []
+    for path in lists:
+        read_bounded(path, "split file", MAX_LIST_BYTES)
+        try:
+            read.append(read_oltr_list(path))
+        except (ValueError, OverflowError) as exc:  # a label that is not a plain integer
+            raise IntegrityError(f"split file {path}: a label is not an integer in 0..2^63 ({exc})") from None
+    for (entries, _), path in zip(read, lists, strict=True):
+        for entry in entries:
+            _check_entry_text(entry, path)
+    train, labels = read[0][1], np.concatenate([r[1] for r in read])
+    if labels.size and int(labels.max()) >= max(len(train), 1):
+        raise IntegrityError(f"split file {lists[int(read[1][1].max(initial=-1)) == int(labels.max())]}: label "
+                             f"{int(labels.max())}, but labels must run 0..C-1 with training images for each, and "
+                             f"{lists[0]} lists {len(train)} training images")
+    if not section.class_names_file:
+        return
+    names_path = Path(section.class_names_file)
+    names_path = names_path if names_path.is_absolute() else root / names_path
+    if not names_path.is_file():
+        raise ResourceMissingError(f"class-name file {names_path} not found (world.folder.class_names_file)")
+    read_bounded(names_path, "class-name file", MAX_LIST_BYTES)
+    if labels.size:
+        _oltr_names(read[0][0] + read[1][0], labels, int(labels.max()) + 1, names_path)
+
+
+@register_world("folder", config=FolderConfig, describe=describe_folder, check_files=check_folder_files,
                 description="your own images: one sub-folder per class and a split file (or OLTR lists)")
 def load_folder_world(section: FolderConfig, **extra: Any) -> World:
     """The folder world of a config section (``extra``: :func:`load_folder`'s ``templates``)."""
