@@ -361,7 +361,7 @@ def build_federation(
         Its ``longtail`` and ``federation`` sections and ``run.seed``.
     coarse_labels : numpy.ndarray, optional
         Coarse label per class for ``federation.partition="superclass"`` (default: the world's,
-        :func:`fedpurel_lite.worlds.coarse_labels_of`).
+        :func:`fedpurel_lite.worlds.coarse_labels`).
 
     Raises
     ------
@@ -382,9 +382,9 @@ def build_federation(
     groups = assign_groups(counts, lt.group_convention)
     if fc.partition == "superclass":
         if coarse_labels is None:
-            from .worlds import coarse_labels_of
+            from .worlds import coarse_labels as coarse_labels_of
 
-            coarse_labels = coarse_labels_of(config.world.name, config.world.root or None, num_classes)
+            coarse_labels = coarse_labels_of(config, num_classes)
         try:
             parts, client_test = superclass_split(lt_labels, test_labels, coarse_labels, fc.num_clients,
                                                   fc.superclass_beta, seed + 1, fc.min_client_size)
