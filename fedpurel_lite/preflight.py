@@ -18,10 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from .config import RunConfig
-from .errors import ConfigError, IntegrityError, ResourceMissingError
-
-#: largest class-name or OLTR list file read (the iNaturalist-2018 lists are about 30 MB)
-MAX_TEXT_BYTES = 1024 * 1024 * 1024
+from .errors import ConfigError
 
 
 def default_cache_dir() -> Path:
@@ -119,12 +116,6 @@ def check_folder_destination(path: str | Path, key: str, files: Iterable[str] = 
         _check_creatable(p, key, shown)
 
 
-def _check_entry_text(entry: object, source: Path) -> None:
-    """A listed path the file system can be asked about (no NUL character)."""
-    if isinstance(entry, str) and "\x00" in entry:
-        raise IntegrityError(f"split file {source}: the entry {entry!r} holds a NUL character; not a file path")
-
-
 def check_paths(config: RunConfig) -> None:
     """The config's file and folder names can be handed to the file system (no NUL character).
 
@@ -133,69 +124,25 @@ def check_paths(config: RunConfig) -> None:
     ConfigError
         Naming the key.
     """
-    for key in ("root", "split_file", "test_split_file", "class_names_file", "cache_dir", "pretrained", "backbone"):
-        value = getattr(config.world, key)
-        if isinstance(value, str) and "\x00" in value:
-            raise ConfigError(f"world.{key}={value!r}: a NUL character cannot be in a file or folder name")
+    for key, value in config.items():  # [world] and the world's own section
+        if key.startswith("world.") and isinstance(value, str) and "\x00" in value:
+            raise ConfigError(f"{key}={value!r}: a NUL character cannot be in a file or folder name")
 
 
 def check_world_files(config: RunConfig) -> None:
-    """Read the folder world's split and class-name files now, bounded, before any image is read.
+    """Read the world's own split and class-name files now, bounded, before any image is read.
 
-    A split file is parsed through :func:`fedpurel_lite.safe_load.load_json` (size, nesting, UTF-8);
-    with OLTR lists and ``world.class_names_file``, every class must be named, checked from the
-    lists alone, so a bad class-name file is reported before the world's images are loaded.
+    The world's registered check (:func:`fedpurel_lite.worlds.check_files`; the folder world's
+    :func:`~fedpurel_lite.worlds.folder.check_folder_files`).
 
     Raises
     ------
     UserError
         Naming the file (and the line).
     """
-    from .safe_load import load_json, read_bounded
+    from .worlds import check_files
 
-    world = config.world
-    if world.name != "folder" or not world.root:
-        return
-    root = Path(world.root)
-    split_file = world.split_file or "split.json"
-    split_path = Path(split_file) if Path(split_file).is_absolute() else root / split_file
-    if not split_file.endswith(".txt"):
-        if split_path.is_file():
-            split = load_json(split_path, "split file")
-            for part in split.values() if isinstance(split, dict) else ():
-                for entry in part if isinstance(part, list) else ():
-                    _check_entry_text(entry, split_path)
-        return
-    from .worlds.folder import _oltr_names, oltr_test_file, read_oltr_list
-
-    test_file = Path(oltr_test_file(split_file, world.test_split_file or None))
-    lists = [split_path, test_file if test_file.is_absolute() else root / test_file]
-    if not all(p.is_file() for p in lists):
-        return  # describe_world names the missing list
-    read = []
-    for path in lists:
-        read_bounded(path, "split file", MAX_TEXT_BYTES)
-        try:
-            read.append(read_oltr_list(path))
-        except (ValueError, OverflowError) as exc:  # a label that is not a plain integer
-            raise IntegrityError(f"split file {path}: a label is not an integer in 0..2^63 ({exc})") from None
-    for (entries, _), path in zip(read, lists, strict=True):
-        for entry in entries:
-            _check_entry_text(entry, path)
-    train, labels = read[0][1], np.concatenate([r[1] for r in read])
-    if labels.size and int(labels.max()) >= max(len(train), 1):
-        raise IntegrityError(f"split file {lists[int(read[1][1].max(initial=-1)) == int(labels.max())]}: label "
-                             f"{int(labels.max())}, but labels must run 0..C-1 with training images for each, and "
-                             f"{lists[0]} lists {len(train)} training images")
-    if not world.class_names_file:
-        return
-    names_path = Path(world.class_names_file)
-    names_path = names_path if names_path.is_absolute() else root / names_path
-    if not names_path.is_file():
-        raise ResourceMissingError(f"class-name file {names_path} not found (world.class_names_file)")
-    read_bounded(names_path, "class-name file", MAX_TEXT_BYTES)
-    if labels.size:
-        _oltr_names(read[0][0] + read[1][0], labels, int(labels.max()) + 1, names_path)
+    check_files(config)
 
 
 def check_device(name: str) -> None:
@@ -261,11 +208,10 @@ def preflight(config: RunConfig, outputs: Iterable[tuple[str, str | Path]] = (),
         need_backbone = need_bank or peft.needs_backbone
     if need_bank:
         from .partition import check_split
-        from .worlds import describe_world
+        from .worlds import describe
 
         check_world_files(config)
-        info = describe_world(config.world.name, config.world.root or None, config.world.split_file or None,
-                              config.world.test_split_file or None, variant=config.world.variant)
+        info = describe(config)
         check_split(info.train_counts_per_class, info.class_order, config)
         check_writable(cache_dir(config), "world.cache_dir")
     if need_backbone:  # after the dataset: a preset missing both names its data first
