@@ -53,3 +53,21 @@ def test_pretrain_names_option(tmp_path) -> None:
         code = main(["pretrain", "--names", "nonsense", "--out", str(tmp_path / "w.safetensors")])
     assert code == 2 and err.getvalue().count("\n") == 1
     assert "--names 'nonsense'" in err.getvalue() and not any(tmp_path.iterdir())
+
+
+def test_registered_world_matches_the_loader() -> None:
+    from fedpurel_lite.config import RunConfig
+    from fedpurel_lite.worlds import describe_world, load_world
+    from fedpurel_lite.worlds.base import fingerprint_of
+
+    world = load_world("shapes-opaque", names_seed=3, n_train=2, n_test=1)
+    assert world.name == "shapes-opaque" and world.class_names == opaque.opaque_names(3)
+    assert world.fingerprint() == fingerprint_of("shapes-opaque", {**shapes.shapes_params(n_train=2, n_test=1),
+                                                                   "names": "opaque", "names_seed": 3})
+    assert opaque.opaque_fingerprint() == fingerprint_of("shapes-opaque", {**shapes.shapes_params(),
+                                                                           "names": "opaque", "names_seed": 0})
+    info = describe_world("shapes-opaque")
+    np.testing.assert_array_equal(info.class_order, world.class_order)
+    assert info.num_classes == 100 and (info.train_counts_per_class == shapes.N_TRAIN_PER_CLASS).all()
+    config = RunConfig().with_overrides({"world.name": "shapes-opaque", "world.shapes-opaque.names_seed": 5})
+    assert config.section(opaque.OpaqueConfig).names_seed == 5

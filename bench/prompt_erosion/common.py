@@ -78,11 +78,22 @@ def per_class_zs_prompt(bank, backbone, seed=7, n_ctx=4):
     return per_class_accuracy(bank.test_labels.numpy(), pred, 100)
 
 
-def fl(tag, bank, backbone, record=None, **over):
-    """One simulate.run; returns the GM last-10 summary (overall/head/medium/tail in %) and logs it."""
+def fl(tag, bank, backbone, record=None, curve=None, **over):
+    """One simulate.run; returns the GM last-10 summary (overall/head/medium/tail in %) and logs it.
+
+    ``curve``: a results name; every round's GM (overall/head/medium/tail, %) is appended there as it ends,
+    so a run stopped early still leaves its curve.
+    """
     cfg = base_config(**over)
     t0 = time.time()
-    res = run(cfg, bank=bank, backbone=backbone, progress=False)
+
+    def on_round_end(r, entry):
+        gm = entry["gm"]
+        log(curve, {"tag": tag, "round": r + 1, "seconds": round(time.time() - t0, 1),
+                    **{k: round(100 * float(gm[k]) if float(gm[k]) <= 1.0 else float(gm[k]), 2)
+                       for k in ("accuracy", "head", "medium", "tail") if k in gm}})
+
+    res = run(cfg, bank=bank, backbone=backbone, progress=False, on_round_end=on_round_end if curve else None)
     gm = res.summary["last10"]["gm"]
     out = {"tag": tag, "over": over, "seconds": round(time.time() - t0, 1),
            **{k: round(100 * float(gm[k]) if float(gm[k]) <= 1.0 else float(gm[k]), 2)

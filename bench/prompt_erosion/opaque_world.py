@@ -55,9 +55,10 @@ def cmd_zs(seed):
 
 def cmd_fl(method, peft, seed, rounds=100, *extra):
     bank, backbone = load()
-    over = {"method": method, "peft": peft, "seed": int(seed), "rounds": int(rounds), "workers": 1,
+    over = {"method": method, "peft": peft, "seed": int(seed), "rounds": int(rounds), "workers": 2,
             **dict(a.split("=", 1) for a in extra)}
-    fl(f"opaque|stratified|{method}|{peft}|s{seed}|r{rounds}", bank, backbone, record="opaque_fl", **over)
+    fl(f"opaque|stratified|{method}|{peft}|s{seed}|r{rounds}", bank, backbone, record="opaque_fl",
+       curve="opaque_curves", **over)
 
 
 def cmd_lever():

@@ -14,10 +14,13 @@ this world is meant for; with the shipped tower (trained on the compositional na
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
 import numpy as np
 
 from fedpurel_lite.worlds import shapes
-from fedpurel_lite.worlds.base import World
+from fedpurel_lite.worlds.base import World, WorldInfo, fingerprint_of, knob, register_world
 
 WORLD_NAME = "shapes-opaque"
 #: seed of the shipped name list (the names are a pure function of it)
@@ -97,6 +100,10 @@ def class_attributes() -> dict[str, list[str]]:
     return {"colour": [shapes.COLOURS[i // n_shapes] for i in ids], "shape": [shapes.SHAPES[i % n_shapes] for i in ids]}
 
 
+def _params(shapes_params: dict[str, Any], names_seed: int) -> dict[str, Any]:
+    return {**shapes_params, "names": "opaque", "names_seed": int(names_seed)}
+
+
 def load_opaque(domain: str = "target", shift: float = shapes.DEFAULT_SHIFT, seed: int = 0,
                 n_train: int = shapes.N_TRAIN_PER_CLASS, n_test: int = shapes.N_TEST_PER_CLASS,
                 variant: str = shapes.DEFAULT_VARIANT, names_seed: int = DEFAULT_NAMES_SEED) -> World:
@@ -115,8 +122,36 @@ def load_opaque(domain: str = "target", shift: float = shapes.DEFAULT_SHIFT, see
         Named ``"shapes-opaque"``; its fingerprint adds ``names_seed`` to the shapes world's parameters.
     """
     base = shapes.load_shapes(domain, shift=shift, seed=seed, n_train=n_train, n_test=n_test, variant=variant)
-    params = {**base.params, "names": "opaque", "names_seed": int(names_seed)}
+    params = _params(base.params, names_seed)
     return World(name=WORLD_NAME, class_names=opaque_names(names_seed), templates=list(base.templates),
                  train_images=base.train_images, train_labels=base.train_labels, test_images=base.test_images,
                  test_labels=base.test_labels, class_order=base.class_order, params=params,
                  coarse_labels=None if base.coarse_labels is None else base.coarse_labels.copy())
+
+
+@dataclass(frozen=True)
+class OpaqueConfig:
+    """``[world.shapes-opaque]``: which made-up names the classes carry."""
+
+    names_seed: int = knob(DEFAULT_NAMES_SEED, "seed of the made-up class names (opaque_names)", range="[0, 1000000]")
+
+
+def describe_opaque(section: OpaqueConfig) -> WorldInfo:
+    """Class count, pool sizes and class order (the default shapes world's), without rendering."""
+    info = shapes.describe_shapes(shapes.ShapesConfig())
+    return WorldInfo(WORLD_NAME, info.num_classes, info.train_counts_per_class, info.class_order)
+
+
+def opaque_fingerprint(names_seed: int = DEFAULT_NAMES_SEED) -> str:
+    """``World.fingerprint()`` of the federated target of :func:`load_opaque`, without rendering."""
+    return fingerprint_of(WORLD_NAME, _params(shapes.shapes_params(), names_seed))
+
+
+@register_world(WORLD_NAME, config=OpaqueConfig, describe=describe_opaque,
+                coarse_labels=lambda section: shapes.COARSE_LABELS.copy(),
+                fingerprint=lambda section: opaque_fingerprint(section.names_seed),
+                description="the shapes world's images with one made-up word per class (for a tower pretrained "
+                            "with pretrain --names opaque)")
+def load_opaque_world(section: OpaqueConfig, **extra: Any) -> World:
+    """The opaque-names world of a config section (``extra``: :func:`load_opaque`'s other arguments)."""
+    return load_opaque(names_seed=section.names_seed, **extra)
