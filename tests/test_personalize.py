@@ -102,7 +102,7 @@ def test_start_state_rules(core_bank):
         assert torch.equal(start_state(kind, prev, glob, init, cfg)["weight"], prev["weight"])
     # a copy, never the stored tensor itself
     assert start_state("interp", prev, glob, init, cfg)["weight"] is not prev["weight"]
-    with pytest.raises(ValueError, match="unknown personalization kind; allowed one of residual"):
+    with pytest.raises(ValueError, match="unknown personalization kind; allowed one of .*residual-peft"):
         start_state("fedbn", None, glob, init, cfg)
 
 
@@ -122,7 +122,7 @@ def test_interp_and_folio_fusion_formulas(core_bank):
 
 
 def test_residual_closed_form_equals_autograd(core_bank):
-    from fedpurel_lite.personalize import _residual_step
+    from fedpurel_lite.core import residual_gradients as _residual_step
 
     for bias in (False, True):
         head = ResidualHead(32, 20, scale=18.0, bias=bias)
@@ -138,3 +138,76 @@ def test_residual_closed_form_equals_autograd(core_bank):
         assert len(grads) == (2 if bias else 1)
         for g, w in zip(grads, want, strict=True):
             torch.testing.assert_close(g, w, atol=1e-5, rtol=1e-4)
+
+
+# ----------------------------------------------------------------------------- the plugins
+def test_every_kind_is_a_registered_plugin_of_its_own_module():
+    """Discovery finds every kind; each implements the protocol and its module is where its name lives."""
+    import inspect
+
+    from fedpurel_lite.personal import PERSONALIZATIONS, START_RULES, Personalization
+
+    assert set(PERSONAL_KINDS) == {"residual", "residual-peft", "local-ft", "local-only", "fedrep", "interp", "folio"}
+    for name in PERSONAL_KINDS:
+        plugin = PERSONALIZATIONS.get(name)
+        assert isinstance(plugin, Personalization) and plugin.name == name and plugin.start in START_RULES
+        module = inspect.getmodule(type(plugin))
+        assert module is not None and module.__name__.startswith("fedpurel_lite.personal.")
+        assert f'"{name}"' in inspect.getsource(module)
+
+
+def test_no_kind_name_is_a_string_literal_in_the_engine():
+    """The engine modules reach a kind only through the registry (no ``kind == "..."``)."""
+    import ast
+    from pathlib import Path
+
+    import fedpurel_lite
+
+    root = Path(fedpurel_lite.__file__).parent
+    for rel in ("personalize.py", "simulate.py", "client.py", "analysis.py", "personal/base.py",
+                "personal/__init__.py"):
+        literals = {n.value for n in ast.walk(ast.parse((root / rel).read_text())) if isinstance(n, ast.Constant)}
+        assert not literals & set(PERSONAL_KINDS), rel
+
+
+def test_a_new_kind_is_one_registered_class(core_bank):
+    """A kind written outside the package plugs into the engine's functions by registering itself."""
+    from fedpurel_lite.personal import PERSONALIZATIONS, PersonalizationBase, register_personalization
+
+    @register_personalization
+    class Scaled(PersonalizationBase):
+        name = "test-scaled-copy"
+        description = "a copy of the global PEFT whose logits are halved"
+        start = "global"
+
+        def logits(self, personal, global_peft, x, global_logits, config):
+            return 0.5 * personal(x)
+
+    try:
+        cfg, glob, init, x, y = _setup(core_bank)
+        pm = new_personal_module("test-scaled-copy", glob, cfg)
+        load_state(pm, start_state("test-scaled-copy", None, glob, init, cfg))
+        torch.testing.assert_close(predict_personal("test-scaled-copy", pm, glob, x, None, cfg),
+                                   0.5 * glob.predict_logits(x))
+        out = train_personal("test-scaled-copy", pm, glob, x, y, cfg, torch.Generator().manual_seed(0))
+        assert out["steps"] == 2 * 8 and not torch.equal(module_state(pm)["weight"], glob.weight.detach())
+    finally:
+        PERSONALIZATIONS._specs.pop("test-scaled-copy")
+
+
+@pytest.mark.parametrize("kind", PERSONAL_KINDS)
+def test_kept_branch_logits_give_the_personal_predictions(core_bank, kind):
+    """For a branch-only kind, the kept branch logits (+ the global's if residual) are the personal logits."""
+    from fedpurel_lite.personalize import branch_logits, branch_only, personal_plus_global
+
+    cfg, glob, init, x, y = _setup(core_bank, "adapter" if kind == "folio" else "head")
+    pm = new_personal_module(kind, glob, cfg)
+    load_state(pm, start_state(kind, None, glob, init, cfg))
+    train_personal(kind, pm, glob, x, y, cfg, torch.Generator().manual_seed(0))
+    xt = core_bank.test_features[:50]
+    gl = glob.predict_logits(xt)
+    if not branch_only(kind, glob):
+        assert kind in ("fedrep", "interp", "folio")
+        return
+    want = predict_personal(kind, pm, glob, xt, gl, cfg, 16)
+    assert torch.equal(personal_plus_global(kind, gl, branch_logits(kind, pm, glob, xt, 16)), want)
