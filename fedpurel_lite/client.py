@@ -15,7 +15,7 @@ the same client gives the same numbers whether the simulator or a Flower node ru
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -29,6 +29,9 @@ from .partition import Federation
 from .peft import PEFTModule
 from .personalize import load_state, module_state, predict_personal, start_state, train_personal
 from .token_bank import model_inputs
+
+if TYPE_CHECKING:
+    from .config import RunConfig
 
 
 def client_generator(seed: int, round_idx: int, client: int, stage: int) -> torch.Generator:
@@ -107,8 +110,15 @@ def make_clients(bank: Any, fed: Federation, device: torch.device | str = "cpu")
     return out
 
 
-def train_shared(peft: PEFTModule, global_state: dict[str, Tensor], data: ClientData, config: Any, method: Method,
-                 round_idx: int, prior: Tensor | None) -> tuple[dict[str, Tensor], dict[str, float]]:
+def _personal_kind(method: Method) -> str:
+    """The method's personalization kind (a method without one has no personal model to train or predict)."""
+    if method.personal is None:
+        raise ValueError(f"method {method.name!r} has no personal model")
+    return method.personal
+
+
+def train_shared(peft: PEFTModule, global_state: dict[str, Tensor], data: ClientData, config: RunConfig,
+                 method: Method, round_idx: int, prior: Tensor | None) -> tuple[dict[str, Tensor], dict[str, float]]:
     """Stage 1: load the global state, run the method's local training; returns (state, telemetry).
 
     Raises
@@ -117,6 +127,8 @@ def train_shared(peft: PEFTModule, global_state: dict[str, Tensor], data: Client
         A loss, gradient or the returned state is not finite (naming the round, the client and the
         setting most likely at fault).
     """
+    if method.stage1 is None:
+        raise ValueError(f"method {method.name!r} trains nothing in stage 1")
     peft.load_shared_state(global_state)
     generator = client_generator(config.run.seed, round_idx, data.client_id, 1)
     try:
@@ -129,7 +141,7 @@ def train_shared(peft: PEFTModule, global_state: dict[str, Tensor], data: Client
 
 
 def train_private(personal: nn.Module, peft: PEFTModule, previous: dict[str, Tensor] | None,
-                  initial_state: dict[str, Tensor], data: ClientData, config: Any, method: Method,
+                  initial_state: dict[str, Tensor], data: ClientData, config: RunConfig, method: Method,
                   round_idx: int) -> tuple[dict[str, Tensor], float]:
     """Stage 2: train the personal branch against the frozen global ``peft``; returns (state, loss).
 
@@ -139,9 +151,10 @@ def train_private(personal: nn.Module, peft: PEFTModule, previous: dict[str, Ten
         A loss, gradient or the returned state is not finite (naming the round, the client and the
         setting most likely at fault).
     """
-    load_state(personal, start_state(method.personal, previous, peft, initial_state, config))
+    kind = _personal_kind(method)
+    load_state(personal, start_state(kind, previous, peft, initial_state, config))
     try:
-        out = train_personal(method.personal, personal, peft, data.x, data.y, config,
+        out = train_personal(kind, personal, peft, data.x, data.y, config,
                              client_generator(config.run.seed, round_idx, data.client_id, 2))
         state = module_state(personal)
         check_tensors(state, "the personal state's tensor")
@@ -152,10 +165,10 @@ def train_private(personal: nn.Module, peft: PEFTModule, previous: dict[str, Ten
 
 @torch.no_grad()
 def predict_private(personal: nn.Module, peft: PEFTModule, state: dict[str, Tensor] | None,
-                    initial_state: dict[str, Tensor], x: Tensor, global_logits: Tensor, config: Any,
+                    initial_state: dict[str, Tensor], x: Tensor, global_logits: Tensor, config: RunConfig,
                     method: Method) -> np.ndarray:
     """Personal-model predictions on ``x`` (a client without a stored state uses its start state)."""
-    load_state(personal, state if state is not None else start_state(method.personal, None, peft, initial_state,
-                                                                     config))
-    logits = predict_personal(method.personal, personal, peft, x, global_logits, config, config.run.eval_batch_size)
+    kind = _personal_kind(method)
+    load_state(personal, state if state is not None else start_state(kind, None, peft, initial_state, config))
+    logits = predict_personal(kind, personal, peft, x, global_logits, config, config.run.eval_batch_size)
     return logits.argmax(dim=1).cpu().numpy()

@@ -1,11 +1,12 @@
-"""Local training of the shared PEFT (stage 1): the registered objectives and the local epoch loop.
+"""Local training of the shared PEFT (stage 1): the local epoch loop around the objective plugins' hooks.
 
-An objective is a named stage-1 loss with its declared needs (:class:`Objective`): plain CE
-(FedAvg, and PromptFL with prompts), FedProx's proximal term, logit-adjusted CE, and FedPuReL's
-CE purified against the temperature-aligned KL to the zero-shot teacher (or the plain KL at
-``T = 1`` as an ablation). :func:`local_train` runs the local epoch(s) of one client with a
-fresh SGD optimizer (momentum, weight decay applied inside ``step()``, i.e. after the
-projection), fp32, and returns telemetry; a non-finite loss stops it with a
+An objective is a stage-1 plugin registered in :data:`~fedpurel_lite.purify.OBJECTIVES` (re-exported
+here): plain CE (FedAvg, and PromptFL with prompts), FedProx's proximal term, logit-adjusted CE,
+and FedPuReL's CE purified against the temperature-aligned KL to the zero-shot teacher (or the
+plain KL at ``T = 1`` as an ablation). The loop is written once and calls the objective's hooks
+(``begin``, ``regularize``, ``combine``); no objective is named here. :func:`local_train` runs the
+local epoch(s) of one client with a fresh SGD optimizer (momentum, weight decay applied inside
+``step()``, i.e. after the projection), fp32, and returns telemetry; a non-finite loss stops it with a
 :class:`~fedpurel_lite.errors.NonFiniteError` before its step is applied (:mod:`~fedpurel_lite.finite`).
 It is a pure function of the module, tensors, config
 and generator, so the simulator and a Flower ClientApp share it.
@@ -21,59 +22,20 @@ batch of every epoch when it holds at least one full batch.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
 
 from .finite import check_loss
-from .purify import logit_gradients, project_gradients
-from .registry import Registry
+from .purify import OBJECTIVES, Objective, logit_gradients
 
+__all__ = ["OBJECTIVES", "SGD", "Objective", "batches", "finish_telemetry", "local_train", "make_optimizer",
+           "merge_telemetry", "stage1_optimizer"]
 
-@dataclass(frozen=True)
-class Objective:
-    """A registered stage-1 objective.
-
-    Attributes
-    ----------
-    name : str
-        Registry key (a method's ``stage1``).
-    needs_teacher : bool
-        Uses the zero-shot teacher's logits.
-    purify : bool
-        Projects the CE gradient against the alignment gradient when they conflict.
-    aligned : bool
-        The alignment loss is the temperature-aligned KL (else the plain KL at ``T = 1``).
-    proximal : bool
-        Adds FedProx's ``prox_mu / 2 ||phi - phi_G||^2``.
-    logit_adjusted : bool
-        Logit-adjusted CE with ``la_tau`` times the log class prior.
-    description : str
-        One line.
-    """
-
-    name: str
-    needs_teacher: bool = False
-    purify: bool = False
-    aligned: bool = True
-    proximal: bool = False
-    logit_adjusted: bool = False
-    description: str = ""
-
-
-#: every registered stage-1 objective
-OBJECTIVES: Registry[Objective] = Registry("stage-1 objective", "stage1")
-for _obj in (
-    Objective("ce", description="cross-entropy"),
-    Objective("prox", proximal=True, description="cross-entropy + FedProx proximal term"),
-    Objective("la", logit_adjusted=True, description="logit-adjusted cross-entropy"),
-    Objective("purify", needs_teacher=True, purify=True, description="CE purified against the TKL gradient"),
-    Objective("purify-kl", needs_teacher=True, purify=True, aligned=False,
-              description="CE purified against the plain KL (T = 1) gradient"),
-):
-    OBJECTIVES.add(_obj.name, _obj)
+if TYPE_CHECKING:
+    from .config import RunConfig, Stage1Cfg
+    from .peft import PEFTModule
 
 
 class SGD:
@@ -114,7 +76,7 @@ def make_optimizer(params: list[nn.Parameter], lr: float, momentum: float = 0.0,
 SHARED_STATE_ATTR = "_stage1_shared_sgd_buffers"
 
 
-def stage1_optimizer(peft: nn.Module, params: list[nn.Parameter], stage1: Any) -> SGD:
+def stage1_optimizer(peft: nn.Module, params: list[nn.Parameter], stage1: Stage1Cfg) -> SGD:
     """The stage-1 SGD of one client-round: fresh, or continuing the module's shared state.
 
     Parameters
@@ -142,18 +104,18 @@ def batches(n: int, batch_size: int, generator: torch.Generator, drop_last: bool
     remains (so a client smaller than a batch still trains on one batch).
     """
     perm = torch.randperm(n, generator=generator)
-    out = list(perm.split(batch_size))
+    out: list[Tensor] = list(perm.split(batch_size))  # type: ignore[no-untyped-call]
     if drop_last and n >= batch_size and n % batch_size:
         out.pop()
     return out
 
 
 def local_train(
-    peft: nn.Module,
+    peft: PEFTModule,
     features: Tensor,
     labels: Tensor,
     teacher_logits: Tensor | None,
-    config: Any,
+    config: RunConfig,
     generator: torch.Generator,
     objective: str = "purify",
     class_prior: Tensor | None = None,
@@ -193,50 +155,35 @@ def local_train(
         ``steps``, ``decisions``, ``projected`` (count), ``cos_sum``, ``cos_count``,
         ``task_loss``, ``align_loss`` (means), ``projected_share``, ``mean_cos``.
     """
-    spec = OBJECTIVES.get(objective)
-    s1, pc, bc = config.stage1, config.purification, config.baselines
-    purify = spec.purify
-    track = purify or pc.track_cos
+    obj = OBJECTIVES.get(objective)
+    s1, pc = config.stage1, config.purification
+    track = obj.tracks(config)
     if track and teacher_logits is None:
         raise ValueError(f"objective {objective!r} needs teacher_logits")
     params = [p for p in peft.parameters() if p.requires_grad]
     opt = stage1_optimizer(peft, params, s1)
-    anchor = [p.detach().clone() for p in params] if spec.proximal else None
-    la_bias = None
-    if spec.logit_adjusted:
-        num_classes = teacher_logits.shape[1] if teacher_logits is not None else int(labels.max()) + 1
-        prior = (class_prior if class_prior is not None
-                 else torch.bincount(labels, minlength=num_classes).float())
-        prior = prior.float() / prior.sum()
-        la_bias = bc.la_tau * torch.log(prior.clamp_min(1e-12))
+    state = obj.begin(params, labels, teacher_logits, class_prior, config)
     iters = pc.bisection_iters
-    tele = {"steps": 0, "decisions": 0, "projected": 0, "cos_sum": 0.0, "cos_count": 0,
-            "task_loss": 0.0, "align_loss": 0.0}
+    tele: dict[str, float] = {"steps": 0, "decisions": 0, "projected": 0, "cos_sum": 0.0, "cos_count": 0,
+                              "task_loss": 0.0, "align_loss": 0.0}
     peft.train()
     for _ in range(s1.local_epochs):
         for idx in batches(features.shape[0], s1.batch_size, generator, s1.drop_last):
             logits, pullback = peft.forward_with_pullback(features[idx])
             task, g_task, align, g_align = logit_gradients(
-                logits, labels[idx], teacher_logits[idx] if track else None, spec.aligned, la_bias, iters,
-                clamped=pc.kl_log == "clamped")
-            if track:
+                logits, labels[idx], teacher_logits[idx] if track and teacher_logits is not None else None,
+                obj.aligned, state.logit_bias, iters, clamped=pc.kl_log == "clamped")
+            aligns: list[Tensor] = []
+            if track and g_align is not None:
                 both = pullback(torch.stack([g_task, g_align]))
                 grads, aligns = [g[0] for g in both], [g[1] for g in both]
             else:
                 grads = [g[0] for g in pullback(g_task.unsqueeze(0))]
-            if anchor is not None:
-                grads = [g + bc.prox_mu * (p.detach() - a) for g, p, a in zip(grads, params, anchor, strict=True)]
-                task = task + 0.5 * bc.prox_mu * sum(((p.detach() - a) ** 2).sum()
-                                                         for p, a in zip(params, anchor, strict=True))
-            if track:
-                lam = pc.lambda_proj if purify else 0.0
-                projected, cosines, fired = project_gradients(grads, aligns, lam, pc.projection)
-                if purify:
-                    grads = projected
-                else:
-                    fired = [False] * len(cosines)
+            grads, task = obj.regularize(grads, task, params, state, config)
+            if track and align is not None:
+                grads, cosines, fired = obj.combine(grads, aligns, config)
                 align_value = float(align)
-                check_loss(align_value, tele["steps"] + 1)
+                check_loss(align_value, int(tele["steps"]) + 1)
                 tele["align_loss"] += align_value
                 tele["decisions"] += len(fired)
                 tele["projected"] += int(sum(fired))
@@ -244,7 +191,7 @@ def local_train(
                 tele["cos_sum"] += float(sum(finite))
                 tele["cos_count"] += len(finite)
             loss = float(task)
-            check_loss(loss, tele["steps"] + 1)
+            check_loss(loss, int(tele["steps"]) + 1)
             opt.step(grads)
             tele["steps"] += 1
             tele["task_loss"] += loss

@@ -1,20 +1,29 @@
 """Registry of named methods: what stage 1 trains and what stage 2 personalizes, as data.
 
 A :class:`Method` names the stage-1 objective of the shared PEFT (a name in
-:data:`fedpurel_lite.local.OBJECTIVES`; ``None`` = no federated training: the global model stays
+:data:`fedpurel_lite.purify.OBJECTIVES`; ``None`` = no federated training: the global model stays
 zero-shot), the stage-2 personalization kind (a name in
 :data:`fedpurel_lite.personalize.PERSONALIZATIONS`; ``None`` = the personal model *is* the global
 model) and optional config overrides. ``get_method`` resolves a name; an unknown name raises a
 :class:`~fedpurel_lite.errors.ConfigError` listing the valid ones.
+
+Records are data: the built-in ones are listed here, and a plugin module (a PEFT in
+:mod:`fedpurel_lite.peft`, a personalization kind in :mod:`fedpurel_lite.personal`) may declare its
+own as a module-level ``METHOD_RECORDS``: a sequence of dicts with the fields of :class:`Method`
+(``name``, ``stage1``, ``personal``, ``description``, optional ``overrides``). They are registered
+after the built-in ones, in module order, without the plugin importing this module.
 """
 
 from __future__ import annotations
 
+import importlib
+import sys
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .local import OBJECTIVES
 from .personalize import PERSONALIZATIONS
+from .purify import OBJECTIVES
 from .registry import Registry
 
 
@@ -27,7 +36,7 @@ class Method:
     name : str
         Registry key.
     stage1 : str or None
-        Stage-1 objective (:data:`~fedpurel_lite.local.OBJECTIVES`), or ``None`` for no federated
+        Stage-1 objective (:data:`~fedpurel_lite.purify.OBJECTIVES`), or ``None`` for no federated
         training.
     personal : str or None
         Personalization kind (:data:`~fedpurel_lite.personalize.PERSONALIZATIONS`), or ``None``.
@@ -48,6 +57,25 @@ class Method:
             OBJECTIVES.get(self.stage1)
         if self.personal is not None:
             PERSONALIZATIONS.get(self.personal)
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any]) -> Method:
+        """A method from a plain record (a dict with the fields of :class:`Method`).
+
+        Raises
+        ------
+        ValueError
+            A missing or unknown field.
+        ConfigError
+            An unknown stage-1 objective or personalization kind.
+        """
+        fields = ("name", "stage1", "personal", "description", "overrides")
+        unknown = sorted(set(record) - set(fields))
+        missing = [f for f in fields[:4] if f not in record]
+        if unknown or missing:
+            raise ValueError(f"method record {record.get('name')!r}: unknown fields {unknown}, missing {missing}")
+        return cls(record["name"], record["stage1"], record["personal"], record["description"],
+                   dict(record.get("overrides", {})))
 
     @property
     def needs_teacher(self) -> bool:
@@ -78,9 +106,27 @@ _ALL = [
     Method("local-only", None, "local-only", "each client trains alone from zero-shot (floor)"),
 ]
 
+#: packages whose modules may declare ``METHOD_RECORDS``
+PLUGIN_PACKAGES: tuple[str, ...] = ("fedpurel_lite.peft", "fedpurel_lite.personal")
+
+
+def plugin_records() -> list[Mapping[str, Any]]:
+    """The ``METHOD_RECORDS`` of every plugin module of :data:`PLUGIN_PACKAGES`, in module-name order.
+
+    Importing a plugin package imports all its modules (each package's ``__init__`` does).
+    """
+    for package in PLUGIN_PACKAGES:
+        importlib.import_module(package)
+    out: list[Mapping[str, Any]] = []
+    for name in sorted(sys.modules):
+        if name.rpartition(".")[0] in PLUGIN_PACKAGES:
+            out.extend(getattr(sys.modules[name], "METHOD_RECORDS", ()))
+    return out
+
+
 #: every registered method
 METHODS: Registry[Method] = Registry("method", "method.name")
-for _m in _ALL:
+for _m in [*_ALL, *(Method.from_record(r) for r in plugin_records())]:
     METHODS.add(_m.name, _m)
 
 #: fusion baselines whose bias transfer the paper criticises (claim iii)

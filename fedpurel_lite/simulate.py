@@ -19,49 +19,248 @@ After the last round, :func:`final_analysis` records the arrays of the bias-tran
 Randomness: every client-round draws its batches from its own generator seeded by
 ``(seed, round, client, stage)``, and client sampling is stateless, so the same seed gives the
 same history, and a resumed run continues bit-for-bit (no global RNG state is used or needed).
-The run is set up by :func:`~fedpurel_lite.assembly.assemble`; a verified checkpoint
-(:mod:`~fedpurel_lite.checkpoint`) is written after every round.
+The run is set up by :func:`~fedpurel_lite.assembly.assemble`; its working state lives in one
+:class:`RoundState` whose methods are the round's steps (:meth:`RoundState.play_round`,
+:meth:`RoundState.evaluate`, :meth:`RoundState.final_analysis`); a verified checkpoint
+(:mod:`~fedpurel_lite.checkpoint`) of :meth:`RoundState.packed_state` is written after every round.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from .aggregate import ClientSampler, fedavg
+from .analysis import final_analysis, predict_global
 from .assembly import Assembly, assemble
-from .checkpoint import check_resumable, clear_checkpoints, find_resume_point, save_checkpoint
+from .checkpoint import Checkpoint, check_resumable, clear_checkpoints, find_resume_point, save_checkpoint
 from .client import ClientData, predict_private, train_private, train_shared
+from .compare import compare
 from .config import RunConfig
 from .errors import NonFiniteError
 from .finite import check_tensors, first_nonfinite, located
 from .local import merge_telemetry
-from .methods import Method, get_method
-from .metrics import evaluate_clients, evaluate_predictions, per_class_accuracy
-from .partition import Federation, count_matrix
+from .methods import Method
+from .metrics import evaluate_clients, evaluate_predictions
+from .partition import Federation
 from .peft import PEFTS, PEFTModule
-from .personalize import PERSONALIZATIONS, branch_logits, branch_only, load_state, predict_personal, start_state
+from .personalize import branch_logits, branch_only, load_state, personal_plus_global
 from .results import RunResult, clean_json, federation_info, summarise
 from .token_bank import model_inputs
 from .workers import ClientPool, IntraOpThreads, resolve_workers
 
+__all__ = ["RoundState", "Slot", "aggregate_round", "compare", "final_analysis", "pack_state", "predict_global", "run",
+           "unpack_state"]
 
-def _pack_state(peft: PEFTModule, personal_states: dict[int, dict[str, Tensor]]) -> dict[str, Tensor]:
+#: one worker's working copies: a shared PEFT (stage 1) and a personal module (stage 2, ``None`` without one)
+Slot = tuple[PEFTModule, nn.Module | None]
+#: a client's personal state: its trainable tensors by name
+State = dict[str, Tensor]
+
+
+@dataclass
+class RoundState:
+    """A simulated run's working state, carried from round to round; its methods are the round's steps.
+
+    Built once per run (:meth:`start`) and updated in place: stage 1 writes the global PEFT,
+    stage 2 the clients' personal states. Everything a step needs is here, so a step takes the
+    round index and the sampled clients only.
+
+    Attributes
+    ----------
+    config : RunConfig
+        The config with the method's overrides applied.
+    method : Method
+    peft : PEFTModule
+        The global shared PEFT (the aggregate of the last round).
+    federation : Federation
+    clients : list of ClientData
+        Every client's data on the run's device.
+    prior : Tensor
+        The global long-tailed class counts (logit adjustment's prior).
+    initial_state : dict
+        The PEFT's initial (zero-shot) shared state.
+    x_test : Tensor
+        The balanced test set's PEFT inputs on the run's device.
+    y_test : numpy.ndarray
+        Its labels.
+    pool : ClientPool
+        The worker threads and their :data:`Slot` copies.
+    personal_states : dict
+        Every client's personal state by client id (a client appears after its first stage 2).
+    kept : dict
+        The personal branch logits of every client on its test split, with the state they came
+        from (reused while the state is unchanged; see
+        :func:`~fedpurel_lite.personalize.branch_only`).
+    """
+
+    config: RunConfig
+    method: Method
+    peft: PEFTModule
+    federation: Federation
+    clients: list[ClientData]
+    prior: Tensor
+    initial_state: State
+    x_test: Tensor
+    y_test: np.ndarray
+    pool: ClientPool[Slot]
+    personal_states: dict[int, State] = field(default_factory=dict)
+    kept: dict[int, tuple[State, Tensor]] = field(default_factory=dict)
+
+    @classmethod
+    def start(cls, parts: Assembly, pool: ClientPool[Slot], initial_state: State,
+              personal_states: dict[int, State] | None = None) -> RoundState:
+        """The state of a run assembled as ``parts`` (``personal_states``: restored from a checkpoint)."""
+        if parts.federation is None:
+            raise ValueError("a simulated run needs its federation")
+        x_test = torch.as_tensor(model_inputs(parts.bank, "test")).float().to(parts.device)
+        return cls(parts.config, parts.method, parts.peft, parts.federation, parts.clients(), parts.class_prior(),
+                   initial_state, x_test, np.asarray(parts.bank.test_labels), pool, dict(personal_states or {}))
+
+    # ------------------------------------------------------------------ checkpoint
+    def packed_state(self) -> dict[str, Tensor]:
+        """The global and every personal state as one flat ``{name: tensor}`` dict (checkpoint, result)."""
+        return pack_state(self.peft, self.personal_states)
+
+    # ------------------------------------------------------------------ one round
+    def play_round(self, r: int, chosen: np.ndarray) -> dict[str, Any]:
+        """Stage 1 + aggregation + stage 2 of round ``r`` on the clients ``chosen`` (in place).
+
+        The client steps are :func:`fedpurel_lite.client.train_shared` / ``train_private``, the same
+        functions the Flower ClientApp runs, each on a worker's own module copies.
+        """
+        entry: dict[str, Any] = {"round": r, "clients": [int(k) for k in chosen]}
+        entry["telemetry"] = merge_telemetry(self.stage1(r, chosen))
+        losses = self.stage2(r, chosen)
+        entry["personal"] = {"loss": float(np.mean(losses)) if losses else float("nan")}
+        return entry
+
+    def stage1(self, r: int, chosen: np.ndarray) -> list[dict[str, float]]:
+        """Local training of the clients ``chosen`` from the global state, then FedAvg into it; their telemetry.
+
+        Without a stage-1 objective nothing trains. The global PEFT is in eval mode afterwards.
+        """
+        teles: list[dict[str, float]] = []
+        if self.method.stage1 is not None:
+            g_state = self.peft.shared_state()
+            out = self.pool.map(lambda slot, k: train_shared(slot[0], g_state, self.clients[k], self.config,
+                                                             self.method, r, self.prior), chosen)
+            teles = [tele for _, tele in out]
+            self.peft.load_shared_state(self.aggregate(r, chosen, [state for state, _ in out]))
+        self.peft.eval()
+        return teles
+
+    def aggregate(self, r: int, chosen: np.ndarray, states: list[State]) -> State:
+        """FedAvg of the clients' ``states`` weighted by their sizes, checked finite.
+
+        Raises
+        ------
+        NonFiniteError
+            The aggregate is not finite (naming the round, the clients and the likely setting).
+        """
+        return aggregate_round(states, [self.clients[k].n for k in chosen], r, chosen, self.config, self.method)
+
+    def stage2(self, r: int, chosen: np.ndarray) -> list[float]:
+        """Personal training of the clients ``chosen`` against the frozen global model; their losses."""
+        if self.method.personal is None:
+            return []
+        out = self.pool.map(lambda slot, k: train_private(personal_module(slot), self.peft,
+                                                          self.personal_states.get(int(k)), self.initial_state,
+                                                          self.clients[k], self.config, self.method, r), chosen)
+        losses = []
+        for k, (state, loss) in zip(chosen, out, strict=True):
+            self.personal_states[int(k)] = state
+            losses.append(loss)
+        return losses
+
+    # ------------------------------------------------------------------ evaluation
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, Any]:
+        """Global model on the balanced test set and on the client splits; personal models on the splits."""
+        config, fed, x_test = self.config, self.federation, self.x_test
+        logits = predict_global(self.peft, x_test, config.run.eval_batch_size, self.pool)
+        if first_nonfinite([("logits", logits)]) is not None:  # located by the caller
+            raise NonFiniteError("its logits on the test set are not finite")
+        pred = logits.argmax(dim=1).cpu().numpy()
+        test_y_clients = [self.y_test[t] for t in fed.client_test]
+        gm = evaluate_predictions(self.y_test, pred, fed.num_classes, fed.groups, fed.train_counts)
+        gm_client_preds = [pred[t] for t in fed.client_test]
+        out = {"gm": clean_json(gm), "gm_clients": clean_json(evaluate_clients(gm_client_preds, test_y_clients,
+                                                                                 fed.num_classes, fed.groups))}
+        if self.method.personal is None:
+            out["pm"] = out["gm_clients"]
+            return out
+        preds = self.pool.map(lambda slot, k: self._personal_predictions(slot, k, logits), range(fed.num_clients))
+        out["pm"] = clean_json(evaluate_clients(preds, test_y_clients, fed.num_classes, fed.groups))
+        return out
+
+    def _personal_predictions(self, slot: Slot, k: int, logits: Tensor) -> np.ndarray:
+        """Client ``k``'s personal-model predictions on its test split (``logits``: the global model's)."""
+        kind, peft, personal = self.method.personal, self.peft, personal_module(slot)
+        if kind is None:
+            raise ValueError(f"method {self.method.name!r} has no personal model")
+        idx = torch.as_tensor(self.federation.client_test[k], dtype=torch.long, device=self.x_test.device)
+        state = self.personal_states.get(k)
+        if not branch_only(kind, peft) or state is None:
+            return predict_private(personal, peft, state, self.initial_state, self.x_test[idx], logits[idx],
+                                   self.config, self.method)
+        # a client not trained this round has the same branch logits as before: reuse them (bit-identical)
+        if k not in self.kept or self.kept[k][0] is not state:
+            load_state(personal, state)
+            self.kept[k] = (state, branch_logits(kind, personal, peft, self.x_test[idx],
+                                                 self.config.run.eval_batch_size))
+        return personal_plus_global(kind, logits[idx], self.kept[k][1]).argmax(dim=1).cpu().numpy()
+
+    def final_analysis(self, bank: Any) -> dict[str, Tensor]:
+        """The arrays of the bias-transfer analysis from the final state
+        (:func:`~fedpurel_lite.analysis.final_analysis`)."""
+        return final_analysis(self, bank)
+
+
+def aggregate_round(states: list[State], weights: list[int], r: int, chosen: Sequence[int] | np.ndarray,
+                    config: RunConfig, method: Method) -> State:
+    """FedAvg of the sampled clients' shared states, checked finite (the simulator's and a Flower server's step).
+
+    Raises
+    ------
+    NonFiniteError
+        The aggregate is not finite (naming the round, the clients and the likely setting).
+    """
+    state = fedavg(states, weights)
+    try:
+        check_tensors(state, "the aggregated state's tensor")
+    except NonFiniteError as exc:
+        raise located(exc, r, f"clients {', '.join(str(int(k)) for k in chosen)}", 3, config,
+                      method.stage1) from None
+    return state
+
+
+def personal_module(slot: Slot) -> nn.Module:
+    """The personal module of a worker's slot (present whenever the method has a personal stage)."""
+    if slot[1] is None:
+        raise ValueError("this run's method has no personal module")
+    return slot[1]
+
+
+def pack_state(peft: PEFTModule, personal_states: dict[int, State]) -> dict[str, Tensor]:
+    """``global/<name>`` tensors of ``peft`` and ``personal/<client>/<name>`` of every personal state."""
     out = {f"global/{n}": t for n, t in peft.shared_state().items()}
     for k, state in personal_states.items():
         out.update({f"personal/{k}/{n}": t for n, t in state.items()})
     return out
 
 
-def _unpack_state(tensors: dict[str, Tensor]) -> tuple[dict[str, Tensor], dict[int, dict[str, Tensor]]]:
-    glob: dict[str, Tensor] = {}
-    personal: dict[int, dict[str, Tensor]] = {}
+def unpack_state(tensors: dict[str, Tensor]) -> tuple[State, dict[int, State]]:
+    """Inverse of :func:`pack_state`: the global state and the personal states by client."""
+    glob: State = {}
+    personal: dict[int, State] = {}
     for key, t in tensors.items():
         head, rest = key.split("/", 1)
         if head == "global":
@@ -80,7 +279,7 @@ def run(
     checkpoint_dir: str | Path | None = None,
     resume: bool = False,
     federation: Federation | None = None,
-    on_round_end: Callable[[int, dict], None] | None = None,
+    on_round_end: Callable[[int, dict[str, Any]], None] | None = None,
     resume_round: int | None = None,
 ) -> RunResult:
     """Simulate one federated run of ``config.method.name``.
@@ -129,7 +328,7 @@ def run(
         raise ValueError("resume=True needs checkpoint_dir")
     parts = assemble(config, bank, backbone, federation, progress)
     point = None
-    if resume:
+    if checkpoint_dir is not None and resume:
         point = find_resume_point(checkpoint_dir, resume_round)
         check_resumable(point, parts.config.to_dict(), parts.method.name)
     elif checkpoint_dir is not None:
@@ -139,47 +338,39 @@ def run(
         return _run(parts, progress, checkpoint_dir, point, on_round_end)
 
 
-def _run(parts: Assembly, progress: bool, checkpoint_dir: str | Path | None, point: Any,
-         on_round_end: Callable[[int, dict], None] | None) -> RunResult:
+def _run(parts: Assembly, progress: bool, checkpoint_dir: str | Path | None, point: Checkpoint | None,
+         on_round_end: Callable[[int, dict[str, Any]], None] | None) -> RunResult:
     from tqdm.auto import tqdm
 
-    config, method, peft, fed, device = parts.config, parts.method, parts.peft, parts.federation, parts.device
-    bank = parts.bank
-    test_labels_np = np.asarray(bank.test_labels)
-    x_test = torch.as_tensor(model_inputs(bank, "test")).float().to(device)
+    config, method, peft, device, fed = parts.config, parts.method, parts.peft, parts.device, parts.federation
+    assert fed is not None, "a simulated run needs its federation"
     initial_state = peft.shared_state()
-    clients = parts.clients()
-    prior = parts.class_prior()
-    test_y_clients = [test_labels_np[t] for t in fed.client_test]
     sampler = ClientSampler(fed.num_clients, config.federation.participation, config.run.seed)
-    personal_states: dict[int, dict[str, Tensor]] = {}
-    kept: dict[int, tuple[dict, Tensor]] = {}
-    history: list[dict] = []
+    personal_states: dict[int, State] = {}
+    history: list[dict[str, Any]] = []
     start = 0
     if point is not None:
-        glob, personal_states = _unpack_state(point.tensors)
+        glob, personal_states = unpack_state(point.tensors)
         peft.load_shared_state({n: t.to(device) for n, t in glob.items()})
         personal_states = {k: {n: t.to(device) for n, t in s.items()} for k, s in personal_states.items()}
         history = point.history
         start = point.round + 1
 
-    def make_slot() -> tuple[PEFTModule, torch.nn.Module | None]:
-        """One worker's working copies: a shared PEFT (stage 1) and a personal module (stage 2)."""
+    def make_slot() -> Slot:
         return peft.clone(), parts.new_personal()
 
     rounds = config.federation.rounds
     workers = resolve_workers(config.run.workers, device, PEFTS.get(config.method.peft).concurrent_clients)
     with ClientPool(workers, make_slot) as pool:
+        state = RoundState.start(parts, pool, initial_state, personal_states)
         bar = tqdm(range(start, rounds), disable=not progress, desc=method.name, unit="round", initial=start,
                    total=rounds)
         for r in bar:
             t0 = time.perf_counter()
             chosen = sampler.sample(r)
             try:
-                entry = _one_round(r, chosen, config, method, peft, pool, personal_states, clients, prior,
-                                   initial_state)
-                entry.update(_evaluate(config, method, peft, pool, personal_states, initial_state, x_test,
-                                       test_labels_np, test_y_clients, fed, kept))
+                entry = state.play_round(r, chosen)
+                entry.update(state.evaluate())
             except NonFiniteError as exc:
                 bar.close()
                 if exc.round_idx is None:
@@ -189,15 +380,14 @@ def _run(parts: Assembly, progress: bool, checkpoint_dir: str | Path | None, poi
             entry = clean_json(entry)
             history.append(entry)
             if checkpoint_dir is not None:
-                save_checkpoint(checkpoint_dir, r, config.to_dict(), method.name, history,
-                                _pack_state(peft, personal_states))
+                save_checkpoint(checkpoint_dir, r, config.to_dict(), method.name, history, state.packed_state())
             bar.set_postfix(gm=f"{entry['gm']['accuracy']:.1f}", pm=f"{entry['pm']['accuracy']:.1f}")
             if on_round_end is not None:
                 on_round_end(r, entry)
         bar.close()
-        analysis = final_analysis(parts, pool, personal_states, initial_state, x_test)
+        analysis = state.final_analysis(parts.bank)
     return RunResult(method.name, config.to_dict(), history, summarise(history), federation_info(fed),
-                     {k: v.cpu() for k, v in _pack_state(peft, personal_states).items()}, analysis)
+                     {k: v.cpu() for k, v in state.packed_state().items()}, analysis)
 
 
 def _kept_text(checkpoint_dir: str | Path | None, r: int) -> str:
@@ -207,192 +397,3 @@ def _kept_text(checkpoint_dir: str | Path | None, r: int) -> str:
     if checkpoint_dir is None:
         return f"nothing was written (rounds 0-{r - 1} completed)"
     return f"nothing was written as a result; the checkpoint of round {r - 1} in {checkpoint_dir} is kept"
-
-
-def _one_round(r: int, chosen: np.ndarray, config: RunConfig, method: Method, peft: PEFTModule, pool: ClientPool,
-               personal_states: dict[int, dict[str, Tensor]], clients: list[ClientData], prior: Tensor,
-               initial_state: dict[str, Tensor]) -> dict:
-    """Stage 1 + aggregation + stage 2 of round ``r`` on the clients ``chosen`` (in place).
-
-    The client steps are :func:`fedpurel_lite.client.train_shared` / ``train_private``, the same
-    functions the Flower ClientApp runs, each on a worker's own module copies.
-    """
-    entry: dict[str, Any] = {"round": r, "clients": [int(k) for k in chosen]}
-    teles = []
-    if method.stage1 is not None:
-        g_state = peft.shared_state()
-        out = pool.map(lambda slot, k: train_shared(slot[0], g_state, clients[k], config, method, r, prior), chosen)
-        teles = [tele for _, tele in out]
-        state = fedavg([state for state, _ in out], [clients[k].n for k in chosen])
-        try:
-            check_tensors(state, "the aggregated state's tensor")
-        except NonFiniteError as exc:
-            raise located(exc, r, f"clients {', '.join(str(int(k)) for k in chosen)}", 3, config,
-                          method.stage1) from None
-        peft.load_shared_state(state)
-    peft.eval()
-    entry["telemetry"] = merge_telemetry(teles)
-    losses = []
-    if method.personal is not None:
-        out = pool.map(lambda slot, k: train_private(slot[1], peft, personal_states.get(int(k)), initial_state,
-                                                     clients[k], config, method, r), chosen)
-        for k, (state, loss) in zip(chosen, out, strict=True):
-            personal_states[int(k)] = state
-            losses.append(loss)
-    entry["personal"] = {"loss": float(np.mean(losses)) if losses else float("nan")}
-    return entry
-
-
-@torch.no_grad()
-def predict_global(peft: PEFTModule, x: Tensor, batch_size: int, pool: ClientPool) -> Tensor:
-    """``peft.predict_logits(x, batch_size)``, its batches spread over the pool's threads (bit-identical)."""
-    if pool.n == 1:
-        return peft.predict_logits(x, batch_size)
-    cls = peft.class_features()
-    chunks = [x[i:i + batch_size] for i in range(0, x.shape[0], batch_size)]
-    out = pool.map(lambda slot, chunk: peft.predict_logits(chunk, batch_size, cls), chunks)
-    return torch.cat(out) if out else peft.predict_logits(x, batch_size, cls)
-
-
-@torch.no_grad()
-def _evaluate(config: RunConfig, method: Method, peft: PEFTModule, pool: ClientPool,
-              personal_states: dict[int, dict[str, Tensor]], initial_state: dict[str, Tensor], x_test: Tensor,
-              y_test: np.ndarray, test_y_clients: list[np.ndarray], fed: Federation,
-              kept: dict[int, tuple[dict, Tensor]]) -> dict:
-    """Global model on the balanced test set and on the client splits; personal models on the splits.
-
-    ``kept`` holds the personal branch logits of every client by the state they came from, across
-    rounds (see :func:`~fedpurel_lite.personalize.branch_only`).
-    """
-    logits = predict_global(peft, x_test, config.run.eval_batch_size, pool)
-    if first_nonfinite([("logits", logits)]) is not None:  # located by the caller
-        raise NonFiniteError("its logits on the test set are not finite")
-    pred = logits.argmax(dim=1).cpu().numpy()
-    gm = evaluate_predictions(y_test, pred, fed.num_classes, fed.groups, fed.train_counts)
-    gm_client_preds = [pred[t] for t in fed.client_test]
-    out = {"gm": clean_json(gm),
-           "gm_clients": clean_json(evaluate_clients(gm_client_preds, test_y_clients, fed.num_classes, fed.groups))}
-    if method.personal is None:
-        out["pm"] = out["gm_clients"]
-        return out
-
-    kind = method.personal
-    keep = branch_only(kind, peft)
-    residual = PERSONALIZATIONS.get(kind).residual
-
-    def predict(slot: tuple[PEFTModule, torch.nn.Module], k: int) -> np.ndarray:
-        idx = torch.as_tensor(fed.client_test[k], dtype=torch.long, device=x_test.device)
-        state = personal_states.get(k)
-        if not keep or state is None:
-            return predict_private(slot[1], peft, state, initial_state, x_test[idx], logits[idx], config, method)
-        # a client not trained this round has the same branch logits as before: reuse them (bit-identical)
-        if k not in kept or kept[k][0] is not state:
-            load_state(slot[1], state)
-            kept[k] = (state, branch_logits(kind, slot[1], peft, x_test[idx], config.run.eval_batch_size))
-        own = kept[k][1]
-        return (logits[idx] + own if residual else own).argmax(dim=1).cpu().numpy()
-
-    preds = pool.map(predict, range(fed.num_clients))
-    out["pm"] = clean_json(evaluate_clients(preds, test_y_clients, fed.num_classes, fed.groups))
-    return out
-
-
-@torch.no_grad()
-def final_analysis(parts: Assembly, pool: ClientPool, personal_states: dict[int, dict[str, Tensor]],
-                   initial_state: dict[str, Tensor], x_test: Tensor) -> dict[str, Tensor]:
-    """The arrays of the bias-transfer analysis, from the run's final state (``RunResult.analysis``).
-
-    On the balanced test set, for the global model (``gm_``) and zero-shot CLIP (``zs_``: the
-    bank's text features at its logit scale, the teacher of the alignment loss): ``pred``,
-    ``confidence`` (max softmax probability) and ``correct`` per sample; ``zs_per_class``
-    (zero-shot per-class accuracy, %). On the client test splits, concatenated in client order
-    (``client_test_index`` into the test set; client ``k`` from ``client_test_offsets[k]`` to ``[k + 1]``),
-    the personal models' ``pm_pred`` / ``pm_confidence`` / ``pm_correct`` (the global model's for
-    a method without a personal stage). ``test_labels`` and ``client_counts`` (client × class
-    training images) complete it. A pure function of the final state, so a resumed run gives the
-    same arrays.
-    """
-    config, method, peft, fed, bank = parts.config, parts.method, parts.peft, parts.federation, parts.bank
-    y_test = torch.as_tensor(np.asarray(bank.test_labels), dtype=torch.long)
-    text = torch.as_tensor(bank.text_features).float().to(x_test.device)
-    logits = predict_global(peft, x_test, config.run.eval_batch_size, pool)
-    feats = torch.as_tensor(bank.test_features).float().to(x_test.device)
-    zs_logits = torch.cat([feats[i:i + config.run.eval_batch_size] @ text.t() * float(bank.logit_scale)
-                           for i in range(0, feats.shape[0], config.run.eval_batch_size)])
-    index = [torch.as_tensor(t, dtype=torch.long) for t in fed.client_test]
-
-    def personal(slot: tuple[PEFTModule, torch.nn.Module], k: int) -> Tensor:
-        idx = index[k].to(x_test.device)
-        if method.personal is None:
-            return logits[idx]
-        state = personal_states.get(k)
-        load_state(slot[1], state if state is not None else start_state(method.personal, None, peft, initial_state,
-                                                                         config))
-        return predict_personal(method.personal, slot[1], peft, x_test[idx], logits[idx], config,
-                                config.run.eval_batch_size)
-
-    pm_logits = torch.cat(pool.map(personal, range(fed.num_clients)))
-    flat = torch.cat(index) if index else torch.zeros(0, dtype=torch.long)
-    out = {"test_labels": y_test.int(), "client_test_index": flat.int(),
-           "client_test_offsets": torch.as_tensor(np.cumsum([0] + [len(t) for t in fed.client_test]), dtype=torch.long),
-           "client_counts": torch.as_tensor(count_matrix(fed.client_train, np.asarray(bank.train_labels),
-                                                         fed.num_classes))}
-    for prefix, lg, y in (("gm", logits, y_test), ("zs", zs_logits, y_test), ("pm", pm_logits, y_test[flat])):
-        lg = lg.float().cpu()
-        pred, conf = lg.argmax(dim=1), torch.softmax(lg, dim=1).amax(dim=1)
-        out.update({f"{prefix}_pred": pred.int(), f"{prefix}_confidence": conf, f"{prefix}_correct": pred == y})
-    zs_acc = per_class_accuracy(y_test.numpy(), out["zs_pred"].numpy(), fed.num_classes) * 100.0
-    out["zs_per_class"] = torch.as_tensor(zs_acc, dtype=torch.float64)
-    return {k: v.contiguous() for k, v in out.items()}
-
-
-# ----------------------------------------------------------------------------- compare
-def compare(
-    config: RunConfig,
-    methods: Sequence[str],
-    bank: Any = None,
-    backbone: Any = None,
-    progress: bool = True,
-    last: str = "last10",
-) -> Any:
-    """Run several methods on the same federation and tabulate them.
-
-    Parameters
-    ----------
-    config : RunConfig
-        Shared protocol (``method.name`` is replaced by each entry of ``methods``).
-    methods : sequence of str
-        Registered method names.
-    bank, backbone : optional
-        As in :func:`run`; loaded once and shared.
-    progress : bool
-        tqdm bars.
-    last : {"last10", "last"}
-        Which summary to tabulate.
-
-    Returns
-    -------
-    pandas.DataFrame
-        One row per method: ``gm_*`` (global model, balanced test set), ``gm_clients_*`` and
-        ``pm_*`` (client splits, means over clients), ``time_s``; the :class:`RunResult` objects
-        are in ``df.attrs["results"]``.
-    """
-    import pandas as pd
-
-    for name in methods:
-        get_method(name)
-    parts = assemble(config, bank, backbone, progress=progress)
-    rows, results = [], {}
-    for name in methods:
-        cfg = config.with_overrides({"method.name": name})
-        res = run(cfg, parts.bank, parts.backbone, progress=progress, federation=parts.federation)
-        results[name] = res
-        row: dict[str, Any] = {"method": name}
-        for part in ("gm", "gm_clients", "pm"):
-            row.update({f"{part}_{k}": v for k, v in res.summary[last][part].items()})
-        row["time_s"] = sum(h["time_s"] for h in res.history)
-        rows.append(row)
-    df = pd.DataFrame(rows).set_index("method")
-    df.attrs["results"] = results
-    return df
-

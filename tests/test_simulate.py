@@ -194,3 +194,52 @@ def test_client_metrics_equal_evaluate_predictions():
         for key in ("accuracy", "balanced_accuracy", "macro_f1", "head", "medium", "tail"):
             assert np.isclose(fast[key][i], ref[key], equal_nan=True), (i, key)
         assert np.allclose(fast["per_class"][i], ref["per_class"], equal_nan=True)
+
+
+def test_round_state_steps_drive_any_round_loop(core_bank):
+    """The round's steps are methods of one state object: a hand-written loop over them reproduces ``run``."""
+    from fedpurel_lite.aggregate import ClientSampler
+    from fedpurel_lite.assembly import assemble
+    from fedpurel_lite.results import clean_json
+    from fedpurel_lite.simulate import RoundState
+    from fedpurel_lite.workers import ClientPool, IntraOpThreads
+
+    cfg = _cfg(method="fedpurel", rounds=3)
+    ref = run(cfg, bank=core_bank, progress=False)
+    parts = assemble(cfg, bank=core_bank, progress=False)
+    sampler = ClientSampler(parts.federation.num_clients, cfg.federation.participation, cfg.run.seed)
+    initial = parts.peft.shared_state()
+    with IntraOpThreads(1), ClientPool(1, lambda: (parts.peft.clone(), parts.new_personal())) as pool:
+        state = RoundState.start(parts, pool, initial)
+        history = []
+        for r in range(cfg.federation.rounds):
+            entry = state.play_round(r, sampler.sample(r))
+            entry.update(state.evaluate())
+            history.append(entry)
+        assert sorted(state.personal_states) == [0, 1, 2, 3, 4]
+        packed = state.packed_state()
+    assert json.dumps(_strip([clean_json(h) for h in history])) == json.dumps(_strip(ref.history))
+    assert packed.keys() == ref.final_state.keys()
+    assert all(torch.equal(packed[k].cpu(), ref.final_state[k]) for k in packed)
+
+
+def test_plugin_modules_add_method_records(monkeypatch):
+    """A plugin module's ``METHOD_RECORDS`` are registered as methods, validated like the built-in ones."""
+    import sys
+    import types
+
+    from fedpurel_lite.errors import ConfigError
+    from fedpurel_lite.methods import Method, plugin_records
+
+    record = {"name": "test-ft-adapter", "stage1": "ce", "personal": "local-ft", "description": "a test",
+              "overrides": {"method.peft": "adapter"}}
+    module = types.ModuleType("fedpurel_lite.personal.zz_test_records")
+    module.METHOD_RECORDS = [record]
+    monkeypatch.setitem(sys.modules, module.__name__, module)
+    assert record in plugin_records()
+    method = Method.from_record(record)
+    assert (method.stage1, method.personal, method.overrides) == ("ce", "local-ft", {"method.peft": "adapter"})
+    with pytest.raises(ValueError, match="unknown fields \\['stage2'\\]"):
+        Method.from_record({**record, "stage2": "x"})
+    with pytest.raises(ConfigError, match="unknown personalization kind"):
+        Method.from_record({**record, "personal": "nope"})
