@@ -45,7 +45,7 @@ SET_CASES = [
     ("alpha-zero", ["dirichlet_alpha=0"], r"federation.dirichlet_alpha=0.0: allowed \(0, 1000000\]"),
     ("ratio-fraction", ["imbalance_ratio=0.01"], r"longtail.imbalance_ratio=0.01: allowed \[1, 10000\]"),
     ("personal-alpha", ["personal_alpha=1.2"], r"personalization.personal_alpha=1.2: allowed \[0, 1\]"),
-    ("bool-capital", ["class_specific=False"], "method.class_specific='False': allowed true or false"),
+    ("bool-capital", ["class_specific=False"], "peft.prompt.class_specific='False': allowed true or false"),
     ("bool-yes", ["track_cos=yes"], "purification.track_cos='yes': allowed true or false"),
     ("device-name", ["device=gpu"], "world.device='gpu': allowed one of cpu, cuda, auto"),
     ("profile-name", ["profile=linear"], "longtail.profile='linear': allowed one of exp, step"),
@@ -56,9 +56,10 @@ SET_CASES = [
     ("key-twice", ["lr=0.1", "stage1.lr=0.2"], "stage1.lr is given twice"),
     ("no-equals", ["rounds"], "override 'rounds' must look like key=value"),
     ("unknown-method", ["method=fedavgg"], "method.name='fedavgg': unknown method; allowed one of"),
-    ("unknown-peft", ["peft=bitfit"], "method.peft='bitfit': unknown PEFT; allowed one of"),
-    ("lora-rank", ["lora_rank=0"], r"method.lora_rank=0: allowed \[1, 1024\]"),
-    ("lora-towers", ["lora_towers=audio"], "method.lora_towers='audio': allowed one of vision, text, both"),
+    ("unknown-peft", ["peft=no-such-peft"], "method.peft='no-such-peft': unknown PEFT; allowed one of"),
+    ("lora-rank", ["peft.lora.rank=0"], r"peft.lora.rank=0: allowed \[1, 1024\]"),
+    ("lora-towers", ["peft.lora.towers=audio"], "peft.lora.towers='audio': allowed one of vision, text, both"),
+    ("old-key-moved", ["lora_rank=4"], r"lora_rank moved to peft.lora.rank"),
     ("too-many-clients", ["num_clients=5000"], r"federation.num_clients=5000: allowed <= \d+"),
     ("split-infeasible", ["num_clients=1084", "participation=0.01"],
      r"federation.num_clients=1084: no Dirichlet split .*; raising federation.dirichlet_alpha does not help \(not "
@@ -76,9 +77,11 @@ SET_CASES = [
      "/nonexistent/w.safetensors"),
     ("unknown-world", ["world=imagenet"], "unknown world 'imagenet'"),
     ("folder-without-root", ["world=folder"], "folder"),
-    ("cifar-missing", ["world=cifar100", "world.root=/nonexistent/cifar"], "/nonexistent/cifar"),
-    ("unknown-variant", ["world.variant=grouped"], "world.variant='grouped': allowed one of stratified, shape-grouped"),
-    ("variant-of-another-world", ["world=cifar100", "world.variant=shape-grouped"], "variant of the shapes world"),
+    ("cifar-missing", ["world=cifar100", "world.cifar100.root=/nonexistent/cifar"], "/nonexistent/cifar"),
+    ("unknown-variant", ["world.shapes.variant=grouped"],
+     "world.shapes.variant='grouped': allowed one of stratified, shape-grouped"),
+    ("variant-of-another-world", ["world=cifar100", "world.shapes.variant=shape-grouped"],
+     "a setting of the shapes world, but world.name='cifar100'"),
 ]
 
 TOML_CASES = [
@@ -203,7 +206,7 @@ def test_bad_split_files(split, pattern, tmp_path, capsys, trapped):
     _image_tree(root, split)
     before = _snapshot(tmp_path)
     code, err = _cli(["--config", str(EMBEDDED), "--out", str(tmp_path / "out"), "--set", "world=folder",
-                      f"world.root={root}", "backbone=fedpurel-tiny"], capsys)
+                      f"world.folder.root={root}", "backbone=fedpurel-tiny"], capsys)
     _assert_one_error_line(code, err, pattern)
     assert _snapshot(tmp_path) == before
 
@@ -288,7 +291,8 @@ HOSTILE = [
     ("lambda-huge", ["lambda_proj=1e308"], "error", r"purification.lambda_proj=1e\+308: allowed \[0, 10\]"),
     ("la-tau-huge", ["method=fedavg-la", "la_tau=1e308"], "error", r"baselines.la_tau=1e\+308: allowed \[0, 100\]"),
     ("prox-mu-huge", ["method=fedprox", "prox_mu=1e308"], "error", r"baselines.prox_mu=1e\+308: allowed \[0, 1000\]"),
-    ("lora-alpha-huge", ["peft=lora", "lora_alpha=1e308"], "error", r"method.lora_alpha=1e\+308: allowed \(0, 1024\]"),
+    ("lora-alpha-huge", ["peft=lora", "peft.lora.alpha=1e308"], "error",
+     r"peft.lora.alpha=1e\+308: allowed \(0, 1024\]"),
     ("momentum-one-lr-huge", ["momentum=0.9999999999", "lr=1000"], "error", r"stage1.lr=1000.0: allowed \(0, 100\]"),
     ("momentum-one", ["momentum=0.9999999999"], "error", r"stage1.momentum=0.9999999999: allowed \[0, 0.999\]"),
     ("lr-huge", ["lr=1e308"], "error", r"stage1.lr=1e\+308: allowed \(0, 100\]"),

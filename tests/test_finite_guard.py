@@ -77,7 +77,7 @@ def test_likely_knob_is_the_setting_furthest_above_its_default(pairs, stage, obj
 def test_suspects_follow_the_method():
     cfg = RunConfig().with_overrides({"peft": "lora"})
     assert suspects(cfg, 1, "purify") == ["stage1.lr", "stage1.momentum", "stage1.weight_decay",
-                                          "purification.lambda_proj", "method.lora_alpha"]
+                                          "purification.lambda_proj", "peft.lora.alpha"]
     assert "baselines.prox_mu" in suspects(cfg, 1, "prox") and "baselines.la_tau" in suspects(cfg, 1, "la")
     assert suspects(RunConfig(), 2, None, "residual")[-1] == "personalization.residual_scale"
 
