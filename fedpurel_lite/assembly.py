@@ -10,7 +10,7 @@ gets the bank from :func:`~fedpurel_lite.bank.build_bank` (features or tokens, a
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 import torch
@@ -108,13 +108,18 @@ class Assembly:
     backbone: Backbone | None
     peft: PEFTModule
 
+    def _federation(self) -> Federation:
+        if self.federation is None:
+            raise ValueError("this assembly holds no federation (it was built with with_federation=False)")
+        return self.federation
+
     def clients(self) -> list[ClientData]:
         """Every client's data on ``device``."""
-        return make_clients(self.bank, self.federation, self.device)
+        return make_clients(self.bank, self._federation(), self.device)
 
     def class_prior(self) -> torch.Tensor:
         """The global long-tailed training counts per class (logit adjustment's prior), on ``device``."""
-        return torch.as_tensor(self.federation.train_counts, dtype=torch.float32, device=self.device)
+        return torch.as_tensor(self._federation().train_counts, dtype=torch.float32, device=self.device)
 
     def new_personal(self) -> torch.nn.Module | None:
         """A working module of the method's personalization kind (``None`` without one)."""
@@ -153,13 +158,15 @@ def assemble(config: RunConfig, bank: FeatureSource | None = None, backbone: Bac
     device = resolve_device(config.world.device)
     if spec.needs_backbone and backbone is None:
         backbone = load_backbone_for(config)
-    if bank is None or with_federation:  # a deployed node's own exported data is used as it is
-        bank = build_bank(config, backbone, progress, features=bank, inputs=None if with_federation else "features")
+    if bank is None or with_federation:
+        ready = build_bank(config, backbone, progress, features=bank, inputs=None if with_federation else "features")
+    else:
+        ready = cast(Bank, bank)  # a deployed node's own exported data is used as it is
     if federation is None and with_federation:
-        federation = build_federation(np.asarray(bank.train_labels), np.asarray(bank.test_labels), bank.class_order,
-                                      config)
-    peft = build_peft(config.method.peft, bank, backbone, config).to(device)
-    return Assembly(config, method, device, bank, federation, backbone, peft)
+        federation = build_federation(np.asarray(ready.train_labels), np.asarray(ready.test_labels),
+                                      ready.class_order, config)
+    peft = build_peft(config.method.peft, ready, backbone, config).to(device)
+    return Assembly(config, method, device, ready, federation, backbone, peft)
 
 
 def rebuild_global_model(result: RunResult, bank: FeatureSource, backbone: Backbone | None = None) -> PEFTModule:
@@ -215,7 +222,7 @@ def personal_predictions(result: RunResult, bank: FeatureSource, backbone: Backb
         idx_t = torch.as_tensor(idx, dtype=torch.long)
         prefix = f"personal/{k}/"
         state = {n[len(prefix):]: t for n, t in result.final_state.items() if n.startswith(prefix)}
-        if module is None or not state:
+        if module is None or kind is None or not state:
             out.append(logits[idx_t].argmax(dim=1).numpy())
             continue
         load_state(module, state)

@@ -16,6 +16,7 @@ import logging
 import os
 import socket
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -100,15 +101,15 @@ class Backbone:
     """
 
     model: torch.nn.Module
-    tokenizer: Any
-    preprocess: Any
+    tokenizer: Callable[[list[str]], torch.Tensor]
+    preprocess: Callable[[Any], torch.Tensor]
     name: str
     pretrained: str | None
     weights_id: str
     logit_scale: float
 
     @property
-    def preprocess_cfg(self) -> dict:
+    def preprocess_cfg(self) -> dict[str, Any]:
         """open_clip's preprocessing config of the image tower (size, mean, std, interpolation...)."""
         return dict(getattr(self.model.visual, "preprocess_cfg", {}))
 
@@ -148,7 +149,7 @@ def _offline_help(what: str, cache: str) -> str:
     )
 
 
-def _resolve_tag(name: str, tag: str, cache_dir: str | None, download: bool = True) -> tuple[str, dict]:
+def _resolve_tag(name: str, tag: str, cache_dir: str | None, download: bool = True) -> tuple[str, dict[str, Any]]:
     """A local weights file for ``(name, tag)`` (``""`` when it would be downloaded but ``download`` is off)."""
     from huggingface_hub import try_to_load_from_cache
     from open_clip.pretrained import download_pretrained, get_pretrained_cfg
@@ -239,7 +240,7 @@ def _known_tags(name: str, show: int = 6) -> str:
 
 
 def _plan(name: str, pretrained: str | None, cache_dir: str | None, check_hash: bool,
-          build: bool) -> tuple[str, str | None, str, dict]:
+          build: bool) -> tuple[str, str | None, str, dict[str, Any]]:
     """Validate ``(name, pretrained)`` and find the weights: ``(create name, create pretrained, weights_id, extra)``.
 
     With ``build=False`` nothing is downloaded and user weight files are not hashed (pre-flight).

@@ -40,7 +40,7 @@ DEFAULT_CACHE_DIR = Path(os.environ.get("FEDPUREL_CACHE", Path(__file__).resolve
 _TENSORS = ("train_features", "train_labels", "test_features", "test_labels", "text_features")
 
 
-class _Preprocessed(torch.utils.data.Dataset):
+class _Preprocessed(torch.utils.data.Dataset[torch.Tensor]):
     """Applies the backbone's eval transform to a dataset or an image array (PIL path)."""
 
     def __init__(self, images: Any, preprocess: Any) -> None:
@@ -56,7 +56,8 @@ class _Preprocessed(torch.utils.data.Dataset):
         img = item[0] if isinstance(item, tuple) else item
         if isinstance(img, np.ndarray):
             img = Image.fromarray(img)
-        return self.preprocess(img)
+        x: torch.Tensor = self.preprocess(img)
+        return x
 
 
 def _fast_path_ok(images: Any, backbone: Backbone) -> bool:
@@ -73,7 +74,7 @@ def _fast_path_ok(images: Any, backbone: Backbone) -> bool:
     return bool(torch.allclose(fast, slow, atol=1e-5))
 
 
-def _to_tensor(images: np.ndarray, cfg: dict) -> torch.Tensor:
+def _to_tensor(images: np.ndarray, cfg: dict[str, Any]) -> torch.Tensor:
     mean = torch.tensor(cfg["mean"], dtype=torch.float32).view(1, 3, 1, 1)
     std = torch.tensor(cfg["std"], dtype=torch.float32).view(1, 3, 1, 1)
     x = torch.from_numpy(np.array(images, copy=True)).permute(0, 3, 1, 2).contiguous().float().div_(255.0)
@@ -113,7 +114,7 @@ def encode_images(backbone: Backbone, images: Any, batch_size: int = 500, progre
     -------
     torch.Tensor
     """
-    model = backbone.model
+    model: Any = backbone.model
     device = next(model.parameters()).device
     out = []
     bar = tqdm(total=len(images), desc=desc, unit="img", disable=not progress, leave=False)
@@ -128,7 +129,7 @@ def _transform_id(backbone: Backbone) -> str:
     return f"{backbone.preprocess_cfg}|{backbone.preprocess}".replace("\n", " ")
 
 
-def feature_inputs(backbone: Backbone, world_fingerprint: str, templates: list[str]) -> dict:
+def feature_inputs(backbone: Backbone, world_fingerprint: str, templates: list[str]) -> dict[str, Any]:
     """Everything a feature cache entry depends on (its key is :func:`~fedpurel_lite.cache_entry.entry_key` of it)."""
     return {"format": FORMAT_VERSION, "package_version": __version__, "model": backbone.name,
             "pretrained": backbone.pretrained, "weights_id": backbone.weights_id, "world": world_fingerprint,
@@ -164,7 +165,7 @@ class FeatureBank:
     logit_scale: float
     class_names: list[str]
     class_order: np.ndarray
-    manifest: dict = field(default_factory=dict)
+    manifest: dict[str, Any] = field(default_factory=dict)
     path: Path | None = None
     #: what a PEFT reading this bank gets (:class:`~fedpurel_lite.bank.Bank`): the cached features
     inputs: ClassVar[Literal["features"]] = "features"
@@ -234,7 +235,7 @@ class FeatureBank:
         self.path = path
 
     @classmethod
-    def _read(cls, base: Path, inputs: dict) -> FeatureBank | None:
+    def _read(cls, base: Path, inputs: dict[str, Any]) -> FeatureBank | None:
         """The intact cache at ``base``; ``None`` if absent or stale; raises ``cache_entry.Damaged`` otherwise."""
         entry = cache_entry.read_entry(base, inputs, _TENSORS, "feature-cache manifest")
         if entry is None:
@@ -257,8 +258,9 @@ class FeatureBank:
                    scale, list(names), order, manifest, base)
 
     @classmethod
-    def _load_or_build(cls, cache_dir: str | Path | None, inputs: dict, make: Callable[[], tuple[Backbone, World]],
-                       progress: bool, batch_size: int, device: str | None) -> FeatureBank:
+    def _load_or_build(cls, cache_dir: str | Path | None, inputs: dict[str, Any],
+                       make: Callable[[], tuple[Backbone, World]], progress: bool, batch_size: int,
+                       device: str | None) -> FeatureBank:
         """Under the entry's lock: read the cache, or report and move aside a damaged one, build and save."""
         base = Path(cache_dir if cache_dir is not None else DEFAULT_CACHE_DIR) / entry_key(inputs)
 

@@ -109,7 +109,8 @@ def block_forward(blk: nn.Module | Block, x: Tensor, lora: LoRAFactors | None, s
         scores = scores + attn_mask.to(scores.dtype)
     out = (scores.softmax(dim=-1) @ v).transpose(1, 2).reshape(b, q.shape[2], width)
     x = x + blk.ls_1(blk.out_proj(out))
-    return x + blk.ls_2(blk.mlp(blk.ln_2(x)))
+    y: Tensor = x + blk.ls_2(blk.mlp(blk.ln_2(x)))
+    return y
 
 
 def run_blocks(transformer: nn.Module, x: Tensor, factors: nn.ModuleList | None, scaling: float,

@@ -74,6 +74,15 @@ class SharedPrefixTower(nn.Module):
         ``P``: SOT plus the context tokens.
     """
 
+    suffix_packed: Tensor
+    pos_prefix: Tensor
+    pad_index: Tensor
+    cls_of: Tensor
+    pos_of: Tensor
+    eot_row: Tensor
+    mask: Tensor
+    eot_mask: Tensor
+
     def __init__(self, transformer: nn.Module, ln_final: nn.Module, proj: Any, suffix: Tensor, pos: Tensor,
                  eot: Tensor, prefix_len: int) -> None:
         super().__init__()
@@ -126,9 +135,9 @@ class SharedPrefixTower(nn.Module):
 
     def _block(self, block: Block, hp: Tensor, hs: Tensor) -> tuple[Tensor, Tensor]:
         heads, width = block.heads, hp.shape[-1]
-        qp, kp, vp = F.linear(block.ln_1(hp), block.in_proj_weight, block.in_proj_bias).split(width, -1)
-        qs, ks, vs = F.linear(block.ln_1(hs), block.in_proj_weight, block.in_proj_bias).split(width, -1)
-        op = F.scaled_dot_product_attention(*(_heads(t, heads) for t in (qp, kp, vp)), is_causal=True)
+        qp, kp, vp = torch.split(F.linear(block.ln_1(hp), block.in_proj_weight, block.in_proj_bias), width, -1)
+        qs, ks, vs = torch.split(F.linear(block.ln_1(hs), block.in_proj_weight, block.in_proj_bias), width, -1)
+        op = F.scaled_dot_product_attention(_heads(qp, heads), _heads(kp, heads), _heads(vp, heads), is_causal=True)
         op = op.transpose(-3, -2).flatten(-2)
         os = self._suffix_attention(qs[self.pad_index], kp, vp, ks, vs, heads, self.mask)[self.cls_of, self.pos_of]
         hp = hp + block.ls_1(block.out_proj(op))
@@ -141,15 +150,16 @@ class SharedPrefixTower(nn.Module):
         """The last block at the EOT rows only: ``[C, W]``."""
         heads, width = block.heads, hp.shape[-1]
         w, b = block.in_proj_weight, block.in_proj_bias
-        _, kp, vp = F.linear(block.ln_1(hp), w, b).split(width, -1)
-        ks, vs = F.linear(block.ln_1(hs), w[width:], None if b is None else b[width:]).split(width, -1)
+        _, kp, vp = torch.split(F.linear(block.ln_1(hp), w, b), width, -1)
+        ks, vs = torch.split(F.linear(block.ln_1(hs), w[width:], None if b is None else b[width:]), width, -1)
         he = hs[self.eot_row]
         qe = F.linear(block.ln_1(he), w[:width], None if b is None else b[:width])
         o = self._suffix_attention(qe.unsqueeze(1), kp, vp, ks, vs, heads, self.eot_mask).squeeze(1)
         he = he + block.ls_1(block.out_proj(o))
-        return he + block.ls_2(block.mlp(block.ln_2(he)))
+        out: Tensor = he + block.ls_2(block.mlp(block.ln_2(he)))
+        return out
 
 
 def _heads(x: Tensor, heads: int) -> Tensor:
     """``[..., N, W]`` -> ``[..., H, N, W / H]``."""
-    return x.unflatten(-1, (heads, -1)).transpose(-3, -2)
+    return torch.unflatten(x, -1, (heads, -1)).transpose(-3, -2)

@@ -22,7 +22,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import numpy as np
 import torch
@@ -33,6 +33,9 @@ from .cache_entry import entry_key, load_or_build_entry, read_entry, write_entry
 from .features import DEFAULT_CACHE_DIR, FeatureBank, feature_inputs, image_batches
 from .openclip_adapter import vision_tokens
 from .safe_load import load_json
+
+if TYPE_CHECKING:
+    from .bank import FeatureSource
 
 __all__ = ["TokenBank", "encode_tokens", "load_or_build_tokens", "model_inputs", "token_inputs"]
 
@@ -209,8 +212,8 @@ def load_or_build_tokens(features: FeatureBank, backbone: Backbone, world_finger
     return TokenBank(features, tensors["train_tokens"], tensors["test_tokens"], manifest, base)
 
 
-def model_inputs(bank: Any, split: str) -> torch.Tensor:
-    """What the PEFT reads for ``split`` (``"train"`` or ``"test"``); see :func:`fedpurel_lite.bank.model_inputs`."""
+def model_inputs(bank: FeatureSource, split: str) -> torch.Tensor:
+    """What the PEFT reads for ``split``: :func:`fedpurel_lite.bank.model_inputs` (kept for older imports)."""
     from .bank import model_inputs as inputs_of
 
     return inputs_of(bank, split)
