@@ -1,6 +1,8 @@
 # The two commands of the README:
 #   make demo   set up .venv and run the main job on the embedded default (notebooks, figures, build/site/)
-#   make test   set up .venv and run every test (ruff, pytest, notebooks under nbval, browser tests)
+#   make test   set up .venv and run every test (ruff, mypy, pytest with the 25 slowest durations; the notebooks are
+#               executed once, in JupyterLab in Chromium, and held to nbval's rules; without a browser nbval
+#               executes them); bench/bench_suite.py times it per file, with the machine's load
 # and more:
 #   make check  the inner loop: ruff, mypy and the fast test tier (no notebooks, browser, deployments)
 #   make app    serve the bias-transfer app (apps/bias_transfer.ipynb) with Voila on 127.0.0.1

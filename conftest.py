@@ -13,6 +13,12 @@ backend) would pass unnoticed. After each notebook cell runs, :func:`pytest_runt
 nbval's executed outputs and fails the cell when it draws (``tests/notebook_checks.py`` says what
 that means) but no image came back from the kernel.
 
+The series runs once per session: when the JupyterLab test (``tests/browser/test_lab_notebooks.py``)
+is collected and a browser is usable, it executes every notebook in JupyterLab and holds the run to
+nbval's rules (the same cells compared by nbval's own code), and ``notebooks/`` is not collected for
+nbval (:func:`pytest_ignore_collect`); the header of the run says so. Without a browser, or for a
+notebook named on the command line, nbval executes it as before.
+
 The browser tests (``tests/browser/``) write the widget latencies they measure to
 ``build/browser/latency.json``; :func:`pytest_terminal_summary` prints them.
 """
@@ -57,6 +63,43 @@ pytest_plugins = ["servers"]  # the browser tests' fixtures: chromium_browser, w
 SLOW_FILES = {"test_claims.py", "test_flower_deploy.py", "test_flower_engine.py", "test_kernels.py",
               "test_lifetimes.py", "test_lora.py",
               "test_reference_options.py", "test_explore_grid.py"}
+
+
+# The series is executed once per session. When the JupyterLab test runs (a usable browser and the test among the
+# paths collected), it executes every notebook and holds the run to nbval's rules; nbval then does not collect
+# notebooks/ (a notebook named on the command line is still run under nbval). Without a browser, nbval runs them.
+LAB_RUN = ROOT / "tests" / "browser" / "test_lab_notebooks.py"
+SERIES = ROOT / "notebooks"
+_SERIES_IN_LAB = pytest.StashKey[bool]()
+
+
+def _collected_from(config) -> list[Path]:
+    """The paths this session collects from (its arguments, else ``testpaths``), resolved."""
+    return [(config.invocation_params.dir / str(arg).split("::")[0]).resolve() for arg in config.args]
+
+
+def series_runs_in_lab(config) -> bool:
+    """Whether this session's JupyterLab test executes the notebook series (see :data:`LAB_RUN`)."""
+    if _SERIES_IN_LAB not in config.stash:
+        from servers import browser_usable
+
+        config.stash[_SERIES_IN_LAB] = (browser_usable() and config.getoption("nbval_lax", False)
+                                        and any(p == LAB_RUN or p in LAB_RUN.parents for p in _collected_from(config)))
+    return config.stash[_SERIES_IN_LAB]
+
+
+def pytest_ignore_collect(collection_path, config):
+    """Leave the series to the JupyterLab test when that runs (one execution of every notebook)."""
+    if (collection_path.suffix == ".ipynb" and collection_path.parent == SERIES
+            and collection_path not in _collected_from(config) and series_runs_in_lab(config)):
+        return True
+    return None
+
+
+def pytest_report_header(config):
+    if series_runs_in_lab(config):
+        return [f"notebooks/: executed once, in JupyterLab ({LAB_RUN.relative_to(ROOT)}), held to nbval's rules"]
+    return []
 
 
 def pytest_collection_modifyitems(config, items):

@@ -200,7 +200,14 @@ FIND_PANEL = """(path) => {
 PAGE_TIMEOUT_MS = 60_000
 
 
-@pytest.fixture(scope="module")
+def browser_usable() -> bool:
+    """Whether the browser tests can run here: a system Chromium and the playwright package."""
+    import importlib.util
+
+    return find_chromium() is not None and importlib.util.find_spec("playwright") is not None
+
+
+@pytest.fixture(scope="session")
 def chromium_browser():
     """The system Chromium under Playwright (skipped with the reason, or failed under CI, when unusable)."""
     path = find_chromium()
@@ -226,6 +233,48 @@ def chromium_browser():
 def work_copy(tmp_path_factory) -> Path:
     """A temporary copy of the notebooks and apps, with configs/ and data/ linked."""
     return copy_tree(tmp_path_factory.mktemp("browser-work"))
+
+
+@pytest.fixture(scope="session")
+def lab(chromium_browser, tmp_path_factory):
+    """One JupyterLab for the session over a copy of the notebooks and, in ``student/``, the student edition."""
+    from fedpurel_lite.student import write_student_edition
+
+    work = copy_tree(tmp_path_factory.mktemp("lab-work"))
+    write_student_edition(work / "student")
+    server = start_lab(work, tmp_path_factory.mktemp("lab-home"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def lab_page(chromium_browser, lab):
+    """One JupyterLab page for the session (loading JupyterLab once saves a minute); tests close what they open."""
+    context = chromium_browser.new_context(viewport={"width": 1400, "height": 1000})
+    context.set_default_timeout(PAGE_TIMEOUT_MS)
+    page = context.new_page()
+    page.goto(f"{lab.url}/lab?token={lab.token}&reset")
+    page.wait_for_function("() => window.jupyterapp && window.jupyterapp.started", timeout=120_000)
+    page.evaluate("() => window.jupyterapp.started")
+    yield page
+    context.close()
+
+
+def open_notebook(page, rel: str) -> None:
+    """Open ``rel`` in JupyterLab and wait until its kernel is idle (the panel is then ``window.__panel``)."""
+    page.evaluate("async (path) => { await window.jupyterapp.commands.execute('docmanager:open', {path}); "
+                  "return true; }", rel)
+    page.wait_for_function(FIND_PANEL, arg=rel, timeout=120_000, polling=500)
+
+
+def close_notebook(page) -> None:
+    """Shut the open notebook's kernel down and close it without a save dialog."""
+    page.evaluate("""async () => {
+      const panel = window.__panel;
+      await panel.sessionContext.shutdown();
+      panel.context.model.dirty = false;
+      panel.dispose();
+    }""")
 
 
 @pytest.fixture

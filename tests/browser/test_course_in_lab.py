@@ -1,8 +1,8 @@
 """The course in a real browser: answers stay hidden, quizzes answer.
 
-JupyterLab in Chromium serves a temporary copy of the teacher's notebooks and, beside it, the
-student edition written by ``python -m fedpurel_lite student``. Notebook 01 (cheap: under a minute
-of Run All) stands for the series:
+JupyterLab in Chromium (the session's server, ``servers.lab``) serves a temporary copy of the
+teacher's notebooks and, beside it, the student edition written by ``python -m fedpurel_lite student``.
+Notebook 01 (cheap: under a minute of Run All) stands for the series:
 
 - student edition, after Run All: no solution cell exists, and no text of a worked solution (its
   explanation or its printed result) and no measured value of a "predict, then look" exercise is
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
-from servers import FIND_PANEL, ROOT, start_lab
+from servers import ROOT, close_notebook, open_notebook
 
 from fedpurel_lite.course import RESULT_TITLE, SOLUTION_FIRST_LINE
 from fedpurel_lite.student import write_student_edition
@@ -78,32 +78,13 @@ def _answer_texts(nb: nbformat.NotebookNode) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def course_lab(chromium_browser, tmp_path_factory):
-    """JupyterLab over a copy of the teacher's notebooks (``notebooks/``) and the student edition (``student/``)."""
-    from servers import copy_tree
-
-    work = copy_tree(tmp_path_factory.mktemp("course-work"))
-    write_student_edition(work / "student")
-    server = start_lab(work, tmp_path_factory.mktemp("course-lab-home"))
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
-def page(chromium_browser, course_lab):
-    context = chromium_browser.new_context(viewport={"width": 1400, "height": 1000})
-    context.set_default_timeout(60_000)
-    page = context.new_page()
-    page.goto(f"{course_lab.url}/lab?token={course_lab.token}&reset")
-    page.wait_for_function("() => window.jupyterapp && window.jupyterapp.started", timeout=120_000)
-    yield page
-    context.close()
+def page(lab_page):
+    """The session's JupyterLab page (its server serves the teacher's notebooks and ``student/``)."""
+    return lab_page
 
 
 def _open_and_run_all(page, rel: str) -> None:
-    page.evaluate("async (path) => { await window.jupyterapp.commands.execute('docmanager:open', {path}); "
-                  "return true; }", rel)
-    page.wait_for_function(FIND_PANEL, arg=rel, timeout=120_000, polling=500)
+    open_notebook(page, rel)
     page.evaluate("() => window.jupyterapp.commands.execute('notebook:run-all-cells')")
     deadline = time.monotonic() + RUN_ALL_TIMEOUT_S
     while time.monotonic() < deadline:
@@ -113,15 +94,6 @@ def _open_and_run_all(page, rel: str) -> None:
             return
         time.sleep(1.0)
     pytest.fail(f"Run All did not finish in {RUN_ALL_TIMEOUT_S} s", pytrace=False)
-
-
-def _close(page) -> None:
-    page.evaluate("""async () => {
-      const panel = window.__panel;
-      await panel.sessionContext.shutdown();
-      panel.context.model.dirty = false;
-      panel.dispose();
-    }""")
 
 
 def _cells(page):
@@ -174,7 +146,7 @@ def test_student_edition_shows_no_answer_after_run_all(page) -> None:
     guess.locator(".widget-radio-box label").first.click()
     guess.locator(".fedpurel-guess-feedback").wait_for(state="visible")
     assert "Measured:" in guess.inner_text()
-    _close(page)
+    close_notebook(page)
 
 
 def test_teacher_copy_keeps_solutions_collapsed_after_run_all(page) -> None:
@@ -198,7 +170,7 @@ def test_teacher_copy_keeps_solutions_collapsed_after_run_all(page) -> None:
         assert folded.locator(".widget-output").first.is_hidden(), f"solution cell {i} shows its result unasked"
     shown = [a for a in answers if a in "\n".join(cells.all_inner_texts())]
     assert not shown, f"answer text visible in the teacher's copy: {shown}"
-    _close(page)
+    close_notebook(page)
 
 
 def test_the_student_edition_is_written_from_the_teacher_copy(tmp_path: Path) -> None:

@@ -1,10 +1,17 @@
 """The series in a real browser: JupyterLab in Chromium, Run All, images everywhere, widgets that respond.
 
-For every notebook: open it in JupyterLab, run all cells, and check that no cell shows an error
-and that every drawing cell shows an image (for the explorers: the image inside the widget). For
-the notebooks with an explorer, move each control with the keyboard as a reader would and check
-that the explorer's plot changes; the time from the key press to the new plot is recorded as a
-benchmark (``build/browser/latency.json``, printed at the end of the run).
+For every notebook: open it in JupyterLab, run all cells, and check that no cell shows an error,
+that the run passes nbval's rules against the stored notebook (cells tagged ``nbval-check-output``
+print what is stored; :func:`notebook_checks.nbval_failures`) and that every drawing cell shows an
+image (for the explorers: the image inside the widget). For the notebooks with an explorer, move
+each control with the keyboard as a reader would and check that the explorer's plot changes; the
+time from the key press to the new plot is recorded as a benchmark (``build/browser/latency.json``,
+printed at the end of the run).
+
+This is the one execution of the series in ``make test``: when it runs, the root ``conftest.py``
+does not collect ``notebooks/`` for nbval (which would execute every notebook again). The kernels
+inherit the session's pinned kernels and ``FEDPUREL_FIGURES_CHECK``, so a figure that differs from
+its committed bytes raises in its cell and fails here as an error.
 """
 
 from __future__ import annotations
@@ -14,8 +21,8 @@ from pathlib import Path
 
 import nbformat
 import pytest
-from notebook_checks import draws
-from servers import FIND_PANEL, PAGE_TIMEOUT_MS, ROOT, record_latency, start_lab
+from notebook_checks import draws, nbval_failures
+from servers import ROOT, close_notebook, open_notebook, record_latency
 
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 RUN_ALL_TIMEOUT_S = 480
@@ -37,42 +44,7 @@ STATE = """() => {
   });
   return {kernel: kernel ? kernel.status : 'none', cells};
 }"""
-
-
-@pytest.fixture(scope="module")
-def lab(chromium_browser, work_copy, tmp_path_factory):
-    server = start_lab(work_copy, tmp_path_factory.mktemp("lab-home"))
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
-def lab_page(chromium_browser, lab):
-    """One JupyterLab page for the whole module (loading JupyterLab once saves a minute)."""
-    context = chromium_browser.new_context(viewport={"width": 1400, "height": 1000})
-    context.set_default_timeout(PAGE_TIMEOUT_MS)
-    page = context.new_page()
-    page.goto(f"{lab.url}/lab?token={lab.token}&reset")
-    page.wait_for_function("() => window.jupyterapp && window.jupyterapp.started", timeout=120_000)
-    page.evaluate("() => window.jupyterapp.started")
-    yield page
-    context.close()
-
-
-def _open(page, rel: str) -> None:
-    page.evaluate("async (path) => { await window.jupyterapp.commands.execute('docmanager:open', {path}); "
-                  "return true; }", rel)
-    page.wait_for_function(FIND_PANEL, arg=rel, timeout=120_000, polling=500)
-
-
-def _close(page) -> None:
-    """Shut the notebook's kernel down and close it without a save dialog."""
-    page.evaluate("""async () => {
-      const panel = window.__panel;
-      await panel.sessionContext.shutdown();
-      panel.context.model.dirty = false;
-      panel.dispose();
-    }""")
+NOTEBOOK_JSON = "() => window.__panel.model.toJSON()"
 
 
 def _state(page) -> dict:
@@ -104,13 +76,16 @@ def _wait_images(page, drawing: list[int]) -> dict:
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name[:2])
-def test_run_all_in_jupyterlab(lab_page, path: Path):
+def test_run_all_in_jupyterlab(lab_page, path: Path, request):
     rel = f"notebooks/{path.name}"
-    sources = [c.source for c in nbformat.read(path, as_version=4).cells]
-    _open(lab_page, rel)
+    stored = nbformat.read(path, as_version=4)
+    sources = [c.source for c in stored.cells]
+    open_notebook(lab_page, rel)
     state = _run_all(lab_page, sources)
     errors = {i: c["errors"] for i, c in enumerate(state["cells"]) if c["errors"]}
     assert not errors, f"cells with errors in the browser: {errors}"
+    differ = nbval_failures(stored, lab_page.evaluate(NOTEBOOK_JSON), lax=request.config.getoption("nbval_lax"))
+    assert not differ, "the run in JupyterLab fails nbval's checks:\n" + "\n".join(differ)
     drawing = [i for i, s in enumerate(sources) if state["cells"][i]["code"] and draws(s)]
     assert drawing or path.name.startswith("00_"), "every lesson draws (the start page need not)"
     state = _wait_images(lab_page, drawing)
@@ -121,7 +96,7 @@ def test_run_all_in_jupyterlab(lab_page, path: Path):
         _move_every_control(lab_page, cell, path.name[:2])
     SHOTS.mkdir(parents=True, exist_ok=True)
     lab_page.screenshot(path=str(SHOTS / f"lab_{path.stem}.png"))  # for a look after a failure
-    _close(lab_page)
+    close_notebook(lab_page)
 
 
 def _controls(page, cell: int):
