@@ -124,7 +124,7 @@ def serve(grid: Grid, config: RunConfig, min_replies: int = 1, sink: dict[str, A
     parts = assemble(config, progress=False)
     config, bank, fed, peft = parts.config, parts.bank, parts.federation, parts.peft.cpu()
     strategy = FedPuReLStrategy(fed, np.asarray(bank.test_labels), config.federation.participation, config.run.seed,
-                                min_replies)
+                                min_replies, config=config)
     sink["strategy"] = strategy
     sink.update(federation=fed, config=config, failures=strategy.failures)
     initial = peft.shared_state()

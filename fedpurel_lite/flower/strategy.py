@@ -34,7 +34,7 @@ from flwr.serverapp.strategy import FedAvg
 
 from ..aggregate import ClientSampler, fedavg
 from ..config import RunConfig
-from ..errors import NonFiniteError
+from ..errors import NonFiniteError, UserError
 from ..finite import check_aggregated
 from ..local import merge_telemetry
 from ..methods import get_method
@@ -47,8 +47,8 @@ log = logging.getLogger("fedpurel_lite.flower")
 TELEMETRY_KEYS = ("steps", "decisions", "projected", "cos_sum", "cos_count", "task_loss", "align_loss")
 
 
-class FlowerRunError(RuntimeError):
-    """The run cannot go on (too few successful client replies)."""
+class FlowerRunError(UserError):
+    """The run cannot go on (too few successful client replies): reported as one ``error:`` line."""
 
 
 def reply_reason(msg: Message) -> str:
