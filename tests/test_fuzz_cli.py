@@ -139,7 +139,7 @@ def image_root(tmp_path_factory) -> Path:
 
 
 def _folder_run(root: Path, out: Path, *extra: str) -> list[str]:
-    return ["run", "--config", str(EMBEDDED), "--out", str(out), "--set", "world=folder", f"world.root={root}",
+    return ["run", "--config", str(EMBEDDED), "--out", str(out), "--set", "world=folder", f"world.folder.root={root}",
             "num_clients=2", "min_client_size=1", "participation=1", "profile=given", *extra]
 
 
@@ -169,7 +169,7 @@ OLTR_LINE = st.one_of(st.tuples(ENTRIES, NUMBER_TEXT).map(" ".join), st.text(max
 def test_oltr_lists_and_class_name_files(image_root, train, test, names):
     (image_root / "x_train.txt").write_text("\n".join(train), encoding="utf-8")
     (image_root / "x_test.txt").write_text("\n".join(test), encoding="utf-8")
-    extra = ["world.split_file=x_train.txt"]
+    extra = ["world.folder.split_file=x_train.txt"]
     if names is not None:
         path = image_root / "names.txt"
         path.write_bytes(names if isinstance(names, bytes) else names.encode("utf-8", "surrogatepass"))
@@ -429,7 +429,7 @@ def _names_file(tmp: Path) -> list[str]:
     (root / "t_train.txt").write_text("cat/0.png 0\ndog/0.png 1\n")
     (root / "t_test.txt").write_text("cat/0.png 0\n")
     (root / "names.txt").write_text("0 cat\n")  # class 1 unnamed
-    return _folder_run(root, tmp / "out", "world.split_file=t_train.txt", "world.class_names_file=names.txt")
+    return _folder_run(root, tmp / "out", "world.folder.split_file=t_train.txt", "world.folder.class_names_file=names.txt")
 
 
 TABLE = [  # (name, argv builder, what the one error line must say; None: must reach the work)
