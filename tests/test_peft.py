@@ -136,3 +136,18 @@ def test_prompt_learner_moves_its_frozen_text_tower(core_tiny_clip, core_bank):
     learner.double()
     assert next(model.transformer.parameters()).dtype == torch.float64
     assert learner(core_bank.test_features[:3].double()).dtype == torch.float64
+
+
+def test_a_pefts_own_section_reaches_its_builder(core_bank):
+    from fedpurel_lite.config import RunConfig
+    from fedpurel_lite.peft import PEFTS, AdapterConfig, LoRAConfig
+
+    dim = core_bank.text_features.shape[1]
+    cfg = RunConfig().with_overrides(["peft=adapter", "peft.adapter.reduction=2", "ratio=0.5"])
+    adapter = build_peft("adapter", core_bank, None, cfg)
+    assert cfg.section(AdapterConfig) == AdapterConfig(reduction=2, ratio=0.5)
+    assert (adapter.down.out_features, adapter.ratio) == (dim // 2, 0.5)
+    assert build_peft("adapter", core_bank).down.out_features == dim // 4  # the section's default
+    lora = PEFTS.get("lora")
+    assert lora.config is LoRAConfig and lora.inputs_for(RunConfig()) == "tokens"
+    assert lora.inputs_for(RunConfig().with_overrides({"towers": "text"})) == "features"
