@@ -4,7 +4,7 @@
     .venv/bin/python bench/prompt_erosion/opaque_world.py report              # world quality bars (+ builds the bank)
     .venv/bin/python bench/prompt_erosion/opaque_world.py zs SEED              # random-context CoOp (PromptFL's ZS)
     .venv/bin/python bench/prompt_erosion/opaque_world.py fl METHOD PEFT SEED [ROUNDS] [key=value ...]
-    .venv/bin/python bench/prompt_erosion/opaque_world.py lever               # lever.py's analysis on this tower
+    .venv/bin/python bench/prompt_erosion/opaque_world.py lever [shipped]     # lever.py's analysis, this/shipped tower
 
 OPAQUE_WEIGHTS (env): the weights file (default /tmp/h8/fedpurel-tiny-opaque.safetensors);
 OPAQUE_CACHE (env): the feature cache folder (default /tmp/h8/cache; never data/cache).
@@ -61,14 +61,18 @@ def cmd_fl(method, peft, seed, rounds=100, *extra):
        curve="opaque_curves", **over)
 
 
-def cmd_lever():
-    """lever.py's ANOVA split of the bias lever and the gains, for this tower (context seeds 7 and 8)."""
-    import lever
+def cmd_lever(tower="opaque"):
+    """lever.py's ANOVA split of the bias lever and the gains (context seeds 7 and 8).
 
-    bank, backbone = load()
+    ``tower``: ``opaque`` (this world and tower) or ``shipped`` (the default world and the shipped tower).
+    """
+    import lever
+    from common import load_default
+
+    bank, backbone = load() if tower == "opaque" else load_default()[1:]
     for seed in (7, 8):
         out = lever.analyse(bank, backbone, seed=seed)
-        log("opaque_lever", {"tower": "opaque", "ctx_seed": seed, **out})
+        log("opaque_lever", {"tower": tower, "ctx_seed": seed, **out})
 
 
 def main(argv):
