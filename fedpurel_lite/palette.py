@@ -47,7 +47,8 @@ class Style:
         return {"color": self.colour, "hatch": self.hatch or None, "edgecolor": "white" if self.hatch else None}
 
 
-#: every registered method's style (``fedpurel_lite.methods``); a test checks the two lists agree
+#: every built-in method's style (``fedpurel_lite.methods``; a test checks the two lists agree);
+#: a plugin's own method is drawn in a colour picked from its label
 METHOD_STYLES: dict[str, Style] = {
     "zero-shot": Style(BLACK, "--", "x"),
     "fedavg": Style(BLUE, "-", "o"),

@@ -14,7 +14,7 @@ from matplotlib.colors import to_hex
 
 from fedpurel_lite import palette, plots
 from fedpurel_lite.longtail import GROUP_NAMES, assign_groups, class_counts
-from fedpurel_lite.methods import method_names
+from fedpurel_lite.methods import method_names, plugin_records
 
 PACKAGE = Path(plots.__file__).resolve().parent
 CORE = ["zero-shot", "fedavg", "fedavg-la", "fedpurel-global", "fedpurel-global-kl", "fedpurel", "fedpurel-noproj",
@@ -82,8 +82,10 @@ def test_a_method_has_the_same_colour_in_every_figure(order):
             assert per_figure[m] == {palette.colour(m).lower()}, (m, per_figure[m])
 
 
-def test_every_registered_method_has_a_fixed_unique_style():
-    assert set(method_names()) == set(palette.METHOD_STYLES)
+def test_every_built_in_method_has_a_fixed_unique_style():
+    """A plugin's own method (a ``METHOD_RECORDS`` entry) is drawn in a colour picked from its label."""
+    plugins = {r["name"] for r in plugin_records()}
+    assert plugins and set(method_names()) - plugins == set(palette.METHOD_STYLES)
     triples = [(s.colour, str(s.linestyle), s.marker) for s in palette.METHOD_STYLES.values()]
     assert len(set(triples)) == len(triples)
     markers = [s.marker for s in palette.METHOD_STYLES.values()]
