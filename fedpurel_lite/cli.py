@@ -48,7 +48,7 @@ def parser(prog: str, doc: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=f"python -m fedpurel_lite {prog}", description=doc)
     p.add_argument("--config", default="configs/embedded.toml", help="TOML preset (one table per section)")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
-                   help="overrides: section.key=value or a unique bare key (lr=0.02, world.root=/data)")
+                   help="overrides: section.key=value or a unique bare key (lr=0.02, world.folder.root=/data)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--debug", action="store_true", help="show the traceback of an error")
     return p
