@@ -87,29 +87,25 @@ def suspects(config: Any, stage: int, objective: str | None = None, personal: st
     """The settings that scale the arithmetic of ``stage`` for this method, in checking order.
 
     Stage 1 (and aggregation / evaluation): ``stage1.lr``, ``stage1.momentum``, ``stage1.weight_decay``,
-    and, when used, ``purification.lambda_proj``, ``baselines.prox_mu``, ``baselines.la_tau`` and
-    ``peft.lora.alpha``; stage 2: ``personalization.personal_lr``, ``personal_momentum``, the residual
-    head's ``residual_scale`` and ``peft.lora.alpha``.
+    the stage-1 objective's knobs (``purification.lambda_proj``, ``baselines.prox_mu``, ...) and the
+    PEFT's declared ``suspect_keys`` (``peft.lora.alpha``); stage 2: ``personalization.personal_lr``,
+    ``personal_momentum``, then the personalization kind's ``suspect_keys`` (the residual head's
+    ``residual_scale``) or else the PEFT's.
     """
-    lora = config.method.peft == "lora"
+    from .peft import PEFTS
+    from .personal import PERSONALIZATIONS
+
+    peft_keys = list(PEFTS.get(config.method.peft).suspect_keys)
     if stage == 2:
         keys = ["personalization.personal_lr", "personalization.personal_momentum"]
-        if personal == "residual":
-            keys.append("personalization.residual_scale")
-        elif lora:
-            keys.append("peft.lora.alpha")
-        return keys
+        extra = list(PERSONALIZATIONS.get(personal).suspect_keys) if personal else []
+        return keys + (extra or peft_keys)
     keys = ["stage1.lr", "stage1.momentum", "stage1.weight_decay"]
     if objective is not None:
-        from .local import OBJECTIVES
+        from .purify import OBJECTIVES
 
-        spec = OBJECTIVES.get(objective)
-        keys += (["purification.lambda_proj"] if spec.purify else []) + (["baselines.prox_mu"] if spec.proximal
-                                                                         else [])
-        keys += ["baselines.la_tau"] if spec.logit_adjusted else []
-    if lora:
-        keys.append("peft.lora.alpha")
-    return keys
+        keys += list(OBJECTIVES.get(objective).knobs)
+    return keys + peft_keys
 
 
 def likely_knob(config: Any, stage: int, objective: str | None = None, personal: str | None = None) -> str:

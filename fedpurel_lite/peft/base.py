@@ -57,6 +57,9 @@ class PEFTSpec:
         a callable ``inputs(config)`` when it depends on the config.
     config : type, optional
         Its config section (a frozen dataclass), the TOML table ``[peft.<name>]``.
+    suspect_keys : tuple of str
+        Config keys of this PEFT that scale its arithmetic: named by the finite guard when a
+        value turns non-finite (``("peft.lora.alpha",)``).
     """
 
     name: str
@@ -66,6 +69,7 @@ class PEFTSpec:
     description: str = ""
     inputs: str | Callable[[Any], str] = "features"
     config: type | None = None
+    suspect_keys: tuple[str, ...] = ()
 
     def inputs_for(self, config: Any) -> str:
         """``"features"`` or ``"tokens"``: the inputs this PEFT reads under ``config``."""
@@ -78,7 +82,8 @@ PEFTS: Registry[PEFTSpec] = Registry("PEFT", "method.peft", axis="peft")
 
 def register_peft(name: str, *, config: type | None = None, needs_backbone: bool = False,
                   concurrent_clients: bool = False, description: str = "",
-                  inputs: str | Callable[[Any], str] = "features") -> Callable[[Any], Any]:
+                  inputs: str | Callable[[Any], str] = "features",
+                  suspect_keys: tuple[str, ...] = ()) -> Callable[[Any], Any]:
     """Decorator registering a builder ``fn(bank, backbone, config) -> PEFTModule`` as PEFT ``name``.
 
     Parameters
@@ -90,11 +95,11 @@ def register_peft(name: str, *, config: type | None = None, needs_backbone: bool
         :func:`~fedpurel_lite.registry.knob` (default, help, range or choices). It becomes the TOML
         table ``[peft.<name>]`` and ``--set peft.<name>.<key>=...``; the builder reads it with
         ``config.section(ItsConfig)``.
-    needs_backbone, concurrent_clients, description, inputs
+    needs_backbone, concurrent_clients, description, inputs, suspect_keys
         See :class:`PEFTSpec`.
     """
     return PEFTS.decorator(PEFTSpec, name, needs_backbone=needs_backbone, concurrent_clients=concurrent_clients,
-                           description=description, inputs=inputs, config=config)
+                           description=description, inputs=inputs, config=config, suspect_keys=suspect_keys)
 
 
 class PEFTModule(nn.Module):

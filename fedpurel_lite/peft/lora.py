@@ -171,6 +171,7 @@ def lora_inputs(config: Any) -> str:
 
 
 @register_peft("lora", config=LoRAConfig, needs_backbone=True, concurrent_clients=True, inputs=lora_inputs,
+               suspect_keys=("peft.lora.alpha",),
                description="LoRA on the attention q/k/v of the frozen CLIP (vision tower by default)")
 def build_lora(bank: Any, backbone: Any, config: Any) -> LoRACLIP:
     """A :class:`LoRACLIP` (``peft.lora.rank``, ``alpha``, ``towers``; seeded by ``run.seed``).
