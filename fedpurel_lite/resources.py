@@ -35,10 +35,6 @@ LONG_RUN_S = 600.0
 MAX_RUN_S = 7 * 86400.0
 #: caches larger than this are announced with their size before they are written
 ANNOUNCE_BYTES = 100 * 1024 * 1024
-#: measured seconds per client-round (stage 1 + stage 2) and per round's evaluation, embedded world,
-#: default optimisation settings, one worker, shared 2-core CPU (README benchmarks)
-CLIENT_ROUND_S = {"head": 0.03, "adapter": 0.04, "prompt": 0.56, "lora": 1.48}
-EVAL_ROUND_S = {"head": 0.1, "adapter": 0.1, "prompt": 1.0, "lora": 5.3}
 #: bytes of a per-class history entry in the JSON and in memory (three per-class lists per round, measured)
 HISTORY_BYTES_PER_CLASS = 60
 FLOAT = 4
@@ -123,19 +119,6 @@ def _backbone_dims(name: str) -> dict[str, int] | None:
             "tokens": (int(size) // int(patch)) ** 2 + 1, "t_width": int(t.get("width", 512))}
 
 
-def _trainable(config: RunConfig, dims: dict[str, int], classes: int) -> int:
-    """Trainable floats of one model copy (upper bounds per PEFT)."""
-    m, opts = config.method, config.plugin_section("peft", config.method.peft)
-    if m.peft == "prompt":
-        return int(opts.n_ctx) * dims["t_width"] * (classes if opts.class_specific else 1)
-    if m.peft == "adapter":
-        return 2 * dims["embed"] * max(dims["embed"] // max(int(opts.reduction), 1), 1)
-    if m.peft == "lora":
-        layers = dims["v_layers"] * (2 if opts.towers == "both" else 1)
-        return 3 * 2 * int(opts.rank) * dims["v_width"] * layers
-    return classes * dims["embed"]
-
-
 def estimate_cost(config: RunConfig, train_pool: int, train_size: int, test_size: int, classes: int,
                   runs: int = 1, checkpoints: bool = True) -> Cost:
     """Time, disk and memory of ``runs`` runs of ``config`` (see the module docstring).
@@ -157,8 +140,11 @@ def estimate_cost(config: RunConfig, train_pool: int, train_size: int, test_size
                                                      "t_width": 512}
     fed, s1, pers = config.federation, config.stage1, config.personalization
     images = train_pool + test_size
+    from .peft import PEFTS
+
+    spec = PEFTS.get(config.method.peft)
     caches = {"feature cache": images * dims["embed"] * FLOAT}
-    if config.method.peft == "lora":
+    if spec.inputs_for(config) == "tokens":
         caches["vision-token cache"] = images * dims["tokens"] * dims["v_width"] * FLOAT
     per_round = max(1, round(fed.participation * fed.num_clients))
     client_images = max(train_size / max(fed.num_clients, 1), 1)
@@ -168,11 +154,12 @@ def estimate_cost(config: RunConfig, train_pool: int, train_size: int, test_size
     ref_steps = (ref.stage1.local_epochs + ref.personalization.personal_epochs) * math.ceil(
         train_size / ref.federation.num_clients / ref.stage1.batch_size)
     seconds = None
-    peft = config.method.peft
-    if config.world.backbone == ref.world.backbone and peft in CLIENT_ROUND_S:
-        seconds = runs * fed.rounds * (per_round * CLIENT_ROUND_S[peft] * steps / max(ref_steps, 1)
-                                       + EVAL_ROUND_S[peft])
-    state = (1 + fed.num_clients) * _trainable(config, dims, classes) * FLOAT
+    if config.world.backbone == ref.world.backbone and spec.cost is not None:
+        seconds = runs * fed.rounds * (per_round * spec.cost.client_round_s * steps / max(ref_steps, 1)
+                                       + spec.cost.eval_round_s)
+    section = config.plugin_section("peft", config.method.peft) if spec.config is not None else None
+    trainable = spec.cost.trainable(section, dims, classes) if spec.cost is not None else classes * dims["embed"]
+    state = (1 + fed.num_clients) * trainable * FLOAT
     history = fed.rounds * classes * HISTORY_BYTES_PER_CLASS
     result = state + history + test_size * 40
     disk = sum(caches.values()) + runs * (result + (2 * (state + history) if checkpoints else 0))
@@ -244,7 +231,7 @@ def bound_resources(config: RunConfig, outputs: Iterable[Path] = (), ignore: boo
     else:
         profile: Any = config.longtail.profile  # "exp" or "step" here ("given" is handled above)
         train = int(class_counts(int(pool.max()), len(pool), config.longtail.imbalance_ratio, profile).sum())
-    test = int(pool.sum() // 5) if config.world.name != "shapes" else info.num_classes * 100
+    test = info.test_size if info.test_size is not None else int(pool.sum() // 5)
     cost = estimate_cost(config, int(pool.sum()), train, test, info.num_classes, runs, checkpoints)
     if cost.seconds is not None and cost.seconds > LONG_RUN_S:
         print(f"estimate: about {_duration(cost.seconds)} on a 2-core CPU, {_mb(cost.disk)} of disk, "

@@ -7,9 +7,13 @@ Modules
 ``adapter``  :class:`FeatureAdapter`, CLIP-Adapter residual MLP on the image features (starts at zero-shot).
 ``lora``     :class:`LoRACLIP`, LoRA on the attention q/k/v of the vision (and/or text) tower, on cached
              vision tokens (starts at zero-shot).
+``attention_adapter`` :class:`AttentionAdapter`, FedCLIP-style softmax mask over the image features (the
+             reference code's adapter; its method ``fedpurel-attn`` pairs it with the fused loss).
+``bitfit``   :class:`BitFitCLIP`, offsets on every bias of the frozen vision tower, on cached vision tokens.
 
 Every sub-module of this package is imported here, so a new PEFT is one module that decorates its
-builder with :func:`register_peft` (plus its test); nothing else names it. Its knobs are its own
+builder with :func:`register_peft` (plus its test); nothing else names it. What the engine needs to
+know about it (inputs, backbone, suspect settings, cost) is declared there as capabilities. Its knobs are its own
 config section (``[peft.<name>]``): a frozen dataclass of :func:`knob` fields passed as
 ``register_peft(..., config=...)`` and read by the builder with ``config.section(ItsConfig)``.
 """
@@ -21,7 +25,7 @@ import pkgutil
 from typing import Any
 
 from ..errors import ConfigError
-from .base import PEFTS, PEFTModule, PEFTSpec, knob, register_peft
+from .base import PEFTS, PEFTCost, PEFTModule, PEFTSpec, knob, register_peft
 
 for _mod in pkgutil.iter_modules(__path__):
     importlib.import_module(f"{__name__}.{_mod.name}")
@@ -31,7 +35,7 @@ from .head import TextAnchoredHead  # noqa: E402
 from .lora import LoRACLIP, LoRAConfig  # noqa: E402
 from .prompt import PromptConfig, PromptLearner  # noqa: E402
 
-__all__ = ["PEFTS", "AdapterConfig", "FeatureAdapter", "LoRACLIP", "LoRAConfig", "PEFTModule", "PEFTSpec",
+__all__ = ["PEFTS", "AdapterConfig", "FeatureAdapter", "LoRACLIP", "LoRAConfig", "PEFTCost", "PEFTModule", "PEFTSpec",
            "PromptConfig", "PromptLearner", "TextAnchoredHead", "build_peft", "knob", "register_peft"]
 
 

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .base import PEFTModule, knob, register_peft
+from .base import PEFTCost, PEFTModule, knob, register_peft
 
 
 class FeatureAdapter(PEFTModule):
@@ -57,7 +57,9 @@ class AdapterConfig:
     ratio: float = knob(0.2, "residual mix r of the adapted features (CLIP-Adapter: 0.2)", range="[0, 1]")
 
 
-@register_peft("adapter", config=AdapterConfig, description="CLIP-Adapter residual MLP on the image features")
+@register_peft("adapter", config=AdapterConfig, description="CLIP-Adapter residual MLP on the image features",
+               cost=PEFTCost(0.04, 0.1, lambda section, dims, classes:
+                             2 * dims["embed"] * max(dims["embed"] // max(int(section.reduction), 1), 1)))
 def build_adapter(bank: Any, backbone: Any, config: Any) -> FeatureAdapter:
     """A :class:`FeatureAdapter` with ``peft.adapter.reduction`` and ``peft.adapter.ratio``."""
     opts = config.section(AdapterConfig)

@@ -60,6 +60,8 @@ class PEFTSpec:
     suspect_keys : tuple of str
         Config keys of this PEFT that scale its arithmetic: named by the finite guard when a
         value turns non-finite (``("peft.lora.alpha",)``).
+    cost : PEFTCost, optional
+        Measured time per round and trainable size, for cost estimates (none without it).
     """
 
     name: str
@@ -70,10 +72,31 @@ class PEFTSpec:
     inputs: str | Callable[[Any], str] = "features"
     config: type | None = None
     suspect_keys: tuple[str, ...] = ()
+    cost: PEFTCost | None = None
 
     def inputs_for(self, config: Any) -> str:
         """``"features"`` or ``"tokens"``: the inputs this PEFT reads under ``config``."""
         return self.inputs(config) if callable(self.inputs) else self.inputs
+
+
+@dataclass(frozen=True)
+class PEFTCost:
+    """What a PEFT costs, for the estimate printed before long runs.
+
+    Attributes
+    ----------
+    client_round_s, eval_round_s : float
+        Measured seconds per client-round (stage 1 + stage 2) and per round's evaluation on the
+        embedded world with the default optimisation settings, one worker, a shared 2-core CPU.
+    trainable : callable
+        ``trainable(section, dims, classes) -> int``: an upper bound of the trainable floats of one
+        model copy, from the PEFT's config section (``None`` when it has none), the backbone's
+        dimensions (``embed``, ``v_width``, ``v_layers``, ``tokens``, ``t_width``) and the classes.
+    """
+
+    client_round_s: float
+    eval_round_s: float
+    trainable: Callable[[Any, dict[str, int], int], int]
 
 
 #: every registered PEFT
@@ -83,7 +106,7 @@ PEFTS: Registry[PEFTSpec] = Registry("PEFT", "method.peft", axis="peft")
 def register_peft(name: str, *, config: type | None = None, needs_backbone: bool = False,
                   concurrent_clients: bool = False, description: str = "",
                   inputs: str | Callable[[Any], str] = "features",
-                  suspect_keys: tuple[str, ...] = ()) -> Callable[[Any], Any]:
+                  suspect_keys: tuple[str, ...] = (), cost: PEFTCost | None = None) -> Callable[[Any], Any]:
     """Decorator registering a builder ``fn(bank, backbone, config) -> PEFTModule`` as PEFT ``name``.
 
     Parameters
@@ -95,11 +118,12 @@ def register_peft(name: str, *, config: type | None = None, needs_backbone: bool
         :func:`~fedpurel_lite.registry.knob` (default, help, range or choices). It becomes the TOML
         table ``[peft.<name>]`` and ``--set peft.<name>.<key>=...``; the builder reads it with
         ``config.section(ItsConfig)``.
-    needs_backbone, concurrent_clients, description, inputs, suspect_keys
+    needs_backbone, concurrent_clients, description, inputs, suspect_keys, cost
         See :class:`PEFTSpec`.
     """
     return PEFTS.decorator(PEFTSpec, name, needs_backbone=needs_backbone, concurrent_clients=concurrent_clients,
-                           description=description, inputs=inputs, config=config, suspect_keys=suspect_keys)
+                           description=description, inputs=inputs, config=config, suspect_keys=suspect_keys,
+                           cost=cost)
 
 
 class PEFTModule(nn.Module):

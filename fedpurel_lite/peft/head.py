@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .base import PEFTModule, register_peft
+from .base import PEFTCost, PEFTModule, register_peft
 
 
 class TextAnchoredHead(PEFTModule):
@@ -48,7 +48,8 @@ class TextAnchoredHead(PEFTModule):
         return logits, pullback
 
 
-@register_peft("head", description="text-anchored cosine head (one weight row per class, from zero-shot)")
+@register_peft("head", description="text-anchored cosine head (one weight row per class, from zero-shot)",
+               cost=PEFTCost(0.03, 0.1, lambda section, dims, classes: classes * dims["embed"]))
 def build_head(bank: Any, backbone: Any, config: Any) -> TextAnchoredHead:
     """A :class:`TextAnchoredHead` at the bank's zero-shot text features."""
     return TextAnchoredHead(torch.as_tensor(bank.text_features).float(), float(bank.logit_scale))

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..lora_tower import LoRAFactors, check_blocks, check_vision, run_blocks, vision_pool
-from .base import PEFTModule, knob, register_peft
+from .base import PEFTCost, PEFTModule, knob, register_peft
 from .prompt import _text_tower
 
 #: images per pass of the LoRA vision tower without grad (evaluation, the frozen global model)
@@ -171,7 +171,9 @@ def lora_inputs(config: Any) -> str:
 
 
 @register_peft("lora", config=LoRAConfig, needs_backbone=True, concurrent_clients=True, inputs=lora_inputs,
-               suspect_keys=("peft.lora.alpha",),
+               suspect_keys=("peft.lora.alpha",), cost=PEFTCost(1.48, 5.3, lambda section, dims, classes: (
+                   3 * 2 * int(section.rank) * dims["v_width"] * dims["v_layers"] * (2 if section.towers == "both"
+                                                                                    else 1))),
                description="LoRA on the attention q/k/v of the frozen CLIP (vision tower by default)")
 def build_lora(bank: Any, backbone: Any, config: Any) -> LoRACLIP:
     """A :class:`LoRACLIP` (``peft.lora.rank``, ``alpha``, ``towers``; seeded by ``run.seed``).

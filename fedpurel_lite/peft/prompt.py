@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..prompt_tower import SharedPrefixTower, supports
-from .base import PEFTModule, knob, register_peft
+from .base import PEFTCost, PEFTModule, knob, register_peft
 
 
 def _text_tower(model: nn.Module) -> tuple[nn.Module, str]:
@@ -175,6 +175,8 @@ class PromptConfig:
 
 
 @register_peft("prompt", config=PromptConfig, needs_backbone=True, concurrent_clients=True,
+               cost=PEFTCost(0.56, 1.0, lambda section, dims, classes:
+                             int(section.n_ctx) * dims["t_width"] * (classes if section.class_specific else 1)),
                description="CoOp context through the frozen text tower (PromptFL when federated)")
 def build_prompt(bank: Any, backbone: Any, config: Any) -> PromptLearner:
     """A :class:`PromptLearner` (``peft.prompt.n_ctx``, ``ctx_init``, ``class_specific``; seeded by ``run.seed``)."""

@@ -128,12 +128,15 @@ class WorldInfo:
     class_order : numpy.ndarray
         ``int64 [num_classes]`` class ids from head to tail, the loaded world's ``class_order``
         (read-only; label order when not given).
+    test_size : int or None
+        Images in the test pool when known before loading (for cost estimates).
     """
 
     name: str
     num_classes: int
     train_counts_per_class: np.ndarray
     class_order: np.ndarray | None = None
+    test_size: int | None = None
 
     def __post_init__(self) -> None:
         counts = np.array(self.train_counts_per_class, dtype=np.int64)

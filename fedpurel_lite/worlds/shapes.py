@@ -349,7 +349,8 @@ def _class_order(variant: str, seed: int = 0) -> np.ndarray:
 def describe_shapes(section: ShapesConfig) -> WorldInfo:
     """Class count, pool sizes and the variant's class order, without rendering."""
     n = len(CLASS_NAMES)
-    return WorldInfo("shapes", n, np.full(n, N_TRAIN_PER_CLASS, dtype=np.int64), _class_order(section.variant))
+    return WorldInfo("shapes", n, np.full(n, N_TRAIN_PER_CLASS, dtype=np.int64), _class_order(section.variant),
+                     test_size=n * N_TEST_PER_CLASS)
 
 
 @register_world("shapes", config=ShapesConfig, describe=describe_shapes,
