@@ -97,7 +97,8 @@ def pytest_ignore_collect(collection_path, config):
 
 
 def pytest_report_header(config):
-    if series_runs_in_lab(config):
+    """Say where the series is executed when this session would have collected ``notebooks/``."""
+    if series_runs_in_lab(config) and any(p == SERIES or p in SERIES.parents for p in _collected_from(config)):
         return [f"notebooks/: executed once, in JupyterLab ({LAB_RUN.relative_to(ROOT)}), held to nbval's rules"]
     return []
 

@@ -20,10 +20,13 @@ CONFIG = RunConfig.load("configs/embedded.toml").with_overrides(
 
 
 class FailOnce:
-    """Client 1 raises in Flower's round 2 (train); picklable, so Ray workers can run it."""
+    """Client 1 raises in one of Flower's rounds (train; round 2 unless told); picklable, so Ray workers can run it."""
+
+    def __init__(self, server_round: int = 2) -> None:
+        self.server_round = server_round
 
     def __call__(self, partition: int, server_round: int, stage: str) -> None:
-        if partition == 1 and server_round == 2 and stage == "train":
+        if partition == 1 and server_round == self.server_round and stage == "train":
             raise RuntimeError("simulated crash of client 1")
 
 
@@ -55,6 +58,7 @@ def test_a_failing_client_is_logged_and_the_round_goes_on():
     assert len(history) == 3
     assert [h["trained"] for h in history] == [[0, 1, 2, 3], [0, 2, 3], [0, 1, 2, 3]]  # round 2 aggregates 3
     assert history[1]["failures"] == out.failures
-    with pytest.raises(FlowerRunError, match=r"round 1 train: only 3 of 4 clients replied successfully, fewer than "
+    # too few replies stop the run (the crash in the first round: the run ends there, no round is spent before it)
+    with pytest.raises(FlowerRunError, match=r"round 0 train: only 3 of 4 clients replied successfully, fewer than "
                                              r"min_replies=4.*simulated crash of client 1"):
-        run_flower(everyone, min_replies=4, fault=FailOnce())
+        run_flower(everyone, min_replies=4, fault=FailOnce(server_round=1))
