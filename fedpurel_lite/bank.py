@@ -15,8 +15,7 @@ The flow is one way::
       -> token_bank.load_or_build_tokens only when the PEFT reads tokens (cache_entry; the vision
                                          prefix through openclip_adapter)
 
-and none of those modules imports the assembly, the PEFTs or (at import time) this one; the
-alias ``token_bank.model_inputs`` kept for older imports reaches :func:`model_inputs` lazily.
+and none of those modules imports the assembly, the PEFTs or this one.
 """
 
 from __future__ import annotations

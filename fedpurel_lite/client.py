@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from .bank import model_inputs
 from .errors import NonFiniteError
 from .finite import check_tensors, located
 from .local import local_train
@@ -28,7 +29,6 @@ from .methods import Method
 from .partition import Federation
 from .peft import PEFTModule
 from .personalize import load_state, module_state, predict_personal, start_state, train_personal
-from .token_bank import model_inputs
 
 if TYPE_CHECKING:
     from .config import RunConfig
@@ -91,7 +91,7 @@ class ClientData:
 def make_clients(bank: Any, fed: Federation, device: torch.device | str = "cpu") -> list[ClientData]:
     """Every client's :class:`ClientData` from a bank and a federation.
 
-    ``x`` and ``x_test`` are what the PEFT reads (:func:`~fedpurel_lite.token_bank.model_inputs`:
+    ``x`` and ``x_test`` are what the PEFT reads (:func:`~fedpurel_lite.bank.model_inputs`:
     cached features, or vision tokens of a TokenBank); the teacher logits always come from the
     cached final features (zero-shot CLIP).
     """

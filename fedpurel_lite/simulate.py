@@ -40,6 +40,7 @@ from torch import Tensor, nn
 from .aggregate import ClientSampler, fedavg
 from .analysis import final_analysis, predict_global
 from .assembly import Assembly, assemble
+from .bank import model_inputs
 from .checkpoint import Checkpoint, check_resumable, clear_checkpoints, find_resume_point, save_checkpoint
 from .client import ClientData, predict_private, train_private, train_shared
 from .compare import compare
@@ -53,7 +54,6 @@ from .partition import Federation
 from .peft import PEFTS, PEFTModule
 from .personalize import branch_logits, branch_only, load_state, personal_plus_global
 from .results import RunResult, clean_json, federation_info, summarise
-from .token_bank import model_inputs
 from .workers import ClientPool, IntraOpThreads, resolve_workers
 
 __all__ = ["RoundState", "Slot", "aggregate_round", "compare", "final_analysis", "pack_state", "predict_global", "run",

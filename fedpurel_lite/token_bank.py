@@ -35,9 +35,9 @@ from .openclip_adapter import vision_tokens
 from .safe_load import load_json
 
 if TYPE_CHECKING:
-    from .bank import FeatureSource
+    pass
 
-__all__ = ["TokenBank", "encode_tokens", "load_or_build_tokens", "model_inputs", "token_inputs"]
+__all__ = ["TokenBank", "encode_tokens", "load_or_build_tokens", "token_inputs"]
 
 _TENSORS = ("train_tokens", "test_tokens")
 
@@ -211,9 +211,3 @@ def load_or_build_tokens(features: FeatureBank, backbone: Backbone, world_finger
     manifest = load_json(base.with_suffix(".json"), "vision-token cache manifest")
     return TokenBank(features, tensors["train_tokens"], tensors["test_tokens"], manifest, base)
 
-
-def model_inputs(bank: FeatureSource, split: str) -> torch.Tensor:
-    """What the PEFT reads for ``split``: :func:`fedpurel_lite.bank.model_inputs` (kept for older imports)."""
-    from .bank import model_inputs as inputs_of
-
-    return inputs_of(bank, split)

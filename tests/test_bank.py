@@ -110,8 +110,7 @@ def _imports(path: Path) -> set[str]:
 def test_nothing_below_the_bank_climbs_back_up(module):
     imported = _imports(PACKAGE / f"{module}.py")
     above = {"assembly", "simulate", "client", "peft", "lora_tower", "prompt_tower", "bank"}
-    allowed = {"token_bank": {"bank"}}  # token_bank.model_inputs: a lazy alias kept for older importers
-    climbs = {m for m in imported if m.split(".")[0] in above - allowed.get(module, set()) and m != module}
+    climbs = {m for m in imported if m.split(".")[0] in above and m != module}
     assert climbs == set(), f"{module} imports {sorted(climbs)}"
 
 

@@ -429,7 +429,8 @@ def _names_file(tmp: Path) -> list[str]:
     (root / "t_train.txt").write_text("cat/0.png 0\ndog/0.png 1\n")
     (root / "t_test.txt").write_text("cat/0.png 0\n")
     (root / "names.txt").write_text("0 cat\n")  # class 1 unnamed
-    return _folder_run(root, tmp / "out", "world.folder.split_file=t_train.txt", "world.folder.class_names_file=names.txt")
+    return _folder_run(root, tmp / "out", "world.folder.split_file=t_train.txt",
+                       "world.folder.class_names_file=names.txt")
 
 
 TABLE = [  # (name, argv builder, what the one error line must say; None: must reach the work)

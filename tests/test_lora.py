@@ -12,11 +12,12 @@ import torch
 import torch.nn.functional as F
 
 from conftest import assert_pullback_matches_autograd
+from fedpurel_lite.bank import model_inputs
 from fedpurel_lite.config import RunConfig
 from fedpurel_lite.lora_tower import block_forward, vision_tokens
 from fedpurel_lite.peft import build_peft
 from fedpurel_lite.peft.lora import LoRACLIP
-from fedpurel_lite.token_bank import TokenBank, load_or_build_tokens, model_inputs
+from fedpurel_lite.token_bank import TokenBank, load_or_build_tokens
 
 pytestmark = pytest.mark.usefixtures("core_one_thread")
 

@@ -13,6 +13,7 @@ from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
 from ..assembly import assemble, with_method
+from ..bank import model_inputs
 from ..config import RunConfig
 from ..errors import ConfigError
 from ..metrics import evaluate_predictions
@@ -26,7 +27,6 @@ from ..results import (
     federation_info,
     summarise,
 )
-from ..token_bank import model_inputs
 from .client_app import config_from_context
 from .strategy import FedPuReLStrategy, FlowerRunError
 

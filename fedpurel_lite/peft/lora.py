@@ -19,8 +19,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..lora_tower import LoRAFactors, check_blocks, check_vision, run_blocks, vision_pool
+from ..openclip_adapter import pools_first_token, resblocks, text_tower, tower_width
 from .base import PEFTCost, PEFTModule, knob, register_peft
-from .prompt import _text_tower
 
 #: images per pass of the LoRA vision tower without grad (evaluation, the frozen global model)
 NO_GRAD_ROWS = 256
@@ -76,10 +76,9 @@ class LoRACLIP(PEFTModule):
             visual.requires_grad_(False)
             self._frozen["visual"] = visual
             self.inputs = "tokens"
-            pooled_first = getattr(visual, "pool_type", "tok") == "tok"
-            self.last_query = 0 if pooled_first else None
-            width = visual.transformer.width
-            self.vision = nn.ModuleList(LoRAFactors(width, rank, generator) for _ in visual.transformer.resblocks)
+            self.last_query = 0 if pools_first_token(visual) else None
+            width = tower_width(visual.transformer)
+            self.vision = nn.ModuleList(LoRAFactors(width, rank, generator) for _ in resblocks(visual.transformer))
         if towers in ("text", "both"):
             self._init_text(model, tokenizer, class_names, templates or ["a photo of a {}."], rank, generator)
         else:
@@ -89,9 +88,10 @@ class LoRACLIP(PEFTModule):
                    rank: int, generator: torch.Generator | None) -> None:
         if tokenizer is None or not class_names:
             raise ValueError("LoRA in the text tower needs the tokenizer and the class names")
-        tower, pool = _text_tower(model)
+        tower = text_tower(model, "LoRA")
+        pool = tower.pool
         check_blocks(tower.transformer)
-        proj = getattr(tower, "text_projection", None)
+        proj = tower.text_projection
         for module in (tower.transformer, tower.ln_final):
             module.requires_grad_(False)
         if isinstance(proj, (nn.Parameter, nn.Module)):
@@ -99,9 +99,8 @@ class LoRACLIP(PEFTModule):
         self._frozen.update(text_transformer=tower.transformer, ln_final=tower.ln_final, text_projection=proj)
         prompts = [t.format(n) for n in class_names for t in templates]
         tokens = tokenizer(prompts)
-        eos = getattr(tower, "text_eos_id", getattr(tower, "eos_id", None))
-        eot = tokens.argmax(dim=-1) if pool == "argmax" else (tokens == eos).int().argmax(dim=-1)
-        attn_mask = getattr(tower, "attn_mask", None)
+        eot = tokens.argmax(dim=-1) if pool == "argmax" else (tokens == tower.eos_id).int().argmax(dim=-1)
+        attn_mask = tower.attn_mask
         # with a causal mask nothing after the last EOT reaches a pooled token: drop that padding (exact)
         length = int(eot.max()) + 1 if attn_mask is not None else tokens.shape[1]
         with torch.no_grad():
@@ -111,8 +110,8 @@ class LoRACLIP(PEFTModule):
         self.register_buffer("attn_mask", None if attn_mask is None else attn_mask[:length, :length].clone(),
                              persistent=False)
         self.n_templates = len(templates)
-        self.text_lora = nn.ModuleList(LoRAFactors(tower.transformer.width, rank, generator)
-                                       for _ in tower.transformer.resblocks)
+        self.text_lora = nn.ModuleList(LoRAFactors(tower_width(tower.transformer), rank, generator)
+                                       for _ in resblocks(tower.transformer))
 
     def frozen_modules(self) -> list[Any]:
         return [m for m in self._frozen.values() if m is not None]

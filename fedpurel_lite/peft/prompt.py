@@ -9,23 +9,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..openclip_adapter import text_tower
 from ..prompt_tower import SharedPrefixTower, supports
 from .base import PEFTCost, PEFTModule, knob, register_peft
-
-
-def _text_tower(model: nn.Module) -> tuple[nn.Module, str]:
-    """The module holding the text attributes (``CLIP`` itself or ``CustomTextCLIP.text``)."""
-    tower = model.text if hasattr(model, "text") and hasattr(model.text, "token_embedding") else model
-    for attr in ("token_embedding", "positional_embedding", "transformer", "ln_final"):
-        if not hasattr(tower, attr):
-            raise TypeError(f"{type(model).__name__} has no text attribute {attr!r}; PromptLearner needs an "
-                            "open_clip CLIP/CustomTextCLIP with a TextTransformer tower")
-    pool = getattr(tower, "text_pool_type", getattr(tower, "pool_type", "argmax"))
-    if pool not in ("argmax", "eos"):
-        raise TypeError(f"PromptLearner supports argmax/eos pooling, the model pools with {pool!r}")
-    if getattr(tower, "cls_emb", None) is not None:
-        raise TypeError("PromptLearner does not support text towers with a CLS embedding (CoCa)")
-    return tower, pool
 
 
 class PromptLearner(PEFTModule):
@@ -74,15 +60,16 @@ class PromptLearner(PEFTModule):
         shared_prefix: bool = True,
     ) -> None:
         super().__init__()
-        tower, pool = _text_tower(model)
+        tower = text_tower(model, "PromptLearner")
+        pool = tower.pool
         self.logit_scale = float(logit_scale)
         self.pool = pool
-        self.eos_id = getattr(tower, "text_eos_id", getattr(tower, "eos_id", None))
+        self.eos_id = tower.eos_id
         # frozen text modules (shared references, not trained, excluded from the shared state)
         self._frozen = {"transformer": tower.transformer, "ln_final": tower.ln_final}
         for module in self._frozen.values():
             module.requires_grad_(False)
-        proj = getattr(tower, "text_projection", None)
+        proj = tower.text_projection
         self._proj = proj
         if isinstance(proj, nn.Parameter):
             proj.requires_grad_(False)
@@ -102,7 +89,7 @@ class PromptLearner(PEFTModule):
             eot = tokens.argmax(dim=-1)
         else:
             eot = (tokens == self.eos_id).int().argmax(dim=-1)
-        attn_mask = getattr(tower, "attn_mask", None)
+        attn_mask = tower.attn_mask
         # With a causal mask nothing after the last EOT can reach a pooled position: drop that padding
         # (exact; about 40 % less compute for short class names in a 77- or 16-token context).
         length = int(eot.max()) + 1 if attn_mask is not None else tokens.shape[1]
