@@ -40,7 +40,7 @@ MATHJAX_CONFIG = "TeX-AMS-MML_HTMLorMML-full"
 # docs/ pages in reading order, by part; a docs page not listed here is added to the last part
 DOC_PARTS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("Results", ("results", "bias_transfer_report", "reference_fidelity")),
-    ("Using the toolkit", ("experiments", "embedded_world", "flower", "benchmarks", "layout")),
+    ("Using the toolkit", ("experiments", "extending", "embedded_world", "flower", "benchmarks", "layout")),
 )
 _HTML_ANCHOR = re.compile(r'^<a (?:id|name)="([A-Za-z0-9_.:-]+)"></a>[ \t]*$', re.M)
 _NOT_SLUG = re.compile(r"[^\w-]")

@@ -1,4 +1,4 @@
-"""The config reference in docs/experiments.md lists every key of every plugin's own section."""
+"""The docs show the config and the core as they are: every plugin key with its allowed values, the example as run."""
 
 from __future__ import annotations
 
@@ -28,3 +28,11 @@ def test_every_plugin_key_is_documented_with_its_allowed_values():
     assert {"peft.lora.rank", "world.folder.root", "world.shapes.variant"} <= set(checked)
     assert not missing, f"undocumented plugin keys: {missing}"
     assert not wrong, f"documented with other allowed values: {wrong}"
+
+
+def test_the_readme_shows_the_core_example_as_it_is_run():
+    readme = (DOC.parents[1] / "README.md").read_text(encoding="utf-8")
+    example = (DOC.parents[1] / "examples" / "core_loop.py").read_text(encoding="utf-8")
+    body = example.split("\n", 1)[1].strip()  # without its one-line docstring
+    assert f"```python\n{body}\n```" in readme
+    assert 20 <= len([line for line in body.splitlines() if line.strip()]) <= 35
