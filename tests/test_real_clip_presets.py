@@ -99,7 +99,7 @@ def test_preset_runs_one_round_end_to_end(preset, tiny_cifar100, tmp_path, monke
     monkeypatch.setattr(tv_cifar, "check_integrity", lambda *args, **kwargs: True)
     monkeypatch.setattr(tv_cifar.CIFAR10, "_check_integrity", lambda self: True)
     path = CONFIGS / f"{preset}.toml"
-    overrides = [f"world.root={tiny_cifar100}", "world.pretrained=random", "world.device=cpu",
+    overrides = [f"world.cifar100.root={tiny_cifar100}", "world.pretrained=random", "world.device=cpu",
                  f"world.cache_dir={tmp_path / 'cache'}", "federation.rounds=1", "federation.num_clients=4"]
     expected = RunConfig.load(path).with_overrides(overrides).to_dict()
     narrow = narrow_model(expected["world"]["backbone"], monkeypatch)
@@ -114,7 +114,7 @@ def test_preset_runs_one_round_end_to_end(preset, tiny_cifar100, tmp_path, monke
     assert math.isfinite(float(gm["accuracy"])) and math.isfinite(float(gm["tail"]))
     assert gm["head"] is None  # no class has more than 100 training images here
     trained = {k: tuple(v.shape) for k, v in RunResult.load(out).final_state.items() if k.startswith("global/")}
-    assert trained == {"global/ctx": (expected["method"]["n_ctx"], narrow["text_cfg"]["width"])}  # the prompt learner
+    assert trained == {"global/ctx": (expected["peft"]["prompt"]["n_ctx"], narrow["text_cfg"]["width"])}  # the prompt learner
     manifests = [json.loads(m.read_text()) for m in (tmp_path / "cache").glob("*.json")]
     banks = [m for m in manifests if "train_features" in m.get("shapes", {})]
     assert manifests and all(m["inputs"]["model"] == "ViT-B-16-quickgelu" for m in manifests)
