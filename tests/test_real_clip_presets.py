@@ -114,7 +114,8 @@ def test_preset_runs_one_round_end_to_end(preset, tiny_cifar100, tmp_path, monke
     assert math.isfinite(float(gm["accuracy"])) and math.isfinite(float(gm["tail"]))
     assert gm["head"] is None  # no class has more than 100 training images here
     trained = {k: tuple(v.shape) for k, v in RunResult.load(out).final_state.items() if k.startswith("global/")}
-    assert trained == {"global/ctx": (expected["peft"]["prompt"]["n_ctx"], narrow["text_cfg"]["width"])}  # the prompt learner
+    n_ctx = expected["peft"]["prompt"]["n_ctx"]
+    assert trained == {"global/ctx": (n_ctx, narrow["text_cfg"]["width"])}  # the prompt learner
     manifests = [json.loads(m.read_text()) for m in (tmp_path / "cache").glob("*.json")]
     banks = [m for m in manifests if "train_features" in m.get("shapes", {})]
     assert manifests and all(m["inputs"]["model"] == "ViT-B-16-quickgelu" for m in manifests)
