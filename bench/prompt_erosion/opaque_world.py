@@ -5,6 +5,7 @@
     .venv/bin/python bench/prompt_erosion/opaque_world.py zs SEED              # random-context CoOp (PromptFL's ZS)
     .venv/bin/python bench/prompt_erosion/opaque_world.py fl METHOD PEFT SEED [ROUNDS] [key=value ...]
     .venv/bin/python bench/prompt_erosion/opaque_world.py lever [shipped]     # lever.py's analysis, this/shipped tower
+    .venv/bin/python bench/prompt_erosion/opaque_world.py claims [SEED]       # the head PEFT's claim runs
 
 OPAQUE_WEIGHTS (env): the weights file (default /tmp/h8/fedpurel-tiny-opaque.safetensors);
 OPAQUE_CACHE (env): the feature cache folder (default /tmp/h8/cache; never data/cache).
@@ -75,11 +76,37 @@ def cmd_lever(tower="opaque"):
         log("opaque_lever", {"tower": tower, "ctx_seed": seed, **out})
 
 
+def cmd_claims(seed=1):
+    """The head PEFT's claim runs of ``tests/test_claims.py`` on this world: 30 rounds, lr and personal_lr 0.01.
+
+    Logs GM, PM and the global model on the clients' splits (last 10 rounds, %) per method.
+    """
+    from fedpurel_lite.config import RunConfig
+    from fedpurel_lite.partition import build_federation
+    from fedpurel_lite.simulate import run
+
+    bank, backbone = load()
+    config = RunConfig().with_overrides({"rounds": 30, "lr": 0.01, "personal_lr": 0.01, "seed": int(seed),
+                                         "workers": 1})
+    fed = build_federation(np.asarray(bank.train_labels), np.asarray(bank.test_labels), bank.class_order, config)
+    for method in ("zero-shot", "fedavg", "fedpurel-global", "fedpurel", "local-ft", "fedrep", "interp", "folio"):
+        result = run(config.with_overrides({"method": method}), bank=bank, progress=False, federation=fed)
+        last10 = result.summary["last10"]
+        out = {"seed": int(seed), "method": method}
+        for part in ("gm", "pm", "gm_clients"):
+            if last10.get(part):
+                out[part] = {k: round(float(v), 2) for k, v in last10[part].items()
+                             if k in ("accuracy", "head", "medium", "tail") and v is not None}
+        log("opaque_claims", out)
+        print(out, flush=True)
+
+
 def main(argv):
     torch.set_num_threads(1)
     np.seterr(all="ignore")
     cmd, args = argv[0], argv[1:]
-    {"report": cmd_report, "zs": lambda s: cmd_zs(int(s)), "fl": cmd_fl, "lever": cmd_lever}[cmd](*args)
+    {"report": cmd_report, "zs": lambda s: cmd_zs(int(s)), "fl": cmd_fl, "lever": cmd_lever,
+     "claims": cmd_claims}[cmd](*args)
 
 
 if __name__ == "__main__":
