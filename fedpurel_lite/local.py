@@ -117,7 +117,7 @@ def local_train(
     teacher_logits: Tensor | None,
     config: RunConfig,
     generator: torch.Generator,
-    objective: str = "purify",
+    objective: str,
     class_prior: Tensor | None = None,
 ) -> dict[str, float]:
     """Local epoch(s) of the shared PEFT on one client (stage 1), in place.
@@ -143,7 +143,7 @@ def local_train(
     generator : torch.Generator
         Source of the batch order.
     objective : str
-        A name in :data:`OBJECTIVES`: plain CE (FedAvg / no-projection ablation), FedProx,
+        A name in :data:`OBJECTIVES` (the method's ``stage1``): plain CE (FedAvg / no-projection ablation), FedProx,
         logit-adjusted CE, purified CE with the TKL, purified CE with the plain KL at T=1.
     class_prior : Tensor, optional
         Class prior ``[C]`` for ``la`` (the global long-tailed prior in the simulator); the

@@ -39,7 +39,6 @@ HOMONYMS: dict[tuple[str, str], str] = {
     ("pretrain", "shapes"): "the caption set of the embedded world's class names",
     ("config_sections", "shapes"): "the default world of a config",
     ("config_sections", "head"): "the default PEFT of a config",
-    ("local", "purify"): "the default objective of local_train (FedPuReL's)",
 }
 
 #: engine modules: they must not name a method either
