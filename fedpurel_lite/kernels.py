@@ -21,8 +21,14 @@ before ``torch`` is imported: :func:`pin` sets them for this process and everyth
 is not pinned and keeps the fastest path; its numbers can differ from a pinned run's in the last
 digits (see the README's "Reproducibility" note for the measured size).
 
+Matplotlib is part of the same environment: its font list, cached per user, records the font files of the
+installation that wrote it, and a list written by another (or since deleted) matplotlib lacks the fonts
+this one ships (the figures then fall back to other fonts, with warnings in the notebooks' outputs); a
+user's own ``matplotlibrc`` would change the figures too. :func:`pin` therefore gives matplotlib a
+configuration folder of this installation's own (:func:`matplotlib_dir`).
+
 A processor without AVX2 cannot run the pinned path (forcing it would stop the process on an
-illegal instruction), so there :func:`pin` leaves the environment alone and says so.
+illegal instruction), so there :func:`pin` leaves the kernel paths alone and says so.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ import hashlib
 import json
 import os
 import sys
+import tempfile
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
@@ -58,8 +65,21 @@ def has_avx2(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
     return "avx2" in flags.split()
 
 
+def matplotlib_dir() -> Path:
+    """Matplotlib's configuration folder for pinned processes: one per Python installation.
+
+    ``<sys.prefix>/var/fedpurel-lite/matplotlib`` inside a virtual environment (it goes with the environment),
+    else a folder under the temporary directory named after ``sys.prefix``. Matplotlib's font list is
+    cached there, written by the matplotlib of this installation, and no user ``matplotlibrc`` is read.
+    """
+    if sys.prefix != sys.base_prefix:
+        return Path(sys.prefix) / "var" / "fedpurel-lite" / "matplotlib"
+    key = hashlib.sha256(sys.prefix.encode()).hexdigest()[:12]
+    return Path(tempfile.gettempdir()) / f"fedpurel-lite-matplotlib-{os.getuid()}-{key}"
+
+
 def pinned_env(base: Mapping[str, str] | None = None) -> dict[str, str]:
-    """A copy of ``base`` (``os.environ`` by default) with :data:`PINNED` set, for a subprocess.
+    """A copy of ``base`` (``os.environ`` by default) with :data:`PINNED` and :func:`matplotlib_dir` set.
 
     Parameters
     ----------
@@ -67,7 +87,7 @@ def pinned_env(base: Mapping[str, str] | None = None) -> dict[str, str]:
         The environment to start from.
     """
     env = dict(os.environ if base is None else base)
-    env.update(PINNED)
+    env.update(PINNED, MPLCONFIGDIR=str(matplotlib_dir()))
     return env
 
 
@@ -80,8 +100,8 @@ def is_pinned(env: Mapping[str, str] | None = None) -> bool:
 def pin() -> bool:
     """Pin the kernel paths of this process and of every process it starts from now on.
 
-    Returns ``True`` when pinned. On a processor without AVX2 nothing is changed and a warning
-    says the figures may differ from the committed ones in their last bits.
+    Returns ``True`` when pinned. On a processor without AVX2 only matplotlib's folder is set and a
+    warning says the figures may differ from the committed ones in their last bits.
 
     Raises
     ------
@@ -89,6 +109,7 @@ def pin() -> bool:
         If ``torch`` is already imported with other settings: they can no longer change in this
         process (start a new one).
     """
+    os.environ["MPLCONFIGDIR"] = str(matplotlib_dir())
     if not has_avx2():
         warnings.warn("this processor has no AVX2: kernel paths are not pinned, so numbers and figures can "
                       "differ from the committed ones in their last digits", stacklevel=2)

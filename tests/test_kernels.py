@@ -80,3 +80,52 @@ def test_the_test_session_and_its_kernels_are_pinned():
     import torch
 
     assert torch.backends.cpu.get_cpu_capability() == "AVX2"
+
+
+FONT_PROBE = """
+import logging, sys
+logging.basicConfig(level=logging.WARNING)
+import matplotlib
+from matplotlib import font_manager
+path = font_manager.findfont("STIXGeneral")
+print(matplotlib.get_configdir())
+print(path)
+print(matplotlib.rcParams["figure.dpi"])
+"""
+
+
+def test_matplotlib_uses_its_own_fonts_and_no_user_rc(tmp_path):
+    """A font list cached by another matplotlib (here: one listing no bundled font) and a user's matplotlibrc
+    in ``$HOME`` would change the figures; a pinned process reads neither."""
+    home = tmp_path / "home"
+    cache, config = home / ".cache" / "matplotlib", home / ".config" / "matplotlib"
+    cache.mkdir(parents=True)
+    config.mkdir(parents=True)
+    import shutil
+
+    import matplotlib
+    from matplotlib import font_manager
+
+    other = tmp_path / "other-matplotlib"  # another installation, which ships DejaVu Sans but no STIX
+    other.mkdir()
+    shutil.copy(Path(matplotlib.get_data_path()) / "fonts" / "ttf" / "DejaVuSans.ttf", other)
+    stale = font_manager.FontManager()
+    stale.ttflist = [font_manager.FontEntry(**{**vars(e), "fname": str(other / "DejaVuSans.ttf")})
+                     for e in stale.ttflist if Path(e.fname).name == "DejaVuSans.ttf"]
+    font_manager.json_dump(stale, cache / f"fontlist-v{font_manager.FontManager.__version__}.json")
+    (config / "matplotlibrc").write_text("figure.dpi: 37\n")
+    base = {k: v for k, v in os.environ.items() if k not in ("MPLCONFIGDIR", "XDG_CACHE_HOME", "XDG_CONFIG_HOME")}
+    base["HOME"] = str(home)
+
+    def probe(env: dict[str, str]) -> list[str]:
+        done = subprocess.run([sys.executable, "-c", FONT_PROBE], env=env, capture_output=True, text=True,
+                              timeout=300)
+        assert done.returncode == 0, done.stderr[-2000:]
+        return [*done.stdout.split("\n")[:3], done.stderr]
+
+    configdir, font, dpi, stderr = probe(base)
+    assert configdir == str(config) and dpi == "37.0" and "not found" in stderr, "the stale list must bite unpinned"
+    configdir, font, dpi, stderr = probe(kernels.pinned_env(base))
+    assert configdir == str(kernels.matplotlib_dir()) and dpi == "100.0"
+    assert Path(font).name == "STIXGeneral.ttf" and Path(font).is_relative_to(Path(matplotlib.get_data_path()))
+    assert "findfont" not in stderr
