@@ -13,25 +13,30 @@ A preset (``configs/*.toml``) has one table per section::
                      [peft.adapter] reduction, ratio; [peft.lora] rank, alpha, towers; ...
     [stage1]         lr, momentum, weight_decay, batch_size, local_epochs, optimizer_scope, drop_last
     [purification]   projection, lambda_proj, bisection_iters, track_cos, kl_log
-    [personalization] personal_alpha, personal_lr, personal_epochs, personal_momentum, residual_scale, residual_bias
-    [baselines]      prox_mu, la_tau, interp_beta, folio_theta
+    [objective.<name>] the method's stage-1 objective's own knobs: [objective.prox] mu; [objective.la] tau
+    [personalization] personal_alpha, personal_lr, personal_epochs, personal_momentum
+    [personal.<name>] the method's personalization kind's own knobs: [personal.interp] beta;
+                     [personal.folio] theta; [personal.residual] scale, bias
     [run]            seed, eval_batch_size, workers, num_threads
 
-The ``[world.<name>]`` and ``[peft.<name>]`` tables are the plugins' own config sections: each world
-and PEFT module declares a frozen dataclass of its knobs (:func:`fedpurel_lite.registry.knob`: default,
-help text, range or choices) and registers it with the plugin; the plugin reads it with
-:meth:`RunConfig.section`. A config keeps every section that differs from its defaults, and writes
-(:meth:`RunConfig.to_dict`, :meth:`RunConfig.save`, results and checkpoints) the selected world's and
-PEFT's sections in full.
+The ``[world.<name>]``, ``[peft.<name>]``, ``[objective.<name>]`` and ``[personal.<name>]`` tables
+are the plugins' own config sections: each world, PEFT, stage-1 objective and personalization kind
+declares a frozen dataclass of its knobs (:func:`fedpurel_lite.registry.knob`: default, help text,
+range or choices) and registers it with the plugin; the plugin reads it with
+:meth:`RunConfig.section`. The world and the PEFT are selected by ``world.name`` and ``method.peft``,
+the objective and the personalization kind by the method (``method.name``: its ``stage1`` and
+``personal``). A config keeps every section that differs from its defaults, and writes
+(:meth:`RunConfig.to_dict`, :meth:`RunConfig.save`, results and checkpoints) the selected plugins'
+sections in full.
 
 Types are strict: an integer field rejects floats and booleans, every float is finite, a boolean
 is ``true`` or ``false``, a string holds no control character and at most 4096 characters; every
 number lies in its range (:data:`~fedpurel_lite.config_checks.RANGES` and the sections' own, all
 bounded above); unknown tables, unknown keys and keys given twice are errors, and a key of an
-earlier layout (``method.lora_rank``) names its new place (:data:`MOVED`). Overrides (``--set`` on
-the command line, :meth:`RunConfig.with_overrides` in Python) name a key as ``section.key``,
+earlier layout (``method.lora_rank``, ``baselines.prox_mu``) names its new place (:data:`MOVED`).
+Overrides (``--set`` on the command line, :meth:`RunConfig.with_overrides` in Python) name a key as ``section.key``,
 ``axis.plugin.key`` (``peft.lora.rank``) or by its bare name when that is unique (``lr``,
-``rounds``, ``n_ctx``); a bare name of several plugins' sections means the selected plugin's
+``rounds``, ``n_ctx``, ``mu``); a bare name of several plugins' sections means the selected plugin's
 (``world=cifar100 root=/data`` sets ``world.cifar100.root``). ``world`` and ``method`` name the
 world's and the method's ``name``. Every bad value raises one
 :class:`~fedpurel_lite.errors.ConfigError` naming the key, the value and what is allowed, in one
@@ -41,9 +46,11 @@ folders, clients against samples) live in :mod:`fedpurel_lite.preflight` and als
 
 This module imports no torch, so a bad value is reported at once: a plugin's section is looked up
 (importing its package, :func:`fedpurel_lite.registry.sections`) only when the config names a
-plugin key or is written out. The section classes live in :mod:`fedpurel_lite.config_sections`, the
-keys and the checks of one value in :mod:`fedpurel_lite.config_keys`, the value tables and the rules
-that tie two keys together in :mod:`fedpurel_lite.config_checks`.
+plugin key or is written out, and the method's record (which selects the objective and the
+personalization kind) only when one of those is asked for. The section classes live in
+:mod:`fedpurel_lite.config_sections`, the keys and the checks of one value in
+:mod:`fedpurel_lite.config_keys`, the value tables and the rules that tie two keys together in
+:mod:`fedpurel_lite.config_checks`.
 """
 
 from __future__ import annotations
@@ -61,6 +68,7 @@ from .config_checks import CHOICES, MAX_SEED, RANGES, check_combinations, one_li
 from .config_keys import (
     _ALL_TABLES,
     _BARE,
+    _MOVED_BARE,
     _SECTION_CLASSES,
     _TABLES,
     ALIASES,
@@ -73,6 +81,7 @@ from .config_keys import (
     _moved,
     _name,
     _put,
+    _refuse_moved,
     _section_from,
     _selection,
     _split_pair,
@@ -80,7 +89,6 @@ from .config_keys import (
     resolve_key,
 )
 from .config_sections import (
-    BaselinesCfg,
     FederationCfg,
     LongTailCfg,
     MethodCfg,
@@ -92,11 +100,10 @@ from .config_sections import (
     WorldCfg,
 )
 from .errors import ConfigError
-from .registry import AXES, section_names, sections
+from .registry import AXES, section_names, sections, selected_plugin
 
-__all__ = ["ALIASES", "CHOICES", "MAX_SEED", "MOVED", "BaselinesCfg", "FederationCfg", "LongTailCfg", "MethodCfg",
-           "PersonalizationCfg", "PluginSections", "PurificationCfg", "RunCfg", "RunConfig", "Stage1Cfg", "WorldCfg",
-           "resolve_key"]
+__all__ = ["ALIASES", "CHOICES", "MAX_SEED", "MOVED", "FederationCfg", "LongTailCfg", "MethodCfg", "PersonalizationCfg",
+           "PluginSections", "PurificationCfg", "RunCfg", "RunConfig", "Stage1Cfg", "WorldCfg", "resolve_key"]
 
 T = TypeVar("T")
 _RANGES = RANGES  # the allowed ranges (kept under their old name)
@@ -117,7 +124,6 @@ class RunConfig:
     stage1: Stage1Cfg = field(default_factory=Stage1Cfg)
     purification: PurificationCfg = field(default_factory=PurificationCfg)
     personalization: PersonalizationCfg = field(default_factory=PersonalizationCfg)
-    baselines: BaselinesCfg = field(default_factory=BaselinesCfg)
     run: RunCfg = field(default_factory=RunCfg)
     plugins: PluginSections = field(default_factory=PluginSections)
 
@@ -143,9 +149,13 @@ class RunConfig:
                 yield f"{axis}.{plugin}.{f.name}", getattr(section, f.name)
 
     def selected(self, axis: str) -> str:
-        """The plugin the config selects on ``axis`` (``"world"``: ``world.name``, ``"peft"``: ``method.peft``)."""
-        table, key = AXES[axis][1].split(".")
-        return str(getattr(getattr(self, table), key))
+        """The plugin the config selects on ``axis``; ``""`` when none.
+
+        ``"world"``: ``world.name``; ``"peft"``: ``method.peft``; ``"objective"`` and ``"personal"``:
+        the method's ``stage1`` and ``personal`` (looking up ``method.name``, which imports torch).
+        """
+        table, key = AXES[axis].key.split(".")
+        return selected_plugin(axis, str(getattr(getattr(self, table), key)))
 
     def section(self, config: type[T], plugin: str | None = None) -> T:
         """A plugin's own config section, typed by its class (``config.section(LoRAConfig).rank``).
@@ -194,8 +204,8 @@ class RunConfig:
         out = []
         for axis in AXES:
             held = {p: s for (a, p), s in self.plugins.items() if a == axis}
-            chosen = self.selected(axis)
-            if full and chosen not in held:
+            chosen = self.selected(axis) if full else ""
+            if chosen and chosen not in held:
                 cls = sections(axis).get(chosen)
                 if cls is not None and fields(cls):
                     out.append((axis, chosen, cls()))
@@ -225,6 +235,10 @@ class RunConfig:
         if not isinstance(data, Mapping):
             raise ConfigError(f"{source}: a config is a table of tables, got {shown(data)}")
         for key, value in data.items():
+            if isinstance(key, str) and key in _MOVED_BARE and not isinstance(value, Mapping):
+                raise ConfigError(f"{source}: {_moved(_MOVED_BARE[key], None, key)}")
+            if isinstance(key, str) and key not in _ALL_TABLES and isinstance(value, Mapping):
+                _refuse_moved(key, value, source)
             if (isinstance(key, str) and key not in _TABLES and key not in AXES and not isinstance(value, Mapping)
                     and len(_BARE.get(key, [])) == 1):
                 raise ConfigError(f"{source}: {key} = {shown(value)} belongs in its table: "

@@ -42,8 +42,7 @@ RANGES: dict[str, str] = {
     "purification.lambda_proj": "[0, 10]", "purification.bisection_iters": "[1, 100]",
     "personalization.personal_alpha": "[0, 1]", "personalization.personal_lr": "(0, 100]",
     "personalization.personal_epochs": "[1, 1000]", "personalization.personal_momentum": "[0, 0.999]",
-    "personalization.residual_scale": "[0, 1000]", "baselines.prox_mu": "[0, 1000]", "baselines.la_tau": "[0, 100]",
-    "baselines.interp_beta": "[0, 1]", "baselines.folio_theta": "[0, 1]", "run.seed": f"[0, {MAX_SEED}]",
+    "run.seed": f"[0, {MAX_SEED}]",
     "run.eval_batch_size": "[1, 1000000]", "run.workers": "[0, 1024]", "run.num_threads": "[0, 1024]",
 }
 
@@ -93,7 +92,8 @@ def check_combinations(config: Any) -> None:
       order they are trained, so the clients of a round must run one after another:
       ``run.workers = 1``.
     - a world's own section (``[world.<name>]``) applies to that world only: a section that differs
-      from its defaults needs ``world.name = "<name>"`` (a PEFT's section may be set for another PEFT).
+      from its defaults needs ``world.name = "<name>"`` (a PEFT's, an objective's or a personalization
+      kind's section may be set while another one is selected).
     - ``federation.partition = "superclass"`` draws each client's test split together with its
       training data, so ``federation.test_split`` must stay ``"shares"`` (the default).
     - ``stage1.lr * stage1.weight_decay < 2 (1 + stage1.momentum)``: above it, the weight-decay

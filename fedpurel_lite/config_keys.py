@@ -10,16 +10,16 @@ from __future__ import annotations
 import math
 import re
 import unicodedata
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import fields
 from typing import Any, Protocol
 
 from .config_checks import CHOICES, MAX_TEXT, RANGES, in_range, shown
 from .config_sections import CORE
 from .errors import ConfigError
-from .registry import AXES, field_kind, sections
+from .registry import AXES, field_kind, sections, selected_plugin
 
-__all__ = ["ALIASES", "MOVED", "Selecting", "resolve_key"]
+__all__ = ["ALIASES", "MOVED", "Selecting", "resolve_key", "selecting_value"]
 
 _RANGES = RANGES
 
@@ -39,15 +39,23 @@ MOVED: dict[str, tuple[str, str, str]] = {
     "world.split_file": ("world", "folder", "split_file"),
     "world.test_split_file": ("world", "folder", "test_split_file"),
     "world.class_names_file": ("world", "folder", "class_names_file"),
+    "baselines.prox_mu": ("objective", "prox", "mu"),
+    "baselines.la_tau": ("objective", "la", "tau"),
+    "baselines.interp_beta": ("personal", "interp", "beta"),
+    "baselines.folio_theta": ("personal", "folio", "theta"),
+    "personalization.residual_scale": ("personal", "residual", "scale"),
+    "personalization.residual_bias": ("personal", "residual", "bias"),
 }
 #: bare names of the earlier layout that no section has any more
 _MOVED_BARE = {old.split(".")[1]: old for old, new in MOVED.items() if old.split(".")[1] != new[2]}
+#: why keys moved, by axis
+_WHY = "each world, PEFT, stage-1 objective and personalization kind has its own section"
 
 
 def _moved(old: str, world: str | None = None, shown_as: str | None = None) -> ConfigError:
     """The one-line error for a key of the earlier layout (``shown_as``: as the user wrote it), naming its new key."""
     axis, plugin, key = MOVED[old]
-    why = "each world and PEFT has its own section"
+    why = _WHY
     if not plugin:  # a key several worlds' sections have: the selected world's, or all of them
         owners = [n for n, cls in sections(axis).items() if key in _names(cls)]
         if world not in owners:
@@ -58,6 +66,22 @@ def _moved(old: str, world: str | None = None, shown_as: str | None = None) -> C
     new = f"{axis}.{plugin}.{key}"
     return ConfigError(f"{shown_as or old} moved to {new} ({why}: [{axis}.{plugin}] {key} = ... in a TOML file, "
                        f"--set {new}=... on the command line)")
+
+
+def _refuse_moved(table: str, given: Mapping[Any, Any], source: str) -> None:
+    """Refuse a table of the earlier layout that no longer exists (``[baselines]``), naming the new keys.
+
+    Raises
+    ------
+    ConfigError
+        The table's first moved key and its new place; or, for a table whose keys all moved, where they went.
+    """
+    moved = next((f"{table}.{k}" for k in given if isinstance(k, str) and f"{table}.{k}" in MOVED), None)
+    if moved:
+        raise ConfigError(f"{source}: {_moved(moved)}")
+    went = [f"{'.'.join(new)}" for old, new in MOVED.items() if old.split(".")[0] == table]
+    if went:
+        raise ConfigError(f"{source}: the table [{table}] is gone; its keys moved to {', '.join(went)} ({_WHY})")
 
 
 def _names(section: type) -> tuple[str, ...]:
@@ -105,14 +129,39 @@ def _plugin_keys() -> dict[str, list[str]]:
     return out
 
 
-def _selection(data: Mapping[str, Any]) -> dict[str, str]:
-    """The plugin each axis selects in a nested dict of tables."""
-    out = {}
-    for axis, (_, key) in AXES.items():
-        table, name = key.split(".")
-        value = data.get(table, {}).get(name, getattr(_SECTION_CLASSES[table](), name))
-        out[axis] = value
-    return out
+def selecting_value(axis: str, data: Mapping[str, Any]) -> str:
+    """The value of the key that selects ``axis``'s plugin (:class:`~fedpurel_lite.registry.Axis`) in nested tables."""
+    table, name = AXES[axis].key.split(".")
+    given = data.get(table, {})
+    if isinstance(given, Mapping) and name in given:
+        return str(given[name])
+    return str(getattr(_SECTION_CLASSES[table](), name))
+
+
+class _Selection(Mapping[str, str]):
+    """The plugin each axis selects, each found when first asked (a method's record imports torch)."""
+
+    def __init__(self, plugin: Callable[[str], str]) -> None:
+        self._plugin = plugin
+        self._found: dict[str, str] = {}
+
+    def __getitem__(self, axis: str) -> str:
+        if axis not in AXES:
+            raise KeyError(axis)
+        if axis not in self._found:
+            self._found[axis] = self._plugin(axis)
+        return self._found[axis]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(AXES)
+
+    def __len__(self) -> int:
+        return len(AXES)
+
+
+def _selection(data: Mapping[str, Any]) -> Mapping[str, str]:
+    """The plugin each axis selects in a nested dict of tables (found lazily)."""
+    return _Selection(lambda axis: selected_plugin(axis, selecting_value(axis, data)))
 
 
 class Selecting(Protocol):
@@ -121,12 +170,12 @@ class Selecting(Protocol):
     def selected(self, axis: str) -> str: ...
 
 
-def _chosen(selected: Selecting | Mapping[str, str] | None) -> dict[str, str]:
+def _chosen(selected: Selecting | Mapping[str, str] | None) -> Mapping[str, str]:
     if selected is None:
         return {}
     if isinstance(selected, Mapping):
-        return dict(selected)
-    return {axis: selected.selected(axis) for axis in AXES}
+        return selected
+    return _Selection(selected.selected)
 
 
 def resolve_key(key: str, selected: Selecting | Mapping[str, str] | None = None) -> str:

@@ -10,7 +10,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["CORE", "BaselinesCfg", "FederationCfg", "LongTailCfg", "MethodCfg", "PersonalizationCfg", "PluginSections",
+__all__ = ["CORE", "FederationCfg", "LongTailCfg", "MethodCfg", "PersonalizationCfg", "PluginSections",
            "PurificationCfg", "RunCfg", "Stage1Cfg", "WorldCfg"]
 
 
@@ -51,7 +51,11 @@ class FederationCfg:
 
 @dataclass(frozen=True)
 class MethodCfg:
-    """The named method and its shared trainable part (the PEFT's own knobs: its ``[peft.<name>]`` section)."""
+    """The named method and its shared trainable part.
+
+    The PEFT's own knobs are its ``[peft.<name>]`` section; the method's stage-1 objective and
+    personalization kind keep theirs in ``[objective.<name>]`` and ``[personal.<name>]``.
+    """
 
     name: str = "fedpurel"
     peft: str = "head"
@@ -72,7 +76,7 @@ class Stage1Cfg:
 
 @dataclass(frozen=True)
 class PurificationCfg:
-    """Gradient purification against the temperature-aligned KL."""
+    """Gradient purification against the temperature-aligned KL (the purified objectives' and ``track_cos``'s)."""
 
     projection: str = "global"  # whole flattened gradient, or per tensor
     lambda_proj: float = 1.0
@@ -83,24 +87,12 @@ class PurificationCfg:
 
 @dataclass(frozen=True)
 class PersonalizationCfg:
-    """Stage 2: the personal branch of every sampled client."""
+    """Stage 2: the personal branch of every sampled client (a kind's own knobs: its ``[personal.<name>]`` section)."""
 
     personal_alpha: float = 0.9  # weight of CE(l_L) against CE(l_G + l_L)
     personal_lr: float = 0.01
     personal_epochs: int = 1
     personal_momentum: float = 0.0
-    residual_scale: float = 0.0  # linear residual head: logit scale (0 = the backbone's)
-    residual_bias: bool = False  # linear residual head: per-class bias
-
-
-@dataclass(frozen=True)
-class BaselinesCfg:
-    """Knobs of the comparison methods."""
-
-    prox_mu: float = 0.01
-    la_tau: float = 1.0
-    interp_beta: float = 0.5
-    folio_theta: float = 0.2
 
 
 @dataclass(frozen=True)
@@ -117,7 +109,7 @@ class RunCfg:
 #: the core tables in order: TOML table -> its section class
 CORE: dict[str, type] = {"world": WorldCfg, "longtail": LongTailCfg, "federation": FederationCfg, "method": MethodCfg,
                          "stage1": Stage1Cfg, "purification": PurificationCfg, "personalization": PersonalizationCfg,
-                         "baselines": BaselinesCfg, "run": RunCfg}
+                         "run": RunCfg}
 
 
 class PluginSections:

@@ -69,9 +69,16 @@ def check_tensors(tensors: Mapping[str, Tensor] | Iterable[tuple[str, Tensor]], 
 
 # ----------------------------------------------------------------------------- the knob at fault
 def _defaults() -> dict[str, float]:
-    from .config import RunConfig
+    """The default of every float setting: the core tables' and every plugin section's (selected or not)."""
+    from dataclasses import fields
 
-    return {k: v for k, v in RunConfig().items() if isinstance(v, float)}
+    from .config import RunConfig
+    from .registry import AXES, sections
+
+    out = {k: v for k, v in RunConfig().items() if isinstance(v, float)}
+    out.update((f"{axis}.{plugin}.{f.name}", f.default) for axis in AXES for plugin, cls in sections(axis).items()
+               for f in fields(cls) if isinstance(f.default, float))
+    return out
 
 
 def _momentum_gain(m: float) -> float:
@@ -80,17 +87,17 @@ def _momentum_gain(m: float) -> float:
 
 
 #: knobs whose default is 0 are compared with this reference size instead (CLIP's logit scale)
-_REFERENCE = {"personalization.residual_scale": 100.0}
+_REFERENCE = {"personal.residual.scale": 100.0}
 
 
 def suspects(config: Any, stage: int, objective: str | None = None, personal: str | None = None) -> list[str]:
     """The settings that scale the arithmetic of ``stage`` for this method, in checking order.
 
     Stage 1 (and aggregation / evaluation): ``stage1.lr``, ``stage1.momentum``, ``stage1.weight_decay``,
-    the stage-1 objective's knobs (``purification.lambda_proj``, ``baselines.prox_mu``, ...) and the
+    the stage-1 objective's knobs (``purification.lambda_proj``, ``objective.prox.mu``, ...) and the
     PEFT's declared ``suspect_keys`` (``peft.lora.alpha``); stage 2: ``personalization.personal_lr``,
     ``personal_momentum``, then the personalization kind's ``suspect_keys`` (the residual head's
-    ``residual_scale``) or else the PEFT's.
+    ``personal.residual.scale``) or else the PEFT's.
     """
     from .peft import PEFTS
     from .personal import PERSONALIZATIONS

@@ -139,7 +139,7 @@ def local_train(
         Its ``stage1`` section (``optimizer_scope``, ``drop_last`` included), ``purification``
         (``projection``, ``lambda_proj``, ``bisection_iters``, ``kl_log``, ``track_cos``: the
         task/alignment cosine also when not purifying) and
-        ``baselines`` (``prox_mu``, ``la_tau``).
+        the objective's own section (``objective.prox.mu``, ``objective.la.tau``).
     generator : torch.Generator
         Source of the batch order.
     objective : str

@@ -88,8 +88,8 @@ _ALL = [
     Method("fedavg", "ce", None, "FedAvg of the shared PEFT with CE (PromptFL with peft='prompt'); "
            "also the no-projection ablation of FedPuReL-global"),
     Method("promptfl", "ce", None, "PromptFL: FedAvg over a shared CoOp context", {"method.peft": "prompt"}),
-    Method("fedprox", "prox", None, "FedProx: CE + prox_mu/2 ||phi - phi_G||^2"),
-    Method("fedavg-la", "la", None, "FedAvg with logit-adjusted CE (la_tau, global class prior)"),
+    Method("fedprox", "prox", None, "FedProx: CE + mu/2 ||phi - phi_G||^2 (objective.prox.mu)"),
+    Method("fedavg-la", "la", None, "FedAvg with logit-adjusted CE (objective.la.tau, global class prior)"),
     Method("fedpurel-global", "purify", None, "FedPuReL stage 1: CE purified against the TKL gradient"),
     Method("fedpurel-global-kl", "purify-kl", None, "ablation: purification against plain KL at T=1"),
     Method("fedpurel-global-noproj", "ce", None, "ablation: no projection (= fedavg)"),
@@ -101,8 +101,8 @@ _ALL = [
            "variant: a zero-initialised linear residual head as the personal branch (collapses the tail here)"),
     Method("local-ft", "ce", "local-ft", "FedAvg + local fine-tuning of the global PEFT (parameter level)"),
     Method("fedrep", "ce", "fedrep", "FedRep/FedPer-style personal classifier on shared features"),
-    Method("interp", "ce", "interp", "global/local parameter interpolation (interp_beta on the global)"),
-    Method("folio", "ce", "folio", "PromptFolio-style feature mix (folio_theta on the local)"),
+    Method("interp", "ce", "interp", "global/local parameter interpolation (personal.interp.beta on the global)"),
+    Method("folio", "ce", "folio", "PromptFolio-style feature mix (personal.folio.theta on the local)"),
     Method("local-only", None, "local-only", "each client trains alone from zero-shot (floor)"),
 ]
 

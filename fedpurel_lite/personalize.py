@@ -49,8 +49,7 @@ def new_personal_module(kind: str, global_peft: PEFTModule, config: RunConfig) -
     global_peft : PEFTModule
         The shared PEFT (for shapes, the logit scale and the frozen backbone pieces).
     config : RunConfig
-        The kind's settings (e.g. ``personalization.residual_scale`` and ``residual_bias`` of the
-        residual head).
+        The kind's settings (e.g. ``personal.residual.scale`` and ``bias`` of the residual head).
     """
     return kind_of(kind).new_module(global_peft, config)
 

@@ -4,8 +4,10 @@ The math lives in the small core (:mod:`fedpurel_lite.core`: the temperature-ali
 ProGrad projection) and is re-exported here. This module adds what the engine needs on top: every
 stage-1 objective is a plugin -- a subclass of :class:`Objective` registered in
 :data:`OBJECTIVES` with :func:`register_objective` -- that says what it needs (the zero-shot
-teacher), which config keys are its knobs, and overrides a few hooks of one local step, as
-Flower's strategies override a few hooks of one round loop:
+teacher), which config keys are its knobs, declares its own config section (``[objective.prox] mu``,
+read with ``config.section(ProxConfig)``; the section of the method's objective is written with
+every run), and overrides a few hooks of one local step, as Flower's strategies override a few
+hooks of one round loop:
 
 - :meth:`Objective.begin` -- per client-round state (a logit bias, the anchor of a proximal term);
 - :meth:`Objective.regularize` -- add a term to the task loss and its gradients;
@@ -51,13 +53,15 @@ from .core import (
     project,
     project_gradients,
 )
-from .registry import Registry
+from .registry import Registry, knob
 
 __all__ = [
-    "OBJECTIVES", "P_FLOOR", "TAU_HI", "TAU_LO", "Objective", "ObjectiveConfig", "ObjectiveRound",
-    "aligned_kl", "aligned_temperatures", "entropy", "find_temperature", "logit_gradients", "project",
-    "project_gradients", "register_objective",
+    "OBJECTIVES", "P_FLOOR", "TAU_HI", "TAU_LO", "LogitAdjustedConfig", "Objective", "ObjectiveConfig",
+    "ObjectiveRound", "ProxConfig", "aligned_kl", "aligned_temperatures", "entropy", "find_temperature",
+    "logit_gradients", "project", "project_gradients", "register_objective",
 ]
+
+T = TypeVar("T")
 
 
 class _PurificationKnobs(Protocol):
@@ -71,22 +75,15 @@ class _PurificationKnobs(Protocol):
     def track_cos(self) -> bool: ...
 
 
-class _BaselineKnobs(Protocol):
-    @property
-    def prox_mu(self) -> float: ...
-
-    @property
-    def la_tau(self) -> float: ...
-
-
 class ObjectiveConfig(Protocol):
     """The parts of a run config the objectives read (a :class:`~fedpurel_lite.config.RunConfig` has them)."""
 
     @property
     def purification(self) -> _PurificationKnobs: ...
 
-    @property
-    def baselines(self) -> _BaselineKnobs: ...
+    def section(self, config: type[T], plugin: str | None = None) -> T:
+        """An objective's own config section, typed by its class."""
+        ...
 
 
 @dataclass
@@ -124,6 +121,9 @@ class Objective:
         Capabilities, for the messages that name an objective's knobs (the hooks carry the behaviour).
     knobs : tuple of str
         Dotted config keys this objective reads (its step gain: a non-finite loss names them).
+    section : type or None
+        Its own config section (a frozen dataclass of :func:`~fedpurel_lite.registry.knob` fields),
+        the TOML table ``[objective.<name>]``; ``None``: it has no knobs of its own.
     """
 
     name: ClassVar[str] = ""
@@ -134,6 +134,7 @@ class Objective:
     proximal: ClassVar[bool] = False
     logit_adjusted: ClassVar[bool] = False
     knobs: ClassVar[tuple[str, ...]] = ()
+    section: ClassVar[type | None] = None
 
     def tracks(self, config: ObjectiveConfig) -> bool:
         """Whether a step forms the alignment gradient (always when purifying, else with ``track_cos``)."""
@@ -189,14 +190,14 @@ class Objective:
 
 
 #: every registered stage-1 objective
-OBJECTIVES: Registry[Objective] = Registry("stage-1 objective", "stage1")
+OBJECTIVES: Registry[Objective] = Registry("stage-1 objective", "stage1", axis="objective")
 
 O = TypeVar("O", bound=Objective)
 
 
 def register_objective(cls: type[O]) -> type[O]:
-    """Class decorator: register one instance of an :class:`Objective` subclass under its ``name``."""
-    OBJECTIVES.add(cls.name, cls())
+    """Class decorator: register one instance of an :class:`Objective` subclass under its ``name``, with its section."""
+    OBJECTIVES.add(cls.name, cls(), cls.section)
     return cls
 
 
@@ -208,14 +209,23 @@ class CrossEntropy(Objective):
     description = "cross-entropy"
 
 
+@dataclass(frozen=True)
+class ProxConfig:
+    """``[objective.prox]``: FedProx's proximal term."""
+
+    mu: float = knob(0.01, "weight of the proximal term mu / 2 ||phi - phi_G||^2 around the round's start state",
+                     range="[0, 1000]")
+
+
 @register_objective
 class Proximal(Objective):
-    """FedProx: ``CE + prox_mu / 2 ||phi - phi_G||^2`` around the round's start state."""
+    """FedProx: ``CE + mu / 2 ||phi - phi_G||^2`` around the round's start state (``objective.prox.mu``)."""
 
     name = "prox"
     description = "cross-entropy + FedProx proximal term"
     proximal = True
-    knobs = ("baselines.prox_mu",)
+    knobs = ("objective.prox.mu",)
+    section = ProxConfig
 
     def begin(self, params: Sequence[Tensor], labels: Tensor, teacher_logits: Tensor | None,
               class_prior: Tensor | None, config: ObjectiveConfig) -> ObjectiveRound:
@@ -226,21 +236,32 @@ class Proximal(Objective):
         anchor = state.anchor
         if anchor is None:
             raise ValueError("the proximal term needs the anchor that begin() records")
-        mu = config.baselines.prox_mu
+        mu = config.section(ProxConfig).mu
         grads = [g + mu * (p.detach() - a) for g, p, a in zip(grads, params, anchor, strict=True)]
         task_loss = task_loss + 0.5 * mu * sum(((p.detach() - a) ** 2).sum() for p, a in zip(params, anchor,
                                                                                             strict=True))
         return grads, task_loss
 
 
+@dataclass(frozen=True)
+class LogitAdjustedConfig:
+    """``[objective.la]``: the logit adjustment."""
+
+    tau: float = knob(1.0, "weight of the log class prior added to the logits in the task loss", range="[0, 100]")
+
+
 @register_objective
 class LogitAdjusted(Objective):
-    """Logit-adjusted CE: ``CE(f + la_tau log prior, y)`` (the prior given, else the client's label frequencies)."""
+    """Logit-adjusted CE: ``CE(f + tau log prior, y)`` with ``tau = objective.la.tau``.
+
+    The prior is the one given, else the client's label frequencies.
+    """
 
     name = "la"
     description = "logit-adjusted cross-entropy"
     logit_adjusted = True
-    knobs = ("baselines.la_tau",)
+    knobs = ("objective.la.tau",)
+    section = LogitAdjustedConfig
 
     def begin(self, params: Sequence[Tensor], labels: Tensor, teacher_logits: Tensor | None,
               class_prior: Tensor | None, config: ObjectiveConfig) -> ObjectiveRound:
@@ -248,7 +269,7 @@ class LogitAdjusted(Objective):
         prior = (class_prior if class_prior is not None
                  else torch.bincount(labels, minlength=num_classes).float())
         prior = prior.float() / prior.sum()
-        return ObjectiveRound(logit_bias=config.baselines.la_tau * torch.log(prior.clamp_min(1e-12)))
+        return ObjectiveRound(logit_bias=config.section(LogitAdjustedConfig).tau * torch.log(prior.clamp_min(1e-12)))
 
 
 @register_objective

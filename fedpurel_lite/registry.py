@@ -8,12 +8,15 @@ objectives (:data:`fedpurel_lite.purify.OBJECTIVES`) and personalization kinds
 messages, choices and dispatch all come from one place: adding a PEFT is one decorated builder in
 one module, with no ``peft == "..."`` check anywhere else.
 
-A plugin of an *axis* (:data:`AXES`: ``world``, ``peft``) may declare its own **config section**: a
-frozen dataclass of its knobs, each field made with :func:`knob` (default, help text, range or
-choices). It becomes the TOML table ``[<axis>.<plugin>]`` (``[peft.lora] rank = 8``) of
-:class:`~fedpurel_lite.config.RunConfig`, settable as ``--set peft.lora.rank=4``, and the plugin
-reads it with ``config.section(LoRAConfig)``. This module imports no torch: the config finds the
-sections by importing the axis's package (:func:`sections`) only when it needs them.
+A plugin of an *axis* (:data:`AXES`: ``world``, ``peft``, ``objective``, ``personal``) may declare
+its own **config section**: a frozen dataclass of its knobs, each field made with :func:`knob`
+(default, help text, range or choices). It becomes the TOML table ``[<axis>.<plugin>]``
+(``[peft.lora] rank = 8``, ``[objective.prox] mu = 0.01``) of :class:`~fedpurel_lite.config.RunConfig`,
+settable as ``--set peft.lora.rank=4``, and the plugin reads it with ``config.section(LoRAConfig)``.
+A config selects one plugin per axis (:class:`Axis`): directly by a key (``method.peft``) or through
+the record that key names (``method.name`` names a method, whose ``stage1`` is the objective). This
+module imports no torch: the config finds the sections by importing the axis's package
+(:func:`sections`), and a method's record (:func:`selected_plugin`), only when it needs them.
 """
 
 from __future__ import annotations
@@ -21,17 +24,44 @@ from __future__ import annotations
 import dataclasses
 import importlib
 from collections.abc import Callable, Iterator
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, NamedTuple, TypeVar
 
 from .errors import ConfigError
 
 S = TypeVar("S")
 T = TypeVar("T")
 
-#: the plugin axes with config sections: TOML table -> (package whose modules register the plugins, selecting key)
-AXES: dict[str, tuple[str, str]] = {
-    "world": ("fedpurel_lite.worlds", "world.name"),
-    "peft": ("fedpurel_lite.peft", "method.peft"),
+
+
+class Axis(NamedTuple):
+    """A plugin axis with config sections: where its plugins register and how a config selects one.
+
+    Attributes
+    ----------
+    package : str
+        The package whose modules register the axis's plugins (imported to find their sections).
+    key : str
+        The core config key that selects the plugin (``"method.peft"``), or that names the record
+        which does (``"method.name"``).
+    record : str
+        ``""`` when ``key`` names the plugin itself; else ``"module:function"``, a function from the
+        key's value to its record (``"fedpurel_lite.methods:get_method"``), imported only when asked.
+    field : str
+        The record's attribute that names the plugin (``"stage1"``; its ``None``: no plugin).
+    """
+
+    package: str
+    key: str
+    record: str = ""
+    field: str = ""
+
+
+#: the plugin axes with config sections, by TOML table
+AXES: dict[str, Axis] = {
+    "world": Axis("fedpurel_lite.worlds", "world.name"),
+    "peft": Axis("fedpurel_lite.peft", "method.peft"),
+    "objective": Axis("fedpurel_lite.purify", "method.name", "fedpurel_lite.methods:get_method", "stage1"),
+    "personal": Axis("fedpurel_lite.personal", "method.name", "fedpurel_lite.methods:get_method", "personal"),
 }
 #: field types a section may declare (what TOML and ``--set`` can give)
 SECTION_TYPES = ("bool", "int", "float", "str")
@@ -86,8 +116,25 @@ def register_section(axis: str, name: str, config: type) -> None:
 
 def sections(axis: str) -> dict[str, type]:
     """The config sections of an axis's plugins by plugin name (imports the axis's package first)."""
-    importlib.import_module(AXES[axis][0])
+    importlib.import_module(AXES[axis].package)
     return dict(_SECTIONS[axis])
+
+
+def selected_plugin(axis: str, value: str) -> str:
+    """The plugin of ``axis`` that the value of its selecting key (:attr:`Axis.key`) selects.
+
+    The value itself, or the plugin its record names (importing the record's module: a method's
+    record imports torch); ``""`` when the record names none or the value names no record.
+    """
+    spec = AXES[axis]
+    if not spec.record:
+        return value
+    module, function = spec.record.split(":")
+    try:
+        record = getattr(importlib.import_module(module), function)(value)
+    except ConfigError:  # an unknown method: preflight names it; it selects no plugin here
+        return ""
+    return getattr(record, spec.field) or ""
 
 
 def section_names(config: type) -> list[tuple[str, str]]:

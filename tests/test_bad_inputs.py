@@ -32,7 +32,7 @@ SET_CASES = [
     ("lr-zero", ["lr=0"], r"stage1.lr=0.0: allowed \(0, 100\]"),
     ("weight-decay-inf", ["weight_decay=inf"], "stage1.weight_decay=inf: allowed a finite number"),
     ("lambda-inf", ["lambda_proj=inf"], "purification.lambda_proj=inf: allowed a finite number"),
-    ("la-tau-inf", ["la_tau=inf"], "baselines.la_tau=inf: allowed a finite number"),
+    ("la-tau-inf", ["objective.la.tau=inf"], "objective.la.tau=inf: allowed a finite number"),
     ("rounds-float", ["rounds=1.5"], "federation.rounds='1.5': allowed an integer"),
     ("rounds-bool", ["rounds=true"], "federation.rounds='true': allowed an integer"),
     ("rounds-zero", ["rounds=0"], r"federation.rounds=0: allowed \[1, 1000000\]"),
@@ -289,8 +289,8 @@ def test_debug_shows_the_traceback_and_a_subprocess_prints_one_line(tmp_path):
 # written; "finite" = exit 0 with every final tensor finite.
 HOSTILE = [
     ("lambda-huge", ["lambda_proj=1e308"], "error", r"purification.lambda_proj=1e\+308: allowed \[0, 10\]"),
-    ("la-tau-huge", ["method=fedavg-la", "la_tau=1e308"], "error", r"baselines.la_tau=1e\+308: allowed \[0, 100\]"),
-    ("prox-mu-huge", ["method=fedprox", "prox_mu=1e308"], "error", r"baselines.prox_mu=1e\+308: allowed \[0, 1000\]"),
+    ("la-tau-huge", ["method=fedavg-la", "tau=1e308"], "error", r"objective.la.tau=1e\+308: allowed \[0, 100\]"),
+    ("prox-mu-huge", ["method=fedprox", "mu=1e308"], "error", r"objective.prox.mu=1e\+308: allowed \[0, 1000\]"),
     ("lora-alpha-huge", ["peft=lora", "peft.lora.alpha=1e308"], "error",
      r"peft.lora.alpha=1e\+308: allowed \(0, 1024\]"),
     ("momentum-one-lr-huge", ["momentum=0.9999999999", "lr=1000"], "error", r"stage1.lr=1000.0: allowed \(0, 100\]"),
@@ -306,9 +306,9 @@ HOSTILE = [
      r"^error: federation.dirichlet_alpha=1e\+308: allowed \(0, 1000000\]$"),
     ("many-clients-dirichlet", ["num_clients=1084", "participation=0.01"], "error",
      r"^error: federation.num_clients=1084: no Dirichlet split .* raising federation.dirichlet_alpha does not help"),
-    ("prox-diverges", ["method=fedprox", "prox_mu=1000", "lr=1", "num_clients=4"], "stopped",
+    ("prox-diverges", ["method=fedprox", "objective.prox.mu=1000", "lr=1", "num_clients=4"], "stopped",
      r"^error: training became non-finite in round 0, client \d+, stage 1 \(local training of the shared PEFT\), "
-     r"at step \d+ the loss is (nan|inf); most likely at fault: baselines.prox_mu=1000 .*no round completed"),
+     r"at step \d+ the loss is (nan|inf); most likely at fault: objective.prox.mu=1000 .*no round completed"),
     ("edges-finite", ["lr=100", "momentum=0.999", "lambda_proj=10", "personal_lr=100", "num_clients=4"], "finite", ""),
 ]
 

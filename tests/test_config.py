@@ -7,6 +7,8 @@ import pytest
 from fedpurel_lite.config import MOVED, RunConfig, resolve_key
 from fedpurel_lite.errors import ConfigError
 from fedpurel_lite.peft import LoRAConfig, PromptConfig
+from fedpurel_lite.personal.residual import ResidualHeadConfig
+from fedpurel_lite.purify import ProxConfig
 from fedpurel_lite.registry import knob, register_section
 from fedpurel_lite.worlds.folder import FolderConfig
 
@@ -16,7 +18,7 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 def test_sections_match_the_toml_tables():
     cfg = RunConfig()
     assert list(cfg.to_dict()) == ["world", "longtail", "federation", "method", "stage1", "purification",
-                                   "personalization", "baselines", "run"]
+                                   "personalization", "run"]
     assert cfg.stage1.lr == 0.01 and cfg.federation.rounds == 100 and cfg.method.name == "fedpurel"
     assert cfg.get("lr") == cfg.get("stage1.lr") == 0.01 and cfg.get("method") == "fedpurel"
 
@@ -180,6 +182,59 @@ def test_old_bare_names_that_changed_name_the_new_key_and_unchanged_ones_still_w
     cfg = RunConfig().with_overrides({"variant": "shape-grouped", "n_ctx": 2, "class_specific": True})
     assert (cfg.get("world.shapes.variant"), cfg.get("peft.prompt.n_ctx"), cfg.get("class_specific")) == (
         "shape-grouped", 2, True)
+
+
+@pytest.mark.parametrize(("old", "new"), [
+    ("prox_mu", "objective.prox.mu"), ("la_tau", "objective.la.tau"), ("interp_beta", "personal.interp.beta"),
+    ("folio_theta", "personal.folio.theta"), ("residual_scale", "personal.residual.scale"),
+    ("residual_bias", "personal.residual.bias"),
+])
+def test_old_bare_names_of_objective_and_personalization_knobs_name_the_new_key(old, new, tmp_path):
+    value = "true" if old == "residual_bias" else "0.5"
+    for build in (lambda: RunConfig().with_overrides([f"{old}={value}"]),
+                  lambda: RunConfig().with_overrides({old: 0.5}),
+                  lambda: RunConfig.from_dict({old: 0.5})):
+        with pytest.raises(ConfigError, match=rf"{old} moved to {new} \(.*--set {new}=\.\.\."):
+            build()
+    path = tmp_path / "old.toml"
+    path.write_text("[baselines]\n")  # the whole table is gone: its keys are listed with their new places
+    with pytest.raises(ConfigError, match=r"the table \[baselines\] is gone; its keys moved to objective.prox.mu, "
+                                          r"objective.la.tau, personal.interp.beta, personal.folio.theta"):
+        RunConfig.load(path)
+
+
+def test_the_method_selects_its_objective_and_personalization_sections():
+    fedprox = RunConfig().with_overrides(["method=fedprox", "mu=0.5"])
+    assert (fedprox.selected("objective"), fedprox.selected("personal")) == ("prox", "")
+    assert fedprox.section(ProxConfig).mu == 0.5 == fedprox.get("objective.prox.mu")
+    assert fedprox.to_dict()["objective"] == {"prox": {"mu": 0.5}} and "personal" not in fedprox.to_dict()
+    linear = RunConfig().with_overrides({"method": "fedpurel-linear", "bias": True})
+    assert linear.section(ResidualHeadConfig) == ResidualHeadConfig(scale=0.0, bias=True)
+    assert linear.to_dict()["personal"] == {"residual": {"scale": 0.0, "bias": True}}
+    assert "objective" not in linear.to_dict()  # purify has no section of its own: [purification] is core
+    interp = RunConfig().with_overrides({"method": "interp"})  # the selected kind's section is written in full
+    assert interp.to_dict()["personal"] == {"interp": {"beta": 0.5}} and interp.get("beta") == 0.5
+    # a knob of another method's plugin is kept (it does nothing here) and round-trips
+    kept = RunConfig().with_overrides({"method": "fedavg", "tau": 2.0, "theta": 0.3})
+    assert kept.to_dict()["objective"] == {"la": {"tau": 2.0}} and kept.to_dict()["personal"] == {
+        "folio": {"theta": 0.3}}
+    assert RunConfig.from_dict(kept.to_dict()) == kept and kept.differences(RunConfig().with_overrides(
+        {"method": "fedavg"})) == ["objective.la.tau", "personal.folio.theta"]
+    assert RunConfig().with_overrides({"method": "no-such-method"}).selected("objective") == ""
+
+
+@pytest.mark.parametrize(("table", "message"), [
+    ({"objective": {"prox": {"mu": -1.0}}}, r"objective.prox.mu=-1.0: allowed \[0, 1000\]"),
+    ({"objective": {"la": {"tau": 101}}}, r"objective.la.tau=101.0: allowed \[0, 100\]"),
+    ({"personal": {"interp": {"beta": 1.5}}}, r"personal.interp.beta=1.5: allowed \[0, 1\]"),
+    ({"personal": {"folio": {"theta": "x"}}}, r"personal.folio.theta='x' is a str; allowed a finite number"),
+    ({"personal": {"residual": {"bias": 1}}}, r"personal.residual.bias=1 is a int; allowed true or false"),
+    ({"objective": {"purify": {"lambda_proj": 1.0}}}, r"unknown table \[objective.purify\]; known: "
+                                                      r"\[objective.prox\], \[objective.la\]"),
+])
+def test_objective_and_personalization_sections_are_checked_with_the_full_key(table, message):
+    with pytest.raises(ConfigError, match=message):
+        RunConfig.from_dict(table)
 
 
 def test_a_section_must_be_a_frozen_dataclass_of_documented_fields():

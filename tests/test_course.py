@@ -385,7 +385,7 @@ def test_the_glossary_defaults_are_the_code_defaults() -> None:
     assert c.federation.participation == 0.4 and "`participation` = 40 %" in text
     assert c.federation.dirichlet_alpha == 1.0 and "`dirichlet_alpha`, default 1.0" in text
     assert c.personalization.personal_alpha == 0.9 and "(`personal_alpha`, default 0.9)" in text
-    assert c.baselines.la_tau == 1.0 and "`la_tau`, default 1" in text
+    assert c.get("objective.la.tau") == 1.0 and "`objective.la.tau`, default 1" in text
     assert c.purification.lambda_proj == 1.0 and "default 1: λ = 1 removes" in text
     assert inspect.signature(metrics.expected_calibration_error).parameters["n_bins"].default == 15
     assert "(15 equal bins)" in text

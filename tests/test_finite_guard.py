@@ -57,13 +57,13 @@ def test_checks_pass_finite_values_and_name_the_first_bad_one():
     ({"lr": 50.0}, 1, "ce", None, r"stage1.lr=50 \(5e\+03 times its default 0.01; lower it\)"),
     ({"momentum": 0.999, "lr": 0.02}, 1, "ce", None,
      r"stage1.momentum=0.999 \(its step gain 1/\(1 - momentum\) is 100 times the default's; lower it\)"),
-    ({"prox_mu": 1000.0, "lr": 1.0}, 1, "prox", None, r"baselines.prox_mu=1000 \(1e\+05 times"),
-    ({"prox_mu": 1000.0, "lr": 1.0}, 1, "ce", None, r"stage1.lr=1 "),  # prox_mu does not act on plain CE
-    ({"la_tau": 100.0}, 1, "la", None, r"baselines.la_tau=100 "),
+    ({"mu": 1000.0, "lr": 1.0}, 1, "prox", None, r"objective.prox.mu=1000 \(1e\+05 times"),
+    ({"mu": 1000.0, "lr": 1.0}, 1, "ce", None, r"stage1.lr=1 "),  # mu does not act on plain CE
+    ({"tau": 100.0}, 1, "la", None, r"objective.la.tau=100 "),
     ({"lambda_proj": 10.0}, 1, "purify", None, r"purification.lambda_proj=10 "),
     ({"personal_lr": 5.0, "lr": 50.0}, 2, "ce", "residual", r"personalization.personal_lr=5 "),
-    ({"residual_scale": 1000.0}, 2, "ce", "residual",
-     r"personalization.residual_scale=1000 \(10 times its default 100"),
+    ({"scale": 1000.0}, 2, "ce", "residual",
+     r"personal.residual.scale=1000 \(10 times its default 100"),
     ({}, 1, "ce", None, r"stage1.lr=0.01 \(every setting of this stage is at or below its default"),
     ({}, 2, None, "residual", r"personalization.personal_lr=0.01 \(every setting"),
 ])
@@ -78,8 +78,8 @@ def test_suspects_follow_the_method():
     cfg = RunConfig().with_overrides({"peft": "lora"})
     assert suspects(cfg, 1, "purify") == ["stage1.lr", "stage1.momentum", "stage1.weight_decay",
                                           "purification.lambda_proj", "peft.lora.alpha"]
-    assert "baselines.prox_mu" in suspects(cfg, 1, "prox") and "baselines.la_tau" in suspects(cfg, 1, "la")
-    assert suspects(RunConfig(), 2, None, "residual")[-1] == "personalization.residual_scale"
+    assert "objective.prox.mu" in suspects(cfg, 1, "prox") and "objective.la.tau" in suspects(cfg, 1, "la")
+    assert suspects(RunConfig(), 2, None, "residual")[-1] == "personal.residual.scale"
 
 
 # ----------------------------------------------------------------------------- in the simulator
@@ -176,9 +176,9 @@ def test_non_finite_test_logits_are_caught_at_evaluation(core_bank, monkeypatch)
 
 
 def test_a_diverging_proximal_run_is_stopped_not_returned(core_bank):
-    """Within every range, FedProx with lr * prox_mu far above 2 diverges: the guard stops it."""
-    with pytest.raises(NonFiniteError, match=r"stage 1 .*most likely at fault: baselines.prox_mu=1000"):
-        run(_cfg(method="fedprox", prox_mu=1000.0, lr=1.0, rounds=2), bank=core_bank, progress=False)
+    """Within every range, FedProx with lr * mu far above 2 diverges: the guard stops it."""
+    with pytest.raises(NonFiniteError, match=r"stage 1 .*most likely at fault: objective.prox.mu=1000"):
+        run(_cfg(method="fedprox", mu=1000.0, lr=1.0, rounds=2), bank=core_bank, progress=False)
 
 
 def test_a_finite_run_is_unchanged_by_the_guard(core_bank, tmp_path):

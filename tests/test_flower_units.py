@@ -390,10 +390,10 @@ def test_a_diverging_flower_run_stops_with_the_guard_line():
     from fedpurel_lite.flower.server_app import serve
 
     preset = Path(__file__).resolve().parents[1] / "configs" / "embedded.toml"
-    cfg = RunConfig.load(preset).with_overrides(["rounds=1", "method=fedprox", "prox_mu=1000", "lr=1",
+    cfg = RunConfig.load(preset).with_overrides(["rounds=1", "method=fedprox", "objective.prox.mu=1000", "lr=1",
                                                  "num_clients=4"])
     with pytest.raises(NonFiniteError) as err:
         serve(_InProcessGrid(build_client_app(cfg), 4), cfg)
     assert re.fullmatch(r"training became non-finite in round 0, client \d, stage 1 \(local training of the shared "
-                        r"PEFT\), at step \d+ the loss is (nan|inf); most likely at fault: baselines\.prox_mu=1000 "
+                        r"PEFT\), at step \d+ the loss is (nan|inf); most likely at fault: objective\.prox\.mu=1000 "
                         r"[^\n]*; no round completed", str(err.value)), str(err.value)

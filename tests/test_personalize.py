@@ -108,7 +108,7 @@ def test_start_state_rules(core_bank):
 
 def test_interp_and_folio_fusion_formulas(core_bank):
     cfg, glob, init, _, _ = _setup(core_bank)
-    cfg = cfg.with_overrides({"interp_beta": 0.3, "folio_theta": 0.4})
+    cfg = cfg.with_overrides({"personal.interp.beta": 0.3, "personal.folio.theta": 0.4})
     local = build_peft("head", core_bank)
     with torch.no_grad():
         local.weight.mul_(-1.0)

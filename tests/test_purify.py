@@ -255,7 +255,7 @@ def _local_train_by_hooks(peft, features, labels, teacher_logits, config, genera
 
 
 @pytest.mark.parametrize(("mode", "overrides"), [
-    ("ce", {}), ("ce", {"track_cos": True}), ("prox", {"prox_mu": 0.5}), ("la", {"la_tau": 0.7}),
+    ("ce", {}), ("ce", {"track_cos": True}), ("prox", {"objective.prox.mu": 0.5}), ("la", {"objective.la.tau": 0.7}),
     ("purify", {}), ("purify", {"projection": "tensor", "lambda_proj": 0.5}), ("purify", {"kl_log": "clamped"}),
     ("purify-kl", {}),
 ])

@@ -3,9 +3,12 @@
 A personalization kind is one class implementing :class:`Personalization`: what personal module a
 client works with (:meth:`~Personalization.new_module`), what it trains from in a round
 (:meth:`~Personalization.start_state`), its logits, loss and training step, and which of its
-logits can be kept across rounds (:meth:`~Personalization.branch_only`). A kind module decorates
-its class with :func:`register_personalization`; the engine (:mod:`fedpurel_lite.personalize`,
-the round loop, the Flower apps) reaches a kind only through :data:`PERSONALIZATIONS`.
+logits can be kept across rounds (:meth:`~Personalization.branch_only`). A kind with knobs of its
+own declares them as a config section (a class attribute ``section``: a frozen dataclass of
+:func:`~fedpurel_lite.registry.knob` fields, the TOML table ``[personal.<name>]``, read with
+``config.section(ItsConfig)``). A kind module decorates its class with
+:func:`register_personalization`; the engine (:mod:`fedpurel_lite.personalize`, the round loop,
+the Flower apps) reaches a kind only through :data:`PERSONALIZATIONS`.
 """
 
 from __future__ import annotations
@@ -84,17 +87,21 @@ class Personalization(Protocol):
 
 
 #: every registered personalization kind
-PERSONALIZATIONS: Registry[Personalization] = Registry("personalization kind", "personalization")
+PERSONALIZATIONS: Registry[Personalization] = Registry("personalization kind", "personalization", axis="personal")
 
 P = TypeVar("P", bound=type)
 
 
 def register_personalization(cls: P) -> P:
-    """Class decorator: register an instance of ``cls`` under its ``name`` in :data:`PERSONALIZATIONS`."""
+    """Class decorator: register an instance of ``cls`` under its ``name`` in :data:`PERSONALIZATIONS`.
+
+    The class attribute ``section`` (optional) is the kind's config section, ``[personal.<name>]``.
+    """
     kind = cls()
     if kind.start not in START_RULES:
         raise ValueError(f"personalization {kind.name!r}: start {kind.start!r} is not one of {START_RULES}")
-    PERSONALIZATIONS.add(kind.name, kind)
+    section = getattr(cls, "section", None)
+    PERSONALIZATIONS.add(kind.name, kind, section if isinstance(section, type) else None)
     return cls
 
 
@@ -126,6 +133,7 @@ class PersonalizationBase:
     residual: ClassVar[bool] = False
     start: ClassVar[str] = "new"
     suspect_keys: ClassVar[tuple[str, ...]] = ()
+    section: ClassVar[type | None] = None
 
     def new_module(self, global_peft: PEFTModule, config: RunConfig) -> nn.Module:
         """A copy of the global PEFT (its state is overwritten by the start state)."""

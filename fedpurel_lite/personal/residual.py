@@ -11,6 +11,7 @@ inference ``l_G + l_L``; the branch persists across rounds.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
@@ -19,6 +20,7 @@ from torch import Tensor, nn
 
 from ..core.residual import ResidualHead, residual_gradients
 from ..peft import PEFTModule
+from ..registry import knob
 from .base import PersonalizationBase, head_features, register_personalization
 
 if TYPE_CHECKING:
@@ -67,23 +69,33 @@ class _Residual(PersonalizationBase):
         return torch.cat([personal(x[i:i + batch_size]) for i in range(0, x.shape[0], batch_size)])
 
 
+@dataclass(frozen=True)
+class ResidualHeadConfig:
+    """``[personal.residual]``: the linear residual head."""
+
+    scale: float = knob(0.0, "logit scale of the head (0 = the backbone's)", range="[0, 1000]")
+    bias: bool = knob(False, "a per-class bias in the head")
+
+
 @register_personalization
 class ResidualHeadKind(_Residual):
     """A zero-initialised linear residual head on the image features (persistent, fresh at first participation).
 
-    ``personalization.residual_scale`` (0: the backbone's logit scale) scales it,
-    ``personalization.residual_bias`` adds a per-class bias.
+    ``personal.residual.scale`` (0: the backbone's logit scale) scales it, ``personal.residual.bias``
+    adds a per-class bias.
     """
 
     name = "residual"
     description = "zero-initialised linear residual head on the image features"
     start = "new"
-    suspect_keys = ("personalization.residual_scale",)
+    suspect_keys = ("personal.residual.scale",)
+    section = ResidualHeadConfig
 
     def new_module(self, global_peft: PEFTModule, config: RunConfig) -> nn.Module:
         cls = global_peft.class_features().detach()
-        scale = config.personalization.residual_scale or global_peft.logit_scale
-        return ResidualHead(cls.shape[1], cls.shape[0], scale, config.personalization.residual_bias)
+        head = config.section(ResidualHeadConfig)
+        scale = head.scale or global_peft.logit_scale
+        return ResidualHead(cls.shape[1], cls.shape[0], scale, head.bias)
 
     def step(self, personal: nn.Module, global_peft: PEFTModule, x: Tensor, y: Tensor, global_logits: Tensor | None,
              config: RunConfig, params: list[nn.Parameter]) -> tuple[Tensor, list[Tensor]]:
