@@ -64,7 +64,7 @@ def test_05_describes_the_personalization_it_runs():
     for paragraph in text.split("\n\n"):
         if "zero-initialised" in paragraph:
             assert "fedpurel-linear" in paragraph, "a zero-initialised head is only the linear variant"
-        if "residual_scale" in paragraph:
+        if "personal.residual.scale" in paragraph:
             assert "fedpurel-linear" in paragraph and "does nothing here" in paragraph
     assert _held(nb, "fedpurel and fedpurel-noproj personalize with the residual PEFT from zero-shot (residual-peft)")
 
