@@ -104,11 +104,33 @@ def pytest_report_header(config):
 
 
 def pytest_collection_modifyitems(config, items):
-    """Mark the slow tier (see :data:`SLOW_FILES`)."""
+    """Mark the slow tier (see :data:`SLOW_FILES`); the files holding slow tests go first (see :class:`FileGroups`)."""
+    slow_files = set()
     for item in items:
         path = Path(str(item.fspath))
         if path.suffix == ".ipynb" or "browser" in path.parts or path.name in SLOW_FILES:
             item.add_marker(pytest.mark.slow)
+        if item.get_closest_marker("slow"):
+            slow_files.add(path)
+    items.sort(key=lambda item: Path(str(item.fspath)) not in slow_files)  # stable: files stay whole and in order
+
+
+# `make test` and `make check` run on pytest-xdist workers (`-n 2`). A worker takes a whole group of tests at a time:
+# one file (its module fixtures are built once), or the files that share the session's JupyterLab. The long groups
+# are handed out first (the sort above), the short ones fill up the workers at the end.
+SHARED_LAB = {"test_course_in_lab.py", "test_lab_notebooks.py"}
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """Schedule whole groups of tests (see :data:`SHARED_LAB`) in collection order."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class FileGroups(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            path = nodeid.split("::", 1)[0]
+            return "jupyterlab" if Path(path).name in SHARED_LAB else path
+
+    return FileGroups(config, log)
 
 
 WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"

@@ -1,10 +1,11 @@
 """How long the test suite takes, per tier and per file, and how loaded the machine was meanwhile.
 
 ``make test`` is ruff, mypy and one pytest session over ``tests/``, ``notebooks/`` and ``apps/``;
-``make check`` is ruff, mypy and the fast tier (``-m "not slow" tests``). This script runs the same
-steps (or the ones named) and prints, as a Markdown table, the wall time of each step and of each
-test file, the CPU time of the processes it started, and the 1-minute load average sampled every
-few seconds. Timing is measured here, never asserted by a test.
+``make check`` is ruff, mypy and the fast tier (``-m "not slow" tests``); both pytest sessions run on
+the Makefile's ``WORKERS`` pytest-xdist workers. This script runs the same steps (or the ones named)
+and prints, as a Markdown table, the wall time of each step and of each test file, the CPU time of
+the processes it started, and the 1-minute load average sampled every few seconds. Timing is
+measured here, never asserted by a test.
 
 Usage::
 
@@ -12,6 +13,7 @@ Usage::
     python bench/bench_suite.py --steps lint types fast    # make check
     python bench/bench_suite.py --steps files tests/test_flower_engine.py tests/browser/test_lab_notebooks.py
     python bench/bench_suite.py --json /tmp/suite.json --nice 10
+    python bench/bench_suite.py --workers 0               # one process, as before the workers
 
 Run it from the repository root with the project's Python (``.venv/bin/python``). On a shared
 machine the load columns say how far the numbers are from an idle one; ``--nice`` lowers its
@@ -23,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import resource
 import subprocess
 import sys
@@ -79,13 +82,22 @@ class LoadSampler:
         return {"min": round(min(s), 2), "mean": round(sum(s) / len(s), 2), "max": round(max(s), 2)}
 
 
-def pytest_command(args: list[str], junit: Path) -> list[str]:
+def make_workers(makefile: Path = ROOT / "Makefile") -> int:
+    """The number of pytest-xdist workers ``make test`` and ``make check`` use (the Makefile's ``WORKERS``)."""
+    found = re.search(r"^WORKERS \?= (\d+)$", makefile.read_text(), re.M)
+    if found is None:
+        raise SystemExit(f"bench_suite: no 'WORKERS ?= N' line in {makefile}")
+    return int(found.group(1))
+
+
+def pytest_command(args: list[str], junit: Path, workers: int) -> list[str]:
     """A pytest session as ``make`` runs it, plus a JUnit report (per-file times) and the 25 slowest durations."""
-    return [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--durations=25", f"--junitxml={junit}",
-            "-o", "junit_family=xunit1", *args]
+    return [sys.executable, "-m", "pytest", "-n", str(workers), "-p", "no:cacheprovider", "--durations=25",
+            f"--junitxml={junit}", "-o", "junit_family=xunit1", *args]
 
 
-def commands(steps: list[str], files: list[str], junit_dir: Path) -> list[tuple[str, list[str], Path | None]]:
+def commands(steps: list[str], files: list[str], junit_dir: Path,
+             workers: int) -> list[tuple[str, list[str], Path | None]]:
     """The command of each step (and the JUnit file of the pytest ones)."""
     py = sys.executable
     out: list[tuple[str, list[str], Path | None]] = []
@@ -96,13 +108,13 @@ def commands(steps: list[str], files: list[str], junit_dir: Path) -> list[tuple[
         elif step == "types":
             out.append((step, [py, "-m", "mypy"], None))
         elif step == "suite":  # make test's pytest: the default testpaths
-            out.append((step, pytest_command([], junit), junit))
+            out.append((step, pytest_command([], junit, workers), junit))
         elif step == "fast":  # make check's pytest
-            out.append((step, pytest_command(["-q", "-m", "not slow", "tests"], junit), junit))
+            out.append((step, pytest_command(["-q", "-m", "not slow", "tests"], junit, workers), junit))
         elif step == "slow":
-            out.append((step, pytest_command(["-m", "slow"], junit), junit))
+            out.append((step, pytest_command(["-m", "slow"], junit, workers), junit))
         elif step == "files":
-            out.append((step, pytest_command(files, junit), junit))
+            out.append((step, pytest_command(files, junit, workers), junit))
     return out
 
 
@@ -162,6 +174,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="also write the measurements to this JSON file")
     parser.add_argument("--nice", type=int, default=0, help="run the steps at this niceness")
     parser.add_argument("--top", type=int, default=15, help="how many of the slowest files to list")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="pytest-xdist workers (default: the Makefile's WORKERS; 0 = one process)")
     args = parser.parse_args(argv)
     steps = [s for s in args.steps if s in STEPS]
     files = [s for s in args.steps if s not in STEPS]
@@ -169,13 +183,17 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown steps: {', '.join(files)} (paths go after 'files')")
     if "files" in steps and not files:
         parser.error("'files' needs the test paths to run")
-    print(f"bench_suite: {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.2f} at the start", flush=True)
+    workers = make_workers() if args.workers is None else args.workers
+    print(f"bench_suite: {os.cpu_count()} CPUs, {workers} pytest workers, load {os.getloadavg()[0]:.2f} at the start",
+          flush=True)
     with tempfile.TemporaryDirectory(prefix="bench-suite-") as tmp:
-        done = [measure(name, cmd, junit, args.nice) for name, cmd, junit in commands(steps, files, Path(tmp))]
+        done = [measure(name, cmd, junit, args.nice)
+                for name, cmd, junit in commands(steps, files, Path(tmp), workers)]
     print()
     print(table(done, args.top))
     if args.json:
-        args.json.write_text(json.dumps({"cpus": os.cpu_count(), "steps": [asdict(s) for s in done]}, indent=1))
+        record = {"cpus": os.cpu_count(), "workers": workers, "steps": [asdict(s) for s in done]}
+        args.json.write_text(json.dumps(record, indent=1))
     return max((s.returncode for s in done), default=0)
 
 

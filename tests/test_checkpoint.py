@@ -46,6 +46,7 @@ def uninterrupted(tmp_path_factory) -> Path:
     return out
 
 
+@pytest.mark.slow  # whole processes started, killed or resumed: the complete suite's tier, not make check's
 def test_kill_9_at_random_points_then_resume_gives_identical_results(uninterrupted, tmp_path):
     rng = random.Random(20261129)
     out = tmp_path / "run"

@@ -169,6 +169,7 @@ _CHILD = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow  # whole processes started, killed or resumed: the complete suite's tier, not make check's
 def test_two_processes_building_the_same_cache(integrity_tiny, tmp_path, monkeypatch) -> None:
     backbone, world, cfg_dir = integrity_tiny
     cache, go = tmp_path / "cache", tmp_path / "go"

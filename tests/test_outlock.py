@@ -108,6 +108,7 @@ def test_a_second_run_into_a_locked_folder_is_refused_before_any_work(tmp_path, 
         assert "--report=" in _one_error(code, capsys.readouterr().err)
 
 
+@pytest.mark.slow  # whole processes started, killed or resumed: the complete suite's tier, not make check's
 def test_a_run_killed_mid_way_leaves_a_lock_the_next_run_takes_over(tmp_path, capsys, trapped):
     """The real command in a subprocess, SIGKILLed while it holds the folder; the next run checks and takes over."""
     out = tmp_path / "run"

@@ -172,6 +172,7 @@ def test_report_command_on_two_run_folders(run_dirs, tmp_path):
     assert bad.returncode == 2 and bad.stderr.startswith("error: ") and "result.json: missing" in bad.stderr
 
 
+@pytest.mark.slow  # whole processes started, killed or resumed: the complete suite's tier, not make check's
 def test_embedded_run_folders_give_a_report(tmp_path):
     """Two 2-round ``run`` folders of the embedded default, then ``report`` on them (the command line end to end)."""
     dirs = [tmp_path / m for m in ("fedavg", "fedpurel")]

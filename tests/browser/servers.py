@@ -289,9 +289,12 @@ def new_page(chromium_browser):
 
 def record_latency(name: str, seconds: float) -> None:
     """Add one measured widget latency (seconds) to ``build/browser/latency.json`` (a benchmark record)."""
+    import fcntl
     import json
 
     LATENCY_FILE.parent.mkdir(parents=True, exist_ok=True)
-    data = json.loads(LATENCY_FILE.read_text()) if LATENCY_FILE.exists() else {}
-    data[name] = {"seconds": round(float(seconds), 3), "at": time.time()}
-    LATENCY_FILE.write_text(json.dumps(data, indent=1) + "\n")
+    with open(LATENCY_FILE.with_suffix(".lock"), "w") as lock:  # the test workers record side by side
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        data = json.loads(LATENCY_FILE.read_text()) if LATENCY_FILE.exists() else {}
+        data[name] = {"seconds": round(float(seconds), 3), "at": time.time()}
+        LATENCY_FILE.write_text(json.dumps(data, indent=1) + "\n")
