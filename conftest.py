@@ -5,7 +5,7 @@ Voilà server it starts, which inherit its environment) runs on the pinned CPU k
 :mod:`fedpurel_lite.kernels`, so the figures it draws are the same bytes on any x86-64 CPU with
 AVX2. Notebooks executed by the tests write their figures into a temporary folder
 (``FEDPUREL_FIGURES``), never into ``figures/``, and each must equal its committed counterpart
-(``FEDPUREL_FIGURES_CHECK=1``: :func:`fedpurel_lite.plots.save_figure` raises otherwise).
+(``FEDPUREL_FIGURES_CHECK=1``: :func:`fedpurel_lite.views.plots.save_figure` raises otherwise).
 
 nbval (``--nbval-lax``) compares outputs only for cells tagged ``nbval-check-output``, so an empty
 figure (a cell that calls ``plt.show()`` after something switched matplotlib to a non-interactive

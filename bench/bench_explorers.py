@@ -32,9 +32,10 @@ def _moves(explorer, slider, values) -> list[tuple[float, float]]:
 
 
 def main() -> int:
-    from fedpurel_lite import assembly, widgets
-    from fedpurel_lite.bias_app import BiasTransferApp
     from fedpurel_lite.config import RunConfig
+    from fedpurel_lite.engine import assembly
+    from fedpurel_lite.views import widgets
+    from fedpurel_lite.views.bias_app import BiasTransferApp
 
     config = RunConfig.load(ROOT / "configs" / "embedded.toml").with_overrides({"cache_dir": str(ROOT / "data/cache")})
     rows: dict[str, list[tuple[float, float]]] = {}

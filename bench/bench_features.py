@@ -21,8 +21,8 @@ import torch
 
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark and print the numbers."""
-    from fedpurel_lite.backbone import load_backbone
-    from fedpurel_lite.features import encode_images
+    from fedpurel_lite.data.backbone import load_backbone
+    from fedpurel_lite.data.features import encode_images
     from fedpurel_lite.worlds import shapes
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])

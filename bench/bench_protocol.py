@@ -25,11 +25,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from fedpurel_lite.assembly import resolve_device  # noqa: E402
 from fedpurel_lite.config import RunConfig  # noqa: E402
+from fedpurel_lite.engine.assembly import resolve_device  # noqa: E402
+from fedpurel_lite.engine.simulate import run  # noqa: E402
+from fedpurel_lite.engine.workers import resolve_workers  # noqa: E402
 from fedpurel_lite.peft import PEFTS  # noqa: E402
-from fedpurel_lite.simulate import run  # noqa: E402
-from fedpurel_lite.workers import resolve_workers  # noqa: E402
 
 
 def main() -> None:
@@ -43,15 +43,15 @@ def main() -> None:
     args = parser.parse_args()
 
     t0 = time.perf_counter()
-    from fedpurel_lite.features import load_embedded_bank
+    from fedpurel_lite.data.features import load_embedded_bank
 
     config = RunConfig().with_overrides(dict(method=args.method, peft=args.peft, rounds=args.rounds, seed=args.seed))
     config = config.with_overrides(args.set) if args.set else config
     bank = load_embedded_bank(progress=args.progress)
     backbone = None
     if PEFTS.get(args.peft).needs_backbone:
-        from fedpurel_lite.assembly import with_inputs
-        from fedpurel_lite.backbone import load_backbone
+        from fedpurel_lite.data.backbone import load_backbone
+        from fedpurel_lite.engine.assembly import with_inputs
 
         backbone = load_backbone()
         bank = with_inputs(config, bank, backbone, progress=args.progress)  # vision LoRA: the cached tokens

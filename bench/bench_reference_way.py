@@ -31,7 +31,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from fedpurel_lite.config import RunConfig  # noqa: E402
-from fedpurel_lite.local import local_train  # noqa: E402
+from fedpurel_lite.engine.local import local_train  # noqa: E402
 from fedpurel_lite.peft import TextAnchoredHead  # noqa: E402
 
 
@@ -79,8 +79,8 @@ def main() -> None:
     print(f"threads={args.threads}, client size {n}, batch {config.stage1.batch_size} -> {steps_per_epoch} steps/epoch")
 
     # 1. embedded tiny CLIP on real shapes images
-    from fedpurel_lite.backbone import load_backbone, zero_shot_classifier
-    from fedpurel_lite.features import _to_tensor
+    from fedpurel_lite.data.backbone import load_backbone, zero_shot_classifier
+    from fedpurel_lite.data.features import _to_tensor
     from fedpurel_lite.worlds.shapes import load_shapes
 
     bb = load_backbone()

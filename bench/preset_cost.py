@@ -40,14 +40,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from fedpurel_lite.aggregate import ClientSampler  # noqa: E402
-from fedpurel_lite.assembly import assemble, resolve_device, with_method  # noqa: E402
-from fedpurel_lite.backbone import RANDOM_INIT, load_backbone  # noqa: E402
-from fedpurel_lite.client import ClientData, predict_private, train_private, train_shared  # noqa: E402
 from fedpurel_lite.config import RunConfig  # noqa: E402
-from fedpurel_lite.features import FeatureBank  # noqa: E402
-from fedpurel_lite.local import batches  # noqa: E402
-from fedpurel_lite.partition import build_federation  # noqa: E402
+from fedpurel_lite.data.backbone import RANDOM_INIT, load_backbone  # noqa: E402
+from fedpurel_lite.data.features import FeatureBank  # noqa: E402
+from fedpurel_lite.data.partition import build_federation  # noqa: E402
+from fedpurel_lite.engine.aggregate import ClientSampler  # noqa: E402
+from fedpurel_lite.engine.assembly import assemble, resolve_device, with_method  # noqa: E402
+from fedpurel_lite.engine.client import ClientData, predict_private, train_private, train_shared  # noqa: E402
+from fedpurel_lite.engine.local import batches  # noqa: E402
 from fedpurel_lite.worlds.cifar import CIFAR100_COARSE  # noqa: E402
 
 #: the label layout of the worlds this can cost: (classes, training images per class, test images per class)

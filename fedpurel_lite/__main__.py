@@ -28,16 +28,17 @@ from .errors import ConfigError, UserError
 
 # command -> (module, function, one-line help); modules are imported only when used
 COMMANDS: dict[str, tuple[str, str, str]] = {
-    "pretrain": ("fedpurel_lite.pretrain", "main", "pretrain the embedded tiny CLIP"),
-    "features": ("fedpurel_lite.cli", "features_main", "build or verify a world's feature cache"),
-    "run": ("fedpurel_lite.cli", "run_main", "one federated run from a TOML preset"),
-    "compare": ("fedpurel_lite.cli", "compare_main", "several methods on one federation"),
-    "report": ("fedpurel_lite.report", "main", "bias-transfer report (HTML + figures) of run folders"),
+    "pretrain": ("fedpurel_lite.cli.pretrain", "main", "pretrain the embedded tiny CLIP"),
+    "features": ("fedpurel_lite.cli.run", "features_main", "build or verify a world's feature cache"),
+    "run": ("fedpurel_lite.cli.run", "run_main", "one federated run from a TOML preset"),
+    "compare": ("fedpurel_lite.cli.run", "compare_main", "several methods on one federation"),
+    "report": ("fedpurel_lite.views.report", "main", "bias-transfer report (HTML + figures) of run folders"),
     "flower": ("fedpurel_lite.flower.run", "main", "the same run on the Flower engine"),
-    "demo": ("fedpurel_lite.demo", "main", "execute all notebooks, write figures/"),
-    "explore-grid": ("fedpurel_lite.explore_grid", "main", "precompute the explorers' answers (data/explore/)"),
-    "site": ("fedpurel_lite.site", "main", "build the course site (build/site/) from the stored notebooks and docs/"),
-    "student": ("fedpurel_lite.student", "main", "notebooks without solutions or outputs"),
+    "demo": ("fedpurel_lite.cli.demo", "main", "execute all notebooks, write figures/"),
+    "explore-grid": ("fedpurel_lite.views.explore_grid", "main", "precompute the explorers' answers (data/explore/)"),
+    "site": ("fedpurel_lite.cli.site", "main",
+             "build the course site (build/site/) from the stored notebooks and docs/"),
+    "student": ("fedpurel_lite.cli.student", "main", "notebooks without solutions or outputs"),
 }
 
 

@@ -27,7 +27,7 @@ class ResourceMissingError(UserError, FileNotFoundError):
 class NonFiniteError(UserError):
     """Training produced a NaN or an infinity: the run stopped before it could become a result.
 
-    Raised by the finite guard (:mod:`fedpurel_lite.finite`) with a one-line message naming the
+    Raised by the finite guard (:mod:`fedpurel_lite.engine.finite`) with a one-line message naming the
     round, the client, the quantity that went non-finite and the setting most likely at fault;
     nothing is written as a final result, and the checkpoints of the completed rounds are kept.
 

@@ -3,7 +3,7 @@
 A :class:`Method` names the stage-1 objective of the shared PEFT (a name in
 :data:`fedpurel_lite.purify.OBJECTIVES`; ``None`` = no federated training: the global model stays
 zero-shot), the stage-2 personalization kind (a name in
-:data:`fedpurel_lite.personalize.PERSONALIZATIONS`; ``None`` = the personal model *is* the global
+:data:`fedpurel_lite.engine.personalize.PERSONALIZATIONS`; ``None`` = the personal model *is* the global
 model) and optional config overrides. ``get_method`` resolves a name; an unknown name raises a
 :class:`~fedpurel_lite.errors.ConfigError` listing the valid ones.
 
@@ -22,9 +22,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .personalize import PERSONALIZATIONS
+from .config.registry import Registry
+from .engine.personalize import PERSONALIZATIONS
 from .purify import OBJECTIVES
-from .registry import Registry
 
 
 @dataclass(frozen=True)
@@ -39,7 +39,7 @@ class Method:
         Stage-1 objective (:data:`~fedpurel_lite.purify.OBJECTIVES`), or ``None`` for no federated
         training.
     personal : str or None
-        Personalization kind (:data:`~fedpurel_lite.personalize.PERSONALIZATIONS`), or ``None``.
+        Personalization kind (:data:`~fedpurel_lite.engine.personalize.PERSONALIZATIONS`), or ``None``.
     description : str
         One line for tables and the CLI.
     overrides : dict

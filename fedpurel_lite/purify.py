@@ -29,7 +29,7 @@ zero-shot CLIP) give
   projection acts on the whole flattened trainable gradient (default, the paper's formula) or
   per tensor (the reference code).
 
-The local epochs that call these hooks are in :mod:`fedpurel_lite.local`.
+The local epochs that call these hooks are in :mod:`fedpurel_lite.engine.local`.
 """
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ from typing import ClassVar, Protocol, TypeVar
 import torch
 from torch import Tensor
 
+from .config.registry import Registry, knob
 from .core import (
     P_FLOOR,
     TAU_HI,
@@ -53,7 +54,6 @@ from .core import (
     project,
     project_gradients,
 )
-from .registry import Registry, knob
 
 __all__ = [
     "OBJECTIVES", "P_FLOOR", "TAU_HI", "TAU_LO", "LogitAdjustedConfig", "Objective", "ObjectiveConfig",
@@ -122,7 +122,7 @@ class Objective:
     knobs : tuple of str
         Dotted config keys this objective reads (its step gain: a non-finite loss names them).
     section : type or None
-        Its own config section (a frozen dataclass of :func:`~fedpurel_lite.registry.knob` fields),
+        Its own config section (a frozen dataclass of :func:`~fedpurel_lite.config.registry.knob` fields),
         the TOML table ``[objective.<name>]``; ``None``: it has no knobs of its own.
     """
 

@@ -22,10 +22,10 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from fedpurel_lite.backbone import load_backbone, zero_shot_classifier  # noqa: E402
-from fedpurel_lite.features import encode_images  # noqa: E402
-from fedpurel_lite.plots import save_figure  # noqa: E402
+from fedpurel_lite.data.backbone import load_backbone, zero_shot_classifier  # noqa: E402
+from fedpurel_lite.data.features import encode_images  # noqa: E402
 from fedpurel_lite.purify import aligned_kl, project  # noqa: E402
+from fedpurel_lite.views.plots import save_figure  # noqa: E402
 from fedpurel_lite.worlds.shapes import CLASS_NAMES, TEMPLATES, render  # noqa: E402
 
 

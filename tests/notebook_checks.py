@@ -17,8 +17,8 @@ IMAGE_TYPES = ("image/png", "image/svg+xml", "image/jpeg")
 
 
 def drawing_functions() -> list[str]:
-    """Names of the ``fedpurel_lite.plots`` functions that draw into axes (they take ``ax`` or ``axes``)."""
-    from fedpurel_lite import plots
+    """Names of the ``fedpurel_lite.views.plots`` functions that draw into axes (they take ``ax`` or ``axes``)."""
+    from fedpurel_lite.views import plots
 
     names = []
     for name, fn in vars(plots).items():

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from fedpurel_lite.aggregate import ClientSampler, fedavg, num_sampled
+from fedpurel_lite.engine.aggregate import ClientSampler, fedavg, num_sampled
 
 pytestmark = pytest.mark.usefixtures("core_one_thread")
 

@@ -2,15 +2,15 @@
 
 import numpy as np
 
-from fedpurel_lite.assembly import personal_predictions, rebuild_global_model
-from fedpurel_lite.results import SUMMARY_COLUMNS, summary_table
+from fedpurel_lite.engine.assembly import personal_predictions, rebuild_global_model
+from fedpurel_lite.engine.results import SUMMARY_COLUMNS, summary_table
 
 
 def test_personal_predictions_match_the_simulator(core_one_thread):
     from conftest import core_make_bank
     from fedpurel_lite.config import RunConfig
-    from fedpurel_lite.partition import build_federation
-    from fedpurel_lite.simulate import run
+    from fedpurel_lite.data.partition import build_federation
+    from fedpurel_lite.engine.simulate import run
 
     cfg = RunConfig().with_overrides(dict(num_clients=5, participation=0.4, rounds=3, imbalance_ratio=10,
                                           min_client_size=5, lr=0.2, personal_lr=0.5, batch_size=16, seed=3))
@@ -46,7 +46,7 @@ def test_summary_table_selects_and_rounds():
 def test_assemble_loads_the_backbone_only_when_the_peft_needs_it(core_bank, monkeypatch):
     import torch
 
-    import fedpurel_lite.assembly as assembly
+    import fedpurel_lite.engine.assembly as assembly
     from fedpurel_lite.config import RunConfig
     from fedpurel_lite.peft import PEFTS, TextAnchoredHead, register_peft
 
@@ -72,9 +72,9 @@ def test_assemble_loads_the_backbone_only_when_the_peft_needs_it(core_bank, monk
 
 
 def test_load_bank_encodes_on_the_configured_device(monkeypatch, tmp_path):
-    import fedpurel_lite.features as features
-    from fedpurel_lite.assembly import load_bank
+    import fedpurel_lite.data.features as features
     from fedpurel_lite.config import RunConfig
+    from fedpurel_lite.engine.assembly import load_bank
 
     calls = {}
     monkeypatch.setattr(features, "load_embedded_bank", lambda **kw: calls.update(kw) or "bank")

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from conftest import register_tiny_clip
-from fedpurel_lite import backbone as bb
+from fedpurel_lite.data import backbone as bb
 from fedpurel_lite.errors import ConfigError, ResourceMissingError, UserError
 
 WORLDS_TINY = "worlds-test-tiny"

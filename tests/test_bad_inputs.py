@@ -106,8 +106,8 @@ def _snapshot(folder: Path) -> dict[str, bytes]:
 @pytest.fixture
 def trapped(monkeypatch):
     """Fail the test if any data is loaded or any training starts."""
-    import fedpurel_lite.assembly as assembly
-    import fedpurel_lite.simulate as simulate
+    import fedpurel_lite.engine.assembly as assembly
+    import fedpurel_lite.engine.simulate as simulate
 
     def work(*args, **kwargs):
         raise AssertionError("work started before the bad input was reported")

@@ -10,12 +10,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fedpurel_lite import bank as banks
 from fedpurel_lite.config import RunConfig
-from fedpurel_lite.features import FeatureBank
-from fedpurel_lite.token_bank import TokenBank
+from fedpurel_lite.data import bank as banks
+from fedpurel_lite.data.features import FeatureBank
+from fedpurel_lite.data.token_bank import TokenBank
 
-PACKAGE = Path(banks.__file__).resolve().parent
+PACKAGE = Path(banks.__file__).resolve().parents[1]
 #: what the Bank protocol promises (its properties and methods)
 PROTOCOL = sorted(n for proto in (banks.FeatureSource, banks.Bank) for n in vars(proto) if not n.startswith("_"))
 
@@ -76,7 +76,7 @@ def test_build_bank_gives_what_the_peft_declares():
 
 
 def test_assemble_gives_a_features_peft_the_feature_bank_of_a_token_bank():
-    from fedpurel_lite.assembly import assemble
+    from fedpurel_lite.engine.assembly import assemble
 
     fb = _features(n=60, classes=3)
     parts = assemble(RunConfig().with_overrides({"num_clients": 2, "min_client_size": 2, "imbalance_ratio": 2}),
@@ -105,15 +105,18 @@ def _imports(path: Path) -> set[str]:
     return {m for m in out if m}
 
 
-@pytest.mark.parametrize("module", ["features", "token_bank", "cache_entry", "backbone", "openclip_adapter",
-                                    "lora_tower", "prompt_tower"])
+@pytest.mark.parametrize("module", ["data.features", "data.token_bank", "data.cache_entry", "data.backbone",
+                                    "data.openclip_adapter", "engine.lora_tower", "engine.prompt_tower"])
 def test_nothing_below_the_bank_climbs_back_up(module):
-    imported = _imports(PACKAGE / f"{module}.py")
-    above = {"assembly", "simulate", "client", "peft", "lora_tower", "prompt_tower", "bank"}
-    climbs = {m for m in imported if m.split(".")[0] in above and m != module}
+    imported = _imports(PACKAGE / f"{module.replace('.', '/')}.py")
+    above = {"engine.assembly", "engine.simulate", "engine.client", "peft", "engine.lora_tower",
+             "engine.prompt_tower", "data.bank"}
+    climbs = {m for m in imported if any(m == a or m.startswith(f"{a}.") for a in above)
+              and not (m == module or m.startswith(f"{module}."))}
     assert climbs == set(), f"{module} imports {sorted(climbs)}"
 
 
 def test_the_data_caches_do_not_import_the_training_towers():
-    assert not {m for m in _imports(PACKAGE / "token_bank.py") if m.startswith(("lora_tower", "peft"))}
-    assert "openclip_adapter" in _imports(PACKAGE / "token_bank.py")
+    assert not {m for m in _imports(PACKAGE / "data" / "token_bank.py")
+                if m.startswith(("engine.lora_tower", "peft"))}
+    assert "data.openclip_adapter" in _imports(PACKAGE / "data" / "token_bank.py")

@@ -14,10 +14,10 @@ from conftest import explorer_config
 
 
 def test_bias_view_measures_the_personal_models(core_bank, core_one_thread):
-    from fedpurel_lite.assembly import personal_predictions
-    from fedpurel_lite.bias_app import CELLS, bias_view
-    from fedpurel_lite.metrics import local_head_lean
-    from fedpurel_lite.partition import build_federation, count_matrix
+    from fedpurel_lite.data.partition import build_federation, count_matrix
+    from fedpurel_lite.engine.assembly import personal_predictions
+    from fedpurel_lite.engine.metrics import local_head_lean
+    from fedpurel_lite.views.bias_app import CELLS, bias_view
 
     runs: dict = {}
     view = bias_view(core_bank, explorer_config(), 10, 1.0, ("fedavg", "fedpurel"), rounds=2, runs=runs)
@@ -46,8 +46,8 @@ def test_bias_view_measures_the_personal_models(core_bank, core_one_thread):
 @pytest.fixture
 def tiny_grid(core_bank, tmp_path):
     """A grid file of the app for the synthetic bank: two settings, one round, every method."""
-    from fedpurel_lite import bias_app
-    from fedpurel_lite.explore_grid import fingerprint, point_key, write_grid
+    from fedpurel_lite.views import bias_app
+    from fedpurel_lite.views.explore_grid import fingerprint, point_key, write_grid
 
     cfg, runs = explorer_config(), {}
     points = {point_key(r, 1.0): bias_app.app_point(core_bank, cfg, r, 1.0, bias_app.APP_METHODS, 1, runs)
@@ -58,7 +58,7 @@ def tiny_grid(core_bank, tmp_path):
 
 
 def test_app_answers_grid_settings_from_the_file(core_bank, core_one_thread, tiny_grid):
-    from fedpurel_lite.bias_app import BiasTransferApp, bias_view
+    from fedpurel_lite.views.bias_app import BiasTransferApp, bias_view
 
     path, runs = tiny_grid
     app = BiasTransferApp(core_bank, explorer_config(), rounds=1, methods=("fedavg", "folio"), draw=False, grid=path)
@@ -76,8 +76,8 @@ def test_app_answers_grid_settings_from_the_file(core_bank, core_one_thread, tin
 
 
 def test_grid_file_of_another_protocol_or_bank_is_not_used(core_bank, tiny_grid):
-    from fedpurel_lite.bias_app import APP_METHODS
-    from fedpurel_lite.explore_grid import GridStore
+    from fedpurel_lite.views.bias_app import APP_METHODS
+    from fedpurel_lite.views.explore_grid import GridStore
 
     store = GridStore.load(tiny_grid[0])
     assert store.matches(explorer_config(), 1, APP_METHODS, core_bank)
@@ -93,7 +93,7 @@ def test_grid_file_of_another_protocol_or_bank_is_not_used(core_bank, tiny_grid)
 
 
 def test_app_controls_recompute(core_bank, core_one_thread):
-    from fedpurel_lite.bias_app import BiasTransferApp
+    from fedpurel_lite.views.bias_app import BiasTransferApp
 
     app = BiasTransferApp(core_bank, explorer_config(), rounds=1, methods=("fedavg",), draw=False)
     assert app.methods == ("fedavg",) and app.data["config"].longtail.imbalance_ratio == 10
@@ -105,8 +105,8 @@ def test_app_controls_recompute(core_bank, core_one_thread):
 
 
 def test_presses_from_the_front_end_are_queued_and_coalesced(core_bank, core_one_thread, monkeypatch):
-    from fedpurel_lite import widgets
-    from fedpurel_lite.bias_app import BiasTransferApp
+    from fedpurel_lite.views import widgets
+    from fedpurel_lite.views.bias_app import BiasTransferApp
 
     app = BiasTransferApp(core_bank, explorer_config(), rounds=1, methods=("fedavg", "fedpurel"), draw=False)
     assert len(app.runs) == 2
@@ -135,7 +135,7 @@ def test_presses_from_the_front_end_are_queued_and_coalesced(core_bank, core_one
 
 
 def test_app_draws_fixed_axes_notes_outside_the_data(core_bank, core_one_thread, tiny_grid):
-    from fedpurel_lite.bias_app import APP_METHODS, BiasTransferApp
+    from fedpurel_lite.views.bias_app import APP_METHODS, BiasTransferApp
 
     app = BiasTransferApp(core_bank, explorer_config(), rounds=1, methods=("fedavg",), draw=False, grid=tiny_grid[0])
     fig = app.draw()
@@ -166,7 +166,7 @@ def test_app_draws_fixed_axes_notes_outside_the_data(core_bank, core_one_thread,
 
 
 def test_notes_say_when_the_tail_is_empty():
-    from fedpurel_lite.bias_app import figure_notes
+    from fedpurel_lite.views.bias_app import figure_notes
 
     data = {"groups": np.array([0, 1, 1]), "lean": {"fedavg": np.array([2.0])}, "zero_shot_lean": np.array([0.0])}
     notes = figure_notes(10, data)
@@ -175,7 +175,7 @@ def test_notes_say_when_the_tail_is_empty():
 
 
 def test_negative_lean_is_explained():
-    from fedpurel_lite.bias_app import lean_note
+    from fedpurel_lite.views.bias_app import lean_note
 
     assert lean_note({"fedavg": np.array([1.0, 2.0])}, np.array([0.0])) == ""
     note = lean_note({"fedavg": np.array([-3.0, 1.0]), "folio": np.array([2.0])}, np.array([-0.5, 0.5]))
@@ -183,7 +183,7 @@ def test_negative_lean_is_explained():
 
 
 def test_the_app_renders_its_widget(core_bank, core_one_thread, tiny_grid):
-    from fedpurel_lite.bias_app import BiasTransferApp
+    from fedpurel_lite.views.bias_app import BiasTransferApp
 
     app = BiasTransferApp(core_bank, explorer_config(), rounds=1, grid=tiny_grid[0])
     (out,) = app.output.outputs

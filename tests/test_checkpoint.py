@@ -15,9 +15,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from fedpurel_lite.checkpoint import find_resume_point, read_checkpoint, save_checkpoint
+from fedpurel_lite.engine.checkpoint import find_resume_point, read_checkpoint, save_checkpoint
+from fedpurel_lite.engine.results import canonical_json, sha256_bytes
 from fedpurel_lite.errors import IntegrityError
-from fedpurel_lite.results import canonical_json, sha256_bytes
 
 ROOT = Path(__file__).resolve().parents[1]
 EMBEDDED = ROOT / "configs" / "embedded.toml"

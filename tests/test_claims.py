@@ -31,11 +31,11 @@ _CACHE: dict[str, dict] = {}
 @pytest.fixture(scope="module")
 def core_claim_world():
     """The embedded bank and its federation (skips when the shipped weights/bank are unavailable)."""
-    from fedpurel_lite.backbone import BackboneUnavailableError
-    from fedpurel_lite.partition import build_federation
+    from fedpurel_lite.data.backbone import BackboneUnavailableError
+    from fedpurel_lite.data.partition import build_federation
 
     try:
-        from fedpurel_lite.features import load_embedded_bank
+        from fedpurel_lite.data.features import load_embedded_bank
 
         bank = load_embedded_bank(progress=False)
     except (BackboneUnavailableError, FileNotFoundError) as exc:  # pragma: no cover - environment dependent
@@ -46,7 +46,7 @@ def core_claim_world():
 
 
 def _summary(world, method: str) -> dict:
-    from fedpurel_lite.simulate import run
+    from fedpurel_lite.engine.simulate import run
 
     if method not in _CACHE:
         bank, fed, config = world

@@ -5,11 +5,11 @@ from pathlib import Path
 import pytest
 
 from fedpurel_lite.config import MOVED, RunConfig, resolve_key
+from fedpurel_lite.config.registry import knob, register_section
 from fedpurel_lite.errors import ConfigError
 from fedpurel_lite.peft import LoRAConfig, PromptConfig
 from fedpurel_lite.personal.residual import ResidualHeadConfig
 from fedpurel_lite.purify import ProxConfig
-from fedpurel_lite.registry import knob, register_section
 from fedpurel_lite.worlds.folder import FolderConfig
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from notebook_checks import output_text
 
-from fedpurel_lite.course import ClaimFailed, frame, guess, quiz, says
+from fedpurel_lite.views.course import ClaimFailed, frame, guess, quiz, says
 
 OPTIONS = [("the tail grows", True, "more classes fall under the tail cut"),
            ("the tail shrinks", False, "the cut keeps more classes, not fewer"),
@@ -114,7 +114,7 @@ def _teacher_notebook():
 def test_student_copy_drops_solutions_outputs_and_widget_state() -> None:
     import nbformat
 
-    from fedpurel_lite.student import PROMPT, student_copy
+    from fedpurel_lite.cli.student import PROMPT, student_copy
 
     teacher = _teacher_notebook()
     before = nbformat.writes(teacher)
@@ -133,7 +133,7 @@ def test_student_command_writes_a_clean_series(tmp_path: Path) -> None:
     import nbformat
 
     from fedpurel_lite.__main__ import main
-    from fedpurel_lite.student import MARKER, series
+    from fedpurel_lite.cli.student import MARKER, series
 
     out = tmp_path / "student"
     assert main(["student", "--out", str(out)]) == 0
@@ -248,7 +248,7 @@ def test_every_notebook_ends_with_a_summary_and_a_quiz(path: Path) -> None:
 
 @pytest.mark.parametrize("path", SERIES, ids=lambda p: p.name[:2])
 def test_answers_are_hidden(path: Path) -> None:
-    from fedpurel_lite.course import SOLUTION_FIRST_LINE
+    from fedpurel_lite.views.course import SOLUTION_FIRST_LINE
 
     nb = _read(path)
     for cell in nb.cells:
@@ -346,7 +346,7 @@ def test_a_flipped_claim_fails_the_notebook(tmp_path: Path) -> None:
 
 
 def test_hidden_result_captures_output_and_raises_again(capsys: pytest.CaptureFixture[str]) -> None:
-    from fedpurel_lite.course import hidden_result
+    from fedpurel_lite.views.course import hidden_result
 
     with hidden_result() as out:
         assert out is not None
@@ -360,7 +360,7 @@ def test_the_glossary_numbers_are_the_computed_ones() -> None:
 
     from safetensors import safe_open
 
-    from fedpurel_lite import backbone, longtail
+    from fedpurel_lite.data import backbone, longtail
 
     text = GLOSSARY.read_text()
     sizes = longtail.group_sizes(longtail.assign_groups(longtail.class_counts(500, 100, 100)))
@@ -377,8 +377,9 @@ def test_the_glossary_numbers_are_the_computed_ones() -> None:
 def test_the_glossary_defaults_are_the_code_defaults() -> None:
     import inspect
 
-    from fedpurel_lite import metrics, purify
+    from fedpurel_lite import purify
     from fedpurel_lite.config import RunConfig
+    from fedpurel_lite.engine import metrics
 
     text = " ".join(GLOSSARY.read_text().split())
     c = RunConfig()

@@ -7,7 +7,7 @@ import uuid
 
 import nbformat
 
-from fedpurel_lite import demo
+from fedpurel_lite.cli import demo
 
 VIEW = demo.WIDGET_VIEW
 
@@ -81,7 +81,7 @@ def test_static_copy_of_a_widget_without_controls_adds_no_note():
 def test_machine_specific_cells_keep_no_outputs():
     import nbformat
 
-    from fedpurel_lite.demo import MACHINE_SPECIFIC, normalise
+    from fedpurel_lite.cli.demo import MACHINE_SPECIFIC, normalise
 
     nb = nbformat.v4.new_notebook()
     nb.cells = [nbformat.v4.new_code_cell("print(1)", outputs=[nbformat.v4.new_output("stream", text="1\n")])

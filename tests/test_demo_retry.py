@@ -8,7 +8,7 @@ import nbformat
 import pytest
 from nbclient.exceptions import CellTimeoutError
 
-from fedpurel_lite import demo
+from fedpurel_lite.cli import demo
 
 
 def _notebook(path: Path, marker: Path, sleeps: int) -> None:

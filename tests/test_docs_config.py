@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import fields
 from pathlib import Path
 
-from fedpurel_lite.registry import AXES, sections
+from fedpurel_lite.config.registry import AXES, sections
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "experiments.md"
 

@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_grid_text_is_canonical(tmp_path):
-    from fedpurel_lite.explore_grid import GridStore, grid_text, point_key, rounded, write_grid
+    from fedpurel_lite.views.explore_grid import GridStore, grid_text, point_key, rounded, write_grid
 
     assert rounded({"a": np.float32(1.23456), "b": [float("nan"), -0.0001, np.int64(3)], "c": np.array([0.5])}) == \
         {"a": 1.235, "b": [None, 0.0, 3], "c": [0.5]}
@@ -44,9 +44,9 @@ def test_the_command_checks_its_input_before_any_work(tmp_path, capsys):
 
 @pytest.mark.parametrize("name", ["bias_app", "federation"])
 def test_shipped_grid_matches_the_embedded_protocol(name):
-    from fedpurel_lite import bias_app, widgets
     from fedpurel_lite.config import RunConfig
-    from fedpurel_lite.explore_grid import FOLDER, GridStore
+    from fedpurel_lite.views import bias_app, widgets
+    from fedpurel_lite.views.explore_grid import FOLDER, GridStore
 
     spec = {"bias_app": (bias_app.GRID_FILE, bias_app.GRID_ROUNDS, bias_app.APP_METHODS, bias_app.RATIOS,
                          bias_app.ALPHAS),
@@ -63,9 +63,10 @@ def test_shipped_grid_matches_the_embedded_protocol(name):
 
 def test_a_shipped_point_is_what_the_code_computes(core_one_thread):
     """One grid point re-run live (a short federation of the embedded world) equals the shipped numbers."""
-    from fedpurel_lite import assembly, widgets
     from fedpurel_lite.config import RunConfig
-    from fedpurel_lite.explore_grid import FOLDER, GridStore, rounded
+    from fedpurel_lite.engine import assembly
+    from fedpurel_lite.views import widgets
+    from fedpurel_lite.views.explore_grid import FOLDER, GridStore, rounded
 
     store = GridStore.load(FOLDER / widgets.FEDERATION_GRID_FILE)
     config = RunConfig.load(ROOT / "configs" / "embedded.toml")
@@ -83,7 +84,7 @@ def test_a_shipped_point_is_what_the_code_computes(core_one_thread):
 
 
 def test_explorer_config_is_off_the_shipped_grid():
-    from fedpurel_lite.explore_grid import FOLDER, GridStore
+    from fedpurel_lite.views.explore_grid import FOLDER, GridStore
 
     store = GridStore.load(FOLDER / "federation.json")
     assert store is None or not store.matches(explorer_config(), 4, ("zero-shot", "fedavg", "fedpurel"))
@@ -91,9 +92,10 @@ def test_explorer_config_is_off_the_shipped_grid():
 
 def test_a_shipped_app_point_is_what_the_code_computes(core_one_thread):
     """One method of one app grid point re-run live equals the shipped numbers."""
-    from fedpurel_lite import assembly, bias_app
     from fedpurel_lite.config import RunConfig
-    from fedpurel_lite.explore_grid import FOLDER, GridStore, rounded
+    from fedpurel_lite.engine import assembly
+    from fedpurel_lite.views import bias_app
+    from fedpurel_lite.views.explore_grid import FOLDER, GridStore, rounded
 
     store = GridStore.load(FOLDER / bias_app.GRID_FILE)
     config = RunConfig.load(ROOT / "configs" / "embedded.toml")

@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from conftest import register_tiny_clip
-from fedpurel_lite import features as fb
-from fedpurel_lite.backbone import load_backbone
-from fedpurel_lite.cache_entry import manifest_digest
-from fedpurel_lite.metrics import group_means, per_class_accuracy
+from fedpurel_lite.data import features as fb
+from fedpurel_lite.data.backbone import load_backbone
+from fedpurel_lite.data.cache_entry import manifest_digest
+from fedpurel_lite.engine.metrics import group_means, per_class_accuracy
 from fedpurel_lite.worlds import shapes
 from fedpurel_lite.worlds.quality import default_groups, linear_probe_accuracy
 

@@ -8,12 +8,12 @@ import re
 import pytest
 import torch
 
-import fedpurel_lite.client as client_mod
-import fedpurel_lite.simulate as simulate
+import fedpurel_lite.engine.client as client_mod
+import fedpurel_lite.engine.simulate as simulate
 from fedpurel_lite.config import RunConfig
+from fedpurel_lite.engine.finite import check_loss, check_tensors, likely_knob, suspects
+from fedpurel_lite.engine.simulate import run
 from fedpurel_lite.errors import NonFiniteError, UserError
-from fedpurel_lite.finite import check_loss, check_tensors, likely_knob, suspects
-from fedpurel_lite.simulate import run
 
 pytestmark = pytest.mark.usefixtures("core_one_thread")
 
@@ -31,7 +31,7 @@ def _strip(history):
 
 # ----------------------------------------------------------------------------- the checks
 def test_all_finite_is_exact_even_when_the_sum_overflows():
-    from fedpurel_lite.finite import all_finite
+    from fedpurel_lite.engine.finite import all_finite
 
     big = torch.full((10,), 3e38)
     assert not torch.isfinite(big.sum()) and all_finite(big)  # finite values whose fp32 sum overflows
@@ -183,8 +183,8 @@ def test_a_diverging_proximal_run_is_stopped_not_returned(core_bank):
 
 def test_a_finite_run_is_unchanged_by_the_guard(core_bank, tmp_path):
     """The guard reads values only: a normal run's result is the same with the checks switched off."""
-    import fedpurel_lite.local as local
-    import fedpurel_lite.personalize as personalize
+    import fedpurel_lite.engine.local as local
+    import fedpurel_lite.engine.personalize as personalize
 
     cfg = _cfg(method="fedpurel", rounds=2)
     guarded = run(cfg, bank=core_bank, progress=False)

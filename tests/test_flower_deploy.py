@@ -25,9 +25,9 @@ import torch
 pytest.importorskip("flwr", reason="the Flower layer needs the 'flower' extra (pip install -e '.[flower]')")
 
 from fedpurel_lite.config import RunConfig  # noqa: E402
+from fedpurel_lite.engine.simulate import run  # noqa: E402
 from fedpurel_lite.flower.certs import make_node_keys  # noqa: E402
 from fedpurel_lite.flower.deploy import Deployment  # noqa: E402
-from fedpurel_lite.simulate import run  # noqa: E402
 
 CONFIG = RunConfig.load("configs/embedded.toml").with_overrides({"num_clients": 4, "rounds": 3, "min_client_size": 5})
 RUN_TIMEOUT = 360.0  # seconds, per deployed run (on a loaded 2-core machine)

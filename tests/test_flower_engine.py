@@ -11,9 +11,9 @@ import torch
 pytest.importorskip("flwr", reason="the Flower layer needs the 'flower' extra (pip install -e '.[flower]')")
 
 from fedpurel_lite.config import RunConfig  # noqa: E402
+from fedpurel_lite.engine.simulate import run  # noqa: E402
 from fedpurel_lite.flower.run import run_flower  # noqa: E402
 from fedpurel_lite.flower.strategy import FlowerRunError  # noqa: E402
-from fedpurel_lite.simulate import run  # noqa: E402
 
 CONFIG = RunConfig.load("configs/embedded.toml").with_overrides(
     {"num_clients": 4, "rounds": 3, "participation": 0.5, "method": "fedpurel", "seed": 7})

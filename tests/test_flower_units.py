@@ -14,16 +14,16 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricR
 from flwr.serverapp import Grid  # noqa: E402
 from flwr.supercore.task_identity import TaskIdentity  # noqa: E402
 
-from fedpurel_lite.aggregate import ClientSampler, fedavg  # noqa: E402
-from fedpurel_lite.client import make_clients, predict_private, train_private, train_shared  # noqa: E402
 from fedpurel_lite.config import RunConfig  # noqa: E402
+from fedpurel_lite.data.partition import build_federation  # noqa: E402
+from fedpurel_lite.engine.aggregate import ClientSampler, fedavg  # noqa: E402
+from fedpurel_lite.engine.client import make_clients, predict_private, train_private, train_shared  # noqa: E402
+from fedpurel_lite.engine.personalize import new_personal_module  # noqa: E402
 from fedpurel_lite.errors import NonFiniteError  # noqa: E402
 from fedpurel_lite.flower.client_app import ClientRuntime, evaluate_step, train_step  # noqa: E402
 from fedpurel_lite.flower.strategy import FedPuReLStrategy, FlowerRunError  # noqa: E402
 from fedpurel_lite.methods import get_method  # noqa: E402
-from fedpurel_lite.partition import build_federation  # noqa: E402
 from fedpurel_lite.peft import build_peft  # noqa: E402
-from fedpurel_lite.personalize import new_personal_module  # noqa: E402
 
 K = 6
 NODE = {pid: 100 + 7 * pid for pid in range(K)}  # node ids are opaque to the strategy

@@ -34,7 +34,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from fedpurel_lite.__main__ import main
-from fedpurel_lite.simulate import run as REAL_RUN  # captured before the module's trap replaces it
+from fedpurel_lite.engine.simulate import run as REAL_RUN  # captured before the module's trap replaces it
 
 ROOT = Path(__file__).resolve().parents[1]
 EMBEDDED = ROOT / "configs" / "embedded.toml"
@@ -50,12 +50,12 @@ class WorkStarted(Exception):
 @pytest.fixture(scope="module", autouse=True)
 def trapped():
     """Trap the work of every command (loading, training, drawing, keys, notebooks) for the whole module."""
-    import fedpurel_lite.assembly as assembly
-    import fedpurel_lite.demo as demo
+    import fedpurel_lite.cli.demo as demo
+    import fedpurel_lite.cli.pretrain as pretrain
+    import fedpurel_lite.engine.assembly as assembly
+    import fedpurel_lite.engine.simulate as simulate
     import fedpurel_lite.flower.certs as certs
-    import fedpurel_lite.pretrain as pretrain
-    import fedpurel_lite.report as report
-    import fedpurel_lite.simulate as simulate
+    import fedpurel_lite.views.report as report
 
     def work(*args, **kwargs):
         raise WorkStarted
@@ -187,7 +187,7 @@ def test_oltr_lists_and_class_name_files(image_root, train, test, names):
 @example(steps="800", batch="256", lr="0.001", threads="1", seed="0", shift="0.5", out="shipped", flags=[])
 @example(steps="800", batch="0", lr="nan", threads="-1", seed="0", shift="0.5", out="new", flags=[])
 def test_pretrain_options(steps, batch, lr, threads, seed, shift, out, flags, tmp_path):
-    from fedpurel_lite.backbone import EMBEDDED_WEIGHTS
+    from fedpurel_lite.data.backbone import EMBEDDED_WEIGHTS
 
     shipped_before = EMBEDDED_WEIGHTS.read_bytes() if EMBEDDED_WEIGHTS.exists() else None
     with tempfile.TemporaryDirectory() as tmp:
@@ -278,7 +278,7 @@ def test_argument_lists_of_every_command(command, argv):
 
 # ----------------------------------------------------------------------------- manifests
 def _tiny_bank(seed: int = 0):
-    from fedpurel_lite.features import FeatureBank
+    from fedpurel_lite.data.features import FeatureBank
 
     g = torch.Generator().manual_seed(seed)
     f = torch.nn.functional.normalize(torch.randn(6, 4, generator=g), dim=-1)
@@ -292,13 +292,13 @@ INPUTS = {"world": "fuzz:1", "model": "tiny"}
 
 
 def _entry(folder: str | Path) -> Path:
-    from fedpurel_lite.features import _key
+    from fedpurel_lite.data.features import _key
 
     return Path(folder) / _key(INPUTS)
 
 
 def _damage(manifest: dict, how: str, key: str, value, n: int) -> str:
-    from fedpurel_lite.cache_entry import DIGEST, manifest_digest
+    from fedpurel_lite.data.cache_entry import DIGEST, manifest_digest
 
     if how == "nested":
         return '{"inputs": ' + deep(n) + "}"
@@ -322,7 +322,7 @@ MANIFEST_KEYS = ["inputs", "class_names", "class_order", "logit_scale", "content
        value=ANY_JSON, n=st.integers(1, 20_000))
 @example(how="nested", key="inputs", value=None, n=5000)
 def test_damaged_feature_cache_manifests_are_moved_aside_and_rebuilt(how, key, value, n):
-    from fedpurel_lite.features import FeatureBank, FeatureCacheWarning
+    from fedpurel_lite.data.features import FeatureBank, FeatureCacheWarning
 
     with tempfile.TemporaryDirectory() as tmp, pytest.MonkeyPatch.context() as mp:
         base = _entry(tmp)
@@ -352,15 +352,15 @@ def test_damaged_feature_cache_manifests_are_moved_aside_and_rebuilt(how, key, v
 @example(how="edited", key="config", value=None, n=1)
 @example(how="re-digested", key="config", value=[1], n=1)
 def test_damaged_checkpoint_manifests_give_one_error(how, key, value, n):
-    from fedpurel_lite.checkpoint import check_output_dir, check_resumable, find_resume_point, save_checkpoint
     from fedpurel_lite.config import RunConfig
+    from fedpurel_lite.engine.checkpoint import check_output_dir, check_resumable, find_resume_point, save_checkpoint
     from fedpurel_lite.errors import UserError
 
     config = RunConfig().with_overrides({"rounds": 3}).to_dict()
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = Path(tmp) / "checkpoint"
         path = save_checkpoint(ckpt, 0, config, "fedpurel", [{"round": 0}], {"global/w": torch.ones(3)})
-        from fedpurel_lite.checkpoint import canonical_json, sha256_bytes
+        from fedpurel_lite.engine.checkpoint import canonical_json, sha256_bytes
 
         meta = json.loads(path.read_text())
         text = _damage(meta, "edited" if how == "re-digested" else how, key, value, n)
@@ -475,8 +475,8 @@ def test_hardening_examples(build, pattern, tmp_path, monkeypatch):
 
 def test_threads_are_clipped_and_large_caches_announced(tmp_path, monkeypatch):
     """``workers=1024 num_threads=1024``: a warning each, clipped; a LoRA run announces its 522 MB token cache."""
-    import fedpurel_lite.simulate as simulate
-    from fedpurel_lite.workers import available_cores
+    import fedpurel_lite.engine.simulate as simulate
+    from fedpurel_lite.engine.workers import available_cores
 
     seen = {}
 
@@ -501,7 +501,7 @@ def test_make_app_serves_with_a_token():
 
 
 def test_deep_feature_cache_manifest_is_moved_aside_and_rebuilt(tmp_path, monkeypatch):
-    from fedpurel_lite.features import FeatureBank, FeatureCacheWarning
+    from fedpurel_lite.data.features import FeatureBank, FeatureCacheWarning
 
     base = _entry(tmp_path)
     _tiny_bank().save(base)
@@ -513,6 +513,6 @@ def test_deep_feature_cache_manifest_is_moved_aside_and_rebuilt(tmp_path, monkey
 
 
 def test_shipped_weights_are_untouched():
-    from fedpurel_lite.backbone import EMBEDDED_SHA256, EMBEDDED_WEIGHTS, sha256_file
+    from fedpurel_lite.data.backbone import EMBEDDED_SHA256, EMBEDDED_WEIGHTS, sha256_file
 
     assert not EMBEDDED_WEIGHTS.exists() or sha256_file(EMBEDDED_WEIGHTS) == EMBEDDED_SHA256

@@ -26,11 +26,11 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from fedpurel_lite.config import RunConfig
-from fedpurel_lite.config_checks import CHOICES as CORE_CHOICES
-from fedpurel_lite.config_checks import MAX_TEXT
-from fedpurel_lite.config_checks import RANGES as CORE_RANGES
+from fedpurel_lite.config.checks import CHOICES as CORE_CHOICES
+from fedpurel_lite.config.checks import MAX_TEXT
+from fedpurel_lite.config.checks import RANGES as CORE_RANGES
+from fedpurel_lite.config.registry import AXES, sections
 from fedpurel_lite.errors import UserError
-from fedpurel_lite.registry import AXES, sections
 
 ROOT = Path(__file__).resolve().parents[1]
 #: a fixed, reproducible search within the suite's budget; FEDPUREL_FUZZ_EXAMPLES=5000 searches deeper (random)

@@ -17,9 +17,9 @@ import pytest
 import torch
 
 from conftest import register_tiny_clip
-from fedpurel_lite import features as fb
-from fedpurel_lite.backbone import load_backbone, resolve_device
-from fedpurel_lite.cache_entry import manifest_digest
+from fedpurel_lite.data import features as fb
+from fedpurel_lite.data.backbone import load_backbone, resolve_device
+from fedpurel_lite.data.cache_entry import manifest_digest
 from fedpurel_lite.errors import ConfigError
 from fedpurel_lite.worlds import shapes
 
@@ -139,8 +139,8 @@ _CHILD = textwrap.dedent("""
     from pathlib import Path
     import open_clip, torch
     from safetensors.torch import save_file
-    from fedpurel_lite import features as fb
-    from fedpurel_lite.backbone import load_backbone
+    from fedpurel_lite.data import features as fb
+    from fedpurel_lite.data.backbone import load_backbone
     from fedpurel_lite.worlds import shapes
 
     cfg, cache, go, out = sys.argv[1], sys.argv[2], Path(sys.argv[3]), Path(sys.argv[4])

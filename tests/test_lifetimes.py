@@ -249,8 +249,8 @@ def test_kill_9_of_flower_deploy_mid_run_leaves_nothing_and_resume_finishes_the_
     import torch
 
     from fedpurel_lite.config import RunConfig
-    from fedpurel_lite.results import RunResult
-    from fedpurel_lite.simulate import run
+    from fedpurel_lite.engine.results import RunResult
+    from fedpurel_lite.engine.simulate import run
 
     out = tmp_path / "d"
     with ProcessSet(grace=10.0) as procs:

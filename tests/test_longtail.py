@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from fedpurel_lite.longtail import (
+from fedpurel_lite.data.longtail import (
     assign_groups,
     class_counts,
     counts_by_class,

@@ -12,12 +12,12 @@ import torch
 import torch.nn.functional as F
 
 from conftest import assert_pullback_matches_autograd
-from fedpurel_lite.bank import model_inputs
 from fedpurel_lite.config import RunConfig
-from fedpurel_lite.lora_tower import block_forward, vision_tokens
+from fedpurel_lite.data.bank import model_inputs
+from fedpurel_lite.data.token_bank import TokenBank, load_or_build_tokens
+from fedpurel_lite.engine.lora_tower import block_forward, vision_tokens
 from fedpurel_lite.peft import build_peft
 from fedpurel_lite.peft.lora import LoRACLIP
-from fedpurel_lite.token_bank import TokenBank, load_or_build_tokens
 
 pytestmark = pytest.mark.usefixtures("core_one_thread")
 
@@ -207,7 +207,7 @@ def _cfg(**kw):
 
 
 def test_simulate_lora_aggregates_only_lora_and_resumes(lora_clip, tmp_path):
-    from fedpurel_lite.simulate import run
+    from fedpurel_lite.engine.simulate import run
 
     model, _ = lora_clip
     bank, bb = _bank(model), _backbone(lora_clip)
@@ -234,7 +234,7 @@ def test_simulate_lora_aggregates_only_lora_and_resumes(lora_clip, tmp_path):
 
 @pytest.mark.parametrize("method", ["fedavg", "fedpurel-linear", "fedrep", "interp", "folio", "local-ft"])
 def test_every_personalization_runs_on_tokens(lora_clip, method):
-    from fedpurel_lite.simulate import run
+    from fedpurel_lite.engine.simulate import run
 
     model, _ = lora_clip
     res = run(_cfg(method=method, rounds=1), bank=_bank(model, 120, 30), backbone=_backbone(lora_clip),
@@ -280,8 +280,8 @@ def test_flower_client_steps_on_lora(lora_clip):
     from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
     from flwr.supercore.task_identity import TaskIdentity
 
-    from fedpurel_lite.assembly import assemble
-    from fedpurel_lite.client import train_shared
+    from fedpurel_lite.engine.assembly import assemble
+    from fedpurel_lite.engine.client import train_shared
     from fedpurel_lite.flower.client_app import ClientRuntime, evaluate_step, train_step
 
     TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 0

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from fedpurel_lite import metrics as m
+from fedpurel_lite.engine import metrics as m
 
 NAN = float("nan")
 

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from fedpurel_lite.metrics import evaluate_predictions, local_head_lean, per_class_accuracy, prediction_kl
+from fedpurel_lite.engine.metrics import evaluate_predictions, local_head_lean, per_class_accuracy, prediction_kl
 
 # 4 classes: 0 head, 1 head, 2 medium, 3 tail. Class 3 is never predicted right (0 %).
 Y_TRUE = np.array([0, 0, 0, 0, 1, 1, 2, 2, 3, 3])

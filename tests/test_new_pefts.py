@@ -13,12 +13,12 @@ import torch.nn.functional as F
 
 from conftest import assert_pullback_matches_autograd, register_tiny_clip
 from fedpurel_lite.config import RunConfig
+from fedpurel_lite.data.openclip_adapter import vision_tokens
+from fedpurel_lite.data.token_bank import TokenBank
 from fedpurel_lite.errors import ConfigError
-from fedpurel_lite.openclip_adapter import vision_tokens
 from fedpurel_lite.peft import PEFTS, build_peft
 from fedpurel_lite.peft.attention_adapter import FUSION_METHOD, AttentionAdapter, AttentionAdapterConfig
 from fedpurel_lite.peft.bitfit import BitFitCLIP, BitFitConfig, block_forward
-from fedpurel_lite.token_bank import TokenBank
 
 pytestmark = pytest.mark.usefixtures("core_one_thread")
 
@@ -122,9 +122,9 @@ def test_config_sections_are_the_plugins_own(tmp_path):
 
 
 def test_fusion_method_is_plain_kl_and_fused_ce_only():
-    from fedpurel_lite.assembly import with_method
+    from fedpurel_lite.engine.assembly import with_method
+    from fedpurel_lite.engine.personalize import PERSONALIZATIONS, personal_loss
     from fedpurel_lite.methods import get_method
-    from fedpurel_lite.personalize import PERSONALIZATIONS, personal_loss
     from fedpurel_lite.purify import OBJECTIVES
 
     method = get_method(FUSION_METHOD["name"])
@@ -141,7 +141,7 @@ def test_fusion_method_is_plain_kl_and_fused_ce_only():
 
 
 def test_attention_adapter_short_run_with_its_fusion_loss(core_bank):
-    from fedpurel_lite.simulate import run
+    from fedpurel_lite.engine.simulate import run
 
     cfg = RunConfig().with_overrides(dict(num_clients=5, participation=0.4, rounds=2, imbalance_ratio=10,
                                           min_client_size=5, lr=0.2, personal_lr=0.2, batch_size=16, seed=3,
@@ -238,7 +238,7 @@ def test_shared_state_roundtrip_and_pullback(kind, core_bank, bitfit_clip):
 
 
 def test_bitfit_short_federated_run(bitfit_clip):
-    from fedpurel_lite.simulate import run
+    from fedpurel_lite.engine.simulate import run
 
     model, tok = bitfit_clip
     cfg = RunConfig().with_overrides(dict(method="fedpurel", peft="bitfit", num_clients=3, participation=0.67,

@@ -42,7 +42,7 @@ def test_world_keeps_images_labels_order_and_attributes() -> None:
 
 
 def test_pretrain_names_option(tmp_path) -> None:
-    from fedpurel_lite import pretrain
+    from fedpurel_lite.cli import pretrain
 
     assert pretrain.class_names_for("shapes") == shapes.CLASS_NAMES
     assert pretrain.class_names_for("opaque") == opaque.opaque_names()

@@ -14,13 +14,13 @@ from pathlib import Path
 
 import pytest
 
-from fedpurel_lite import outlock
 from fedpurel_lite.__main__ import main
-from fedpurel_lite.outlock import LOCK_NAME, FolderLockedError, check_unlocked, holder_alive, output_lock
+from fedpurel_lite.engine import outlock
+from fedpurel_lite.engine.outlock import LOCK_NAME, FolderLockedError, check_unlocked, holder_alive, output_lock
 
 ROOT = Path(__file__).resolve().parents[1]
 EMBEDDED = ROOT / "configs" / "embedded.toml"
-HOLD = ("import sys, time; from fedpurel_lite.outlock import output_lock\n"
+HOLD = ("import sys, time; from fedpurel_lite.engine.outlock import output_lock\n"
         "with output_lock(sys.argv[1], command='holder'):\n    print('held', flush=True); time.sleep(300)\n")
 
 
@@ -30,8 +30,8 @@ class WorkStarted(Exception):
 
 @pytest.fixture
 def trapped(monkeypatch):
-    import fedpurel_lite.assembly as assembly
-    import fedpurel_lite.simulate as simulate
+    import fedpurel_lite.engine.assembly as assembly
+    import fedpurel_lite.engine.simulate as simulate
 
     def work(*args, **kwargs):
         raise WorkStarted

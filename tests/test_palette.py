@@ -12,11 +12,11 @@ import pandas as pd
 import pytest
 from matplotlib.colors import to_hex
 
-from fedpurel_lite import palette, plots
-from fedpurel_lite.longtail import GROUP_NAMES, assign_groups, class_counts
+from fedpurel_lite.data.longtail import GROUP_NAMES, assign_groups, class_counts
 from fedpurel_lite.methods import method_names, plugin_records
+from fedpurel_lite.views import palette, plots
 
-PACKAGE = Path(plots.__file__).resolve().parent
+PACKAGE = Path(plots.__file__).resolve().parents[1]
 CORE = ["zero-shot", "fedavg", "fedavg-la", "fedpurel-global", "fedpurel-global-kl", "fedpurel", "fedpurel-noproj",
         "local-ft", "fedrep", "interp", "folio", "local-only"]
 

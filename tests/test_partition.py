@@ -5,9 +5,8 @@ import numpy as np
 import pytest
 
 from fedpurel_lite.config import RunConfig
-from fedpurel_lite.errors import ConfigError
-from fedpurel_lite.longtail import class_counts
-from fedpurel_lite.partition import (
+from fedpurel_lite.data.longtail import class_counts
+from fedpurel_lite.data.partition import (
     build_federation,
     check_split,
     count_frame,
@@ -16,6 +15,7 @@ from fedpurel_lite.partition import (
     label_entropy,
     split_by_shares,
 )
+from fedpurel_lite.errors import ConfigError
 from fedpurel_lite.worlds import describe_world
 
 C = 100

@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from conftest import assert_pullback_matches_autograd
+from fedpurel_lite.engine.personalize import ResidualHead
 from fedpurel_lite.peft import FeatureAdapter, PromptLearner, TextAnchoredHead, build_peft
-from fedpurel_lite.personalize import ResidualHead
 
 pytestmark = pytest.mark.usefixtures("core_one_thread")
 

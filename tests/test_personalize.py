@@ -7,8 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from fedpurel_lite.config import RunConfig
-from fedpurel_lite.peft import build_peft
-from fedpurel_lite.personalize import (
+from fedpurel_lite.engine.personalize import (
     PERSONAL_KINDS,
     ResidualHead,
     load_state,
@@ -20,6 +19,7 @@ from fedpurel_lite.personalize import (
     start_state,
     train_personal,
 )
+from fedpurel_lite.peft import build_peft
 
 pytestmark = pytest.mark.usefixtures("core_one_thread")
 
@@ -164,7 +164,8 @@ def test_no_kind_name_is_a_string_literal_in_the_engine():
     import fedpurel_lite
 
     root = Path(fedpurel_lite.__file__).parent
-    for rel in ("personalize.py", "simulate.py", "client.py", "analysis.py", "personal/base.py",
+    for rel in ("engine/personalize.py", "engine/simulate.py", "engine/client.py", "engine/analysis.py",
+                "personal/base.py",
                 "personal/__init__.py"):
         literals = {n.value for n in ast.walk(ast.parse((root / rel).read_text())) if isinstance(n, ast.Constant)}
         assert not literals & set(PERSONAL_KINDS), rel
@@ -198,7 +199,7 @@ def test_a_new_kind_is_one_registered_class(core_bank):
 @pytest.mark.parametrize("kind", PERSONAL_KINDS)
 def test_kept_branch_logits_give_the_personal_predictions(core_bank, kind):
     """For a branch-only kind, the kept branch logits (+ the global's if residual) are the personal logits."""
-    from fedpurel_lite.personalize import branch_logits, branch_only, personal_plus_global
+    from fedpurel_lite.engine.personalize import branch_logits, branch_only, personal_plus_global
 
     cfg, glob, init, x, y = _setup(core_bank, "adapter" if kind == "folio" else "head")
     pm = new_personal_module(kind, glob, cfg)

@@ -3,8 +3,8 @@ import hashlib
 import matplotlib.pyplot as plt
 import numpy as np
 
-from fedpurel_lite import plots
-from fedpurel_lite.longtail import assign_groups, class_counts
+from fedpurel_lite.data.longtail import assign_groups, class_counts
+from fedpurel_lite.views import plots
 
 
 def _digest(path):

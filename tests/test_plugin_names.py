@@ -27,23 +27,25 @@ from fedpurel_lite.worlds import WORLD_PLUGINS
 PACKAGE = Path(fedpurel_lite.__file__).parent
 
 #: modules that compose plugins by name: the method registry and the table of moved keys
-COMPOSERS = {"methods", "config_keys"}
+COMPOSERS = {"methods", "config.keys"}
 
 #: (module, word): what the word means there -- a homonym of a plugin name, not a reference to it
 HOMONYMS: dict[tuple[str, str], str] = {
-    ("longtail", "head"): "the class group",
-    ("metrics", "head"): "the class group",
-    ("cli", "head"): "the class group's column",
+    ("data.longtail", "head"): "the class group",
+    ("engine.metrics", "head"): "the class group",
+    ("cli.run", "head"): "the class group's column",
     ("flower.server_app", "head"): "the class group's metric",
-    ("cache_entry", "shapes"): "tensor shapes in a cache manifest",
-    ("pretrain", "shapes"): "the caption set of the embedded world's class names",
-    ("config_sections", "shapes"): "the default world of a config",
-    ("config_sections", "head"): "the default PEFT of a config",
+    ("data.cache_entry", "shapes"): "tensor shapes in a cache manifest",
+    ("cli.pretrain", "shapes"): "the caption set of the embedded world's class names",
+    ("config.sections", "shapes"): "the default world of a config",
+    ("config.sections", "head"): "the default PEFT of a config",
 }
 
 #: engine modules: they must not name a method either
-ENGINE = {"assembly", "bank", "client", "simulate", "local", "personalize", "analysis", "workers", "checkpoint",
-          "preflight", "finite", "resources", "features", "token_bank", "partition", "flower.client_app",
+ENGINE = {"engine.assembly", "data.bank", "engine.client", "engine.simulate", "engine.local", "engine.personalize",
+          "engine.analysis", "engine.workers", "engine.checkpoint",
+          "engine.preflight", "engine.finite", "engine.resources", "data.features", "data.token_bank",
+          "data.partition", "flower.client_app",
           "flower.strategy"}
 
 

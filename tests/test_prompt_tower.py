@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from fedpurel_lite.engine.prompt_tower import SharedPrefixTower, supports
 from fedpurel_lite.peft import PromptLearner
-from fedpurel_lite.prompt_tower import SharedPrefixTower, supports
 
 pytestmark = pytest.mark.usefixtures("core_one_thread")
 

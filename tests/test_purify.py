@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from fedpurel_lite.config import RunConfig
-from fedpurel_lite.local import SGD, local_train, merge_telemetry
+from fedpurel_lite.engine.local import SGD, local_train, merge_telemetry
 from fedpurel_lite.peft import build_peft
 from fedpurel_lite.purify import aligned_kl, entropy, find_temperature, logit_gradients, project, project_gradients
 
@@ -224,7 +224,7 @@ def test_sgd_matches_torch_optim(momentum, wd):
 
 def _local_train_by_hooks(peft, features, labels, teacher_logits, config, generator, objective, class_prior=None):
     """The local epoch loop written once around the objective plugin's hooks (no capability flags)."""
-    from fedpurel_lite.local import batches, stage1_optimizer
+    from fedpurel_lite.engine.local import batches, stage1_optimizer
     from fedpurel_lite.purify import OBJECTIVES
 
     obj = OBJECTIVES.get(objective)
@@ -276,7 +276,8 @@ def test_objective_hooks_reproduce_local_train_bit_for_bit(core_bank, mode, over
 
 
 def test_objective_plugins_registry():
-    from fedpurel_lite import local, purify
+    from fedpurel_lite import purify
+    from fedpurel_lite.engine import local
 
     assert purify.OBJECTIVES.names() == ("ce", "prox", "la", "purify", "purify-kl")
     for name in purify.OBJECTIVES:

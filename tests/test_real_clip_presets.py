@@ -27,7 +27,7 @@ import pytest
 
 from fedpurel_lite.__main__ import main
 from fedpurel_lite.config import RunConfig
-from fedpurel_lite.results import RunResult
+from fedpurel_lite.engine.results import RunResult
 from fedpurel_lite.worlds.cifar import CIFAR100_COARSE
 
 PRESETS = ["paper_cifar100_lt", "reference_cifar100_lt"]
@@ -42,7 +42,7 @@ def test_preset_names_the_clip_vit_b16_architecture(preset):
     import open_clip
     from open_clip.pretrained import get_pretrained_cfg
 
-    from fedpurel_lite.backbone import check_backbone
+    from fedpurel_lite.data.backbone import check_backbone
 
     world = RunConfig.load(CONFIGS / f"{preset}.toml").world
     check_backbone(world.backbone, "random")  # a name open_clip builds (weights not needed)
@@ -79,7 +79,7 @@ def narrow_model(name: str, monkeypatch: pytest.MonkeyPatch) -> dict:
     """Make ``name`` build a narrow CLIP of its own family in open_clip's registry (undone after the test)."""
     import open_clip.factory
 
-    from fedpurel_lite.backbone import register_embedded_config
+    from fedpurel_lite.data.backbone import register_embedded_config
 
     register_embedded_config()  # its one-time rescan of the registry happens now, not during the run
     cfg = open_clip.get_model_config(name)

@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from fedpurel_lite.checkpoint import Checkpoint, check_resumable
 from fedpurel_lite.config import RunConfig
+from fedpurel_lite.data.features import _inputs, _key
+from fedpurel_lite.data.partition import build_federation, count_matrix, superclass_split
+from fedpurel_lite.engine.checkpoint import Checkpoint, check_resumable
+from fedpurel_lite.engine.local import SHARED_STATE_ATTR, batches, stage1_optimizer
 from fedpurel_lite.errors import ConfigError, IntegrityError
-from fedpurel_lite.features import _inputs, _key
-from fedpurel_lite.local import SHARED_STATE_ATTR, batches, stage1_optimizer
-from fedpurel_lite.partition import build_federation, count_matrix, superclass_split
 from fedpurel_lite.purify import aligned_kl, logit_gradients
 from fedpurel_lite.worlds import coarse_labels_of
 from fedpurel_lite.worlds.cifar import CIFAR100_COARSE, cifar100_coarse_labels

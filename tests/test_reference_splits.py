@@ -9,8 +9,8 @@ import pytest
 from PIL import Image
 
 from fedpurel_lite.config import RunConfig
+from fedpurel_lite.data.partition import build_federation
 from fedpurel_lite.errors import ConfigError, IntegrityError, ResourceMissingError
-from fedpurel_lite.partition import build_federation
 from fedpurel_lite.worlds import describe_world, load_world
 from fedpurel_lite.worlds.folder import oltr_test_file, write_oltr_list
 

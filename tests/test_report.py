@@ -14,13 +14,13 @@ import pytest
 import torch
 
 from fedpurel_lite.config import RunConfig
+from fedpurel_lite.engine.metrics import client_metrics
+from fedpurel_lite.engine.results import ANALYSIS, RunResult
+from fedpurel_lite.engine.simulate import run
 from fedpurel_lite.errors import IntegrityError
-from fedpurel_lite.metrics import client_metrics
-from fedpurel_lite.palette import METHOD_STYLES
-from fedpurel_lite.report import REPORT_HTML, load_runs, views_of, write_report
-from fedpurel_lite.report_figures import FIGURES, method_colour
-from fedpurel_lite.results import ANALYSIS, RunResult
-from fedpurel_lite.simulate import run
+from fedpurel_lite.views.palette import METHOD_STYLES
+from fedpurel_lite.views.report import REPORT_HTML, load_runs, views_of, write_report
+from fedpurel_lite.views.report_figures import FIGURES, method_colour
 
 ROOT = Path(__file__).resolve().parents[1]
 EMBEDDED = ROOT / "configs" / "embedded.toml"

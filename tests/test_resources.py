@@ -6,10 +6,10 @@ import warnings
 
 import pytest
 
-import fedpurel_lite.resources as resources
+import fedpurel_lite.engine.resources as resources
 from fedpurel_lite.config import RunConfig
+from fedpurel_lite.engine.workers import available_cores
 from fedpurel_lite.errors import ConfigError
-from fedpurel_lite.workers import available_cores
 
 
 def test_threads_are_clipped_to_the_cores_with_a_warning():

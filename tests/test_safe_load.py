@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from fedpurel_lite.data.safe_load import MAX_DEPTH, load_json, load_toml, loads_json, nesting_depth
 from fedpurel_lite.errors import ConfigError, IntegrityError
-from fedpurel_lite.safe_load import MAX_DEPTH, load_json, load_toml, loads_json, nesting_depth
 
 
 def test_nesting_depth_counts_lists_and_dicts_without_recursion():

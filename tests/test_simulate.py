@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from fedpurel_lite.checkpoint import find_resume_point
-from fedpurel_lite.client import client_generator
 from fedpurel_lite.config import RunConfig
+from fedpurel_lite.engine.checkpoint import find_resume_point
+from fedpurel_lite.engine.client import client_generator
+from fedpurel_lite.engine.results import RunResult
+from fedpurel_lite.engine.simulate import compare, run
 from fedpurel_lite.methods import FUSION_BASELINES, METHODS, get_method
-from fedpurel_lite.results import RunResult
-from fedpurel_lite.simulate import compare, run
 
 pytestmark = pytest.mark.usefixtures("core_one_thread")
 
@@ -180,7 +180,7 @@ def test_prompt_method_on_tiny_clip(core_tiny_clip):
 
 
 def test_client_metrics_equal_evaluate_predictions():
-    from fedpurel_lite.metrics import client_metrics, evaluate_predictions
+    from fedpurel_lite.engine.metrics import client_metrics, evaluate_predictions
 
     rng = np.random.default_rng(0)
     c = 12
@@ -198,11 +198,11 @@ def test_client_metrics_equal_evaluate_predictions():
 
 def test_round_state_steps_drive_any_round_loop(core_bank):
     """The round's steps are methods of one state object: a hand-written loop over them reproduces ``run``."""
-    from fedpurel_lite.aggregate import ClientSampler
-    from fedpurel_lite.assembly import assemble
-    from fedpurel_lite.results import clean_json
-    from fedpurel_lite.simulate import RoundState
-    from fedpurel_lite.workers import ClientPool, IntraOpThreads
+    from fedpurel_lite.engine.aggregate import ClientSampler
+    from fedpurel_lite.engine.assembly import assemble
+    from fedpurel_lite.engine.results import clean_json
+    from fedpurel_lite.engine.simulate import RoundState
+    from fedpurel_lite.engine.workers import ClientPool, IntraOpThreads
 
     cfg = _cfg(method="fedpurel", rounds=3)
     ref = run(cfg, bank=core_bank, progress=False)

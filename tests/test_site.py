@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from fedpurel_lite import __main__ as cli
-from fedpurel_lite import demo, site
+from fedpurel_lite.cli import demo, site
 from fedpurel_lite.errors import UserError
 
 VIEW = demo.WIDGET_VIEW

@@ -1,7 +1,7 @@
 import numpy as np
 
 from conftest import explorer_config
-from fedpurel_lite.widgets import PartitionExplorer, ProfileExplorer
+from fedpurel_lite.views.widgets import PartitionExplorer, ProfileExplorer
 
 ORDER = np.random.default_rng(0).permutation(100)
 TRAIN = np.repeat(np.arange(100), 500)
@@ -38,7 +38,7 @@ def test_drawing_headless_does_not_fail():
 
 # ----------------------------------------------------------------------------- FederationExplorer (notebook 06)
 def test_federation_view_runs_a_reduced_federation(core_bank, core_one_thread):
-    from fedpurel_lite.widgets import federation_view
+    from fedpurel_lite.views.widgets import federation_view
 
     view = federation_view(core_bank, explorer_config(), imbalance_ratio=20, dirichlet_alpha=0.5,
                            methods=("zero-shot", "fedavg"), rounds=2)
@@ -54,7 +54,7 @@ def test_federation_view_runs_a_reduced_federation(core_bank, core_one_thread):
 
 
 def test_federation_sliders_rerun_the_federation(core_bank, core_one_thread):
-    from fedpurel_lite.widgets import FederationExplorer
+    from fedpurel_lite.views.widgets import FederationExplorer
 
     ex = FederationExplorer(core_bank, explorer_config(imbalance_ratio=2), methods=("zero-shot", "fedpurel"),
                             rounds=2, draw=False)
@@ -74,7 +74,7 @@ def test_federation_sliders_rerun_the_federation(core_bank, core_one_thread):
 
 
 def test_federation_explorer_draws_headless(core_bank, core_one_thread):
-    from fedpurel_lite.widgets import FederationExplorer
+    from fedpurel_lite.views.widgets import FederationExplorer
 
     ex = FederationExplorer(core_bank, explorer_config(), methods=("zero-shot", "fedavg"), rounds=1)
     ex.ratio.value = 20
@@ -83,8 +83,8 @@ def test_federation_explorer_draws_headless(core_bank, core_one_thread):
 
 
 def test_federation_explorer_answers_its_grid_from_the_file(core_bank, core_one_thread, tmp_path):
-    from fedpurel_lite.explore_grid import fingerprint, point_key, write_grid
-    from fedpurel_lite.widgets import FederationExplorer, federation_point, federation_view
+    from fedpurel_lite.views.explore_grid import fingerprint, point_key, write_grid
+    from fedpurel_lite.views.widgets import FederationExplorer, federation_point, federation_view
 
     cfg, methods, runs = explorer_config(), ("zero-shot", "fedavg"), {}
     points = {point_key(r, a): federation_point(core_bank, cfg, r, a, methods, 2, runs)

@@ -8,8 +8,8 @@ import time
 import pytest
 import torch
 
+from fedpurel_lite.engine.workers import ClientPool, IntraOpThreads, available_cores, resolve_workers
 from fedpurel_lite.peft import PEFTS
-from fedpurel_lite.workers import ClientPool, IntraOpThreads, available_cores, resolve_workers
 
 
 def test_map_keeps_order_and_never_shares_a_slot():

@@ -146,7 +146,7 @@ def test_shape_grouped_variant_changes_drift_and_order_but_not_the_default() -> 
 # ----------------------------------------------------------------------------- worlds as plugins
 def test_every_world_registers_its_description_loader_and_section() -> None:
     from fedpurel_lite.config import RunConfig
-    from fedpurel_lite.registry import sections
+    from fedpurel_lite.config.registry import sections
     from fedpurel_lite.worlds import WORLD_PLUGINS, WORLDS, coarse_labels, describe, source
 
     assert {"shapes", "cifar10", "cifar100", "folder"} <= set(WORLDS) == set(WORLD_PLUGINS.names())
@@ -170,8 +170,8 @@ def test_nothing_outside_a_world_module_names_it() -> None:
     from fedpurel_lite.worlds import WORLDS
 
     root = Path(__file__).resolve().parents[1] / "fedpurel_lite"
-    for path in (root / "worlds" / "__init__.py", root / "worlds" / "base.py", root / "registry.py",
-                 root / "config_checks.py"):
+    for path in (root / "worlds" / "__init__.py", root / "worlds" / "base.py", root / "config/registry.py",
+                 root / "config/checks.py"):
         code = "\n".join(line for line in path.read_text().splitlines() if not line.lstrip().startswith(("#", "``")))
         code = re.sub(r'"""(.|\n)*?"""', "", code)  # docstrings may name examples
         for name in WORLDS:

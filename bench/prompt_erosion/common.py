@@ -15,12 +15,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from fedpurel_lite.assembly import load_backbone_for, load_bank
 from fedpurel_lite.config import RunConfig
-from fedpurel_lite.metrics import group_means, per_class_accuracy
-from fedpurel_lite.partition import build_federation
+from fedpurel_lite.data.partition import build_federation
+from fedpurel_lite.engine.assembly import load_backbone_for, load_bank
+from fedpurel_lite.engine.metrics import group_means, per_class_accuracy
+from fedpurel_lite.engine.simulate import run
 from fedpurel_lite.peft import build_peft
-from fedpurel_lite.simulate import run
 from fedpurel_lite.worlds.quality import default_groups
 
 HERE = Path(__file__).resolve().parent

@@ -11,7 +11,7 @@ import shift_worlds  # noqa: E402
 import torch  # noqa: E402
 from common import groups_of, log, per_class_zs_prompt, per_class_zs_template, variant  # noqa: E402
 
-from fedpurel_lite.backbone import load_backbone  # noqa: E402
+from fedpurel_lite.data.backbone import load_backbone  # noqa: E402
 from fedpurel_lite.worlds.shapes import shapes_class_order  # noqa: E402
 
 

@@ -17,7 +17,7 @@ import orders  # noqa: E402
 import torch  # noqa: E402
 from common import base_config, build_peft, load_default, log  # noqa: E402
 
-from fedpurel_lite import longtail  # noqa: E402
+from fedpurel_lite.data import longtail  # noqa: E402
 
 
 def anova(v):

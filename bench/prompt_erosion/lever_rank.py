@@ -28,7 +28,7 @@ from common import (  # noqa: E402
 )
 from lever import bias_jacobian  # noqa: E402
 
-from fedpurel_lite import longtail  # noqa: E402
+from fedpurel_lite.data import longtail  # noqa: E402
 from fedpurel_lite.worlds.quality import default_groups  # noqa: E402
 
 KNOWN = {"3680195247": "shipped (eroded: s7 r40 -2.4, r100 -7.4)", "3478590612": "confusable (did not erode: +9.9)"}

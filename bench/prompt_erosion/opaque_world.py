@@ -29,8 +29,8 @@ CACHE = os.environ.get("OPAQUE_CACHE", "/tmp/h8/cache")
 
 def load():
     """The opaque world's feature bank (cached under CACHE) and the opaque tower."""
-    from fedpurel_lite.backbone import load_backbone
-    from fedpurel_lite.features import FeatureBank
+    from fedpurel_lite.data.backbone import load_backbone
+    from fedpurel_lite.data.features import FeatureBank
     from fedpurel_lite.worlds.opaque import load_opaque
 
     backbone = load_backbone("fedpurel-tiny", pretrained=WEIGHTS)
@@ -39,7 +39,7 @@ def load():
 
 
 def cmd_report():
-    from fedpurel_lite.pretrain import report
+    from fedpurel_lite.cli.pretrain import report
 
     t0 = time.time()
     out = report(WEIGHTS, cache_dir=CACHE, names="opaque")
@@ -82,8 +82,8 @@ def cmd_claims(seed=1):
     Logs GM, PM and the global model on the clients' splits (last 10 rounds, %) per method.
     """
     from fedpurel_lite.config import RunConfig
-    from fedpurel_lite.partition import build_federation
-    from fedpurel_lite.simulate import run
+    from fedpurel_lite.data.partition import build_federation
+    from fedpurel_lite.engine.simulate import run
 
     bank, backbone = load()
     config = RunConfig().with_overrides({"rounds": 30, "lr": 0.01, "personal_lr": 0.01, "seed": int(seed),

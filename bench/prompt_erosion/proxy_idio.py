@@ -10,7 +10,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import proxy_sweep  # noqa: E402
 import shift_worlds  # noqa: E402
 
-from fedpurel_lite.backbone import load_backbone  # noqa: E402
+from fedpurel_lite.data.backbone import load_backbone  # noqa: E402
 
 if __name__ == "__main__":
     kind = os.environ.get("WORLD", "idio")

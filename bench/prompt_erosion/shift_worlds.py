@@ -18,8 +18,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from fedpurel_lite.backbone import load_backbone  # noqa: E402
-from fedpurel_lite.features import FeatureBank  # noqa: E402
+from fedpurel_lite.data.backbone import load_backbone  # noqa: E402
+from fedpurel_lite.data.features import FeatureBank  # noqa: E402
 from fedpurel_lite.worlds import shapes  # noqa: E402
 
 OUT = Path("/tmp/h4")

@@ -138,7 +138,7 @@ def check_options(out: Path, num_nodes: int, hosts: Sequence[str], days: int) ->
     ConfigError
         Naming the option, the value and what is allowed.
     """
-    from ..preflight import check_folder_destination
+    from ..engine.preflight import check_folder_destination
 
     if not 1 <= days <= MAX_DAYS:
         raise ConfigError(f"--days {days}: allowed [1, {MAX_DAYS}] (certificate validity in days)")

@@ -28,9 +28,9 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 from flwr.clientapp import ClientApp
 from safetensors.torch import load_file, save_file
 
-from ..assembly import assemble
-from ..client import ClientData, make_clients, predict_private, train_private, train_shared
 from ..config import RunConfig
+from ..engine.assembly import assemble
+from ..engine.client import ClientData, make_clients, predict_private, train_private, train_shared
 from ..errors import ConfigError, NonFiniteError
 from ..methods import Method
 from ..peft import PEFTModule

@@ -4,7 +4,7 @@
 SuperLink and one SuperNode per client as separate OS processes on 127.0.0.1 (free ports chosen at
 run time), gives every SuperNode only its own client's data file (:func:`.client_app.export_client_data`),
 submits the Flower App in ``flower_app/`` with ``flwr run --stream``, prints its progress, and leaves
-``result.json`` + ``final_state.safetensors`` (as :meth:`~fedpurel_lite.results.RunResult.save`) and
+``result.json`` + ``final_state.safetensors`` (as :meth:`~fedpurel_lite.engine.results.RunResult.save`) and
 ``status.json`` in ``--out``; the logs of every process are in ``--out/deploy/logs``.
 
 Secure by default: TLS with a local CA (:mod:`.certs`; ``--certs DIR`` reuses or fills DIR) and
@@ -40,8 +40,8 @@ from typing import Any
 import tomli_w
 
 from ..config import RunConfig
+from ..engine.results import FINAL_STATE, RESULT_JSON, RUNTIME_KEYS, RunResult, atomic_write, config_differences
 from ..errors import ConfigError
-from ..results import FINAL_STATE, RESULT_JSON, RUNTIME_KEYS, RunResult, atomic_write, config_differences
 from .certs import CA_CERT, SERVER_CERT, SERVER_KEY, make_credentials, make_node_keys
 from .procs import Managed, Proc, ProcessSet, free_port, port_open
 from .run import FlowerResult
@@ -491,9 +491,9 @@ def main(argv: list[str] | None = None) -> int:
 
     ``--resume`` / ``--fresh``: continue or start over a deployment in ``--out`` whose launcher died.
     """
-    from ..cli import load_config, print_results
-    from ..cli import parser as cli_parser
-    from ..preflight import preflight
+    from ..cli.run import load_config, print_results
+    from ..cli.run import parser as cli_parser
+    from ..engine.preflight import preflight
     from .procs import interrupt_on_signals
 
     p = cli_parser("flower deploy", __doc__ or "")

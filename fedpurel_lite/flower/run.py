@@ -4,7 +4,7 @@
 
 :func:`run_flower` starts Flower's Simulation Runtime in this process (the ServerApp in a thread,
 ClientApps in Ray workers, one virtual SuperNode per client, each given its ``partition-id``),
-returns the same :class:`~fedpurel_lite.results.RunResult` as the simulator (plus the failures it
+returns the same :class:`~fedpurel_lite.engine.results.RunResult` as the simulator (plus the failures it
 saw), and shuts Ray down again, so no background process outlives the call.
 """
 
@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import RunConfig
-from ..results import RunResult, federation_info, summarise
+from ..engine.results import RunResult, federation_info, summarise
 from . import require_flwr
 from .client_app import FaultHook, build_client_app
 from .server_app import build_server_app
@@ -39,7 +39,7 @@ def run_flower(config: RunConfig, min_replies: int = 1, num_cpus: int = 2, fault
     Parameters
     ----------
     config : RunConfig
-        The protocol (as for :func:`fedpurel_lite.simulate.run`).
+        The protocol (as for :func:`fedpurel_lite.engine.simulate.run`).
     min_replies : int
         Successful client replies needed in every step; fewer stop the run with :class:`FlowerRunError`.
     num_cpus : int
@@ -120,8 +120,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in MODES:
         return int(importlib.import_module(MODES[argv[0]]).main(argv[1:]) or 0)
-    from ..cli import load_config
-    from ..cli import parser as cli_parser
+    from ..cli.run import load_config
+    from ..cli.run import parser as cli_parser
 
     parser = cli_parser("flower", __doc__ or "")
     parser.add_argument("--min-replies", type=int, default=1, help="successful replies needed per step")
@@ -133,9 +133,9 @@ def main(argv: list[str] | None = None) -> int:
     config = load_config(args)
     from contextlib import nullcontext
 
-    from ..outlock import check_unlocked, output_lock
-    from ..preflight import check_folder_destination, preflight
-    from ..results import ANALYSIS, FINAL_STATE, RESULT_JSON
+    from ..engine.outlock import check_unlocked, output_lock
+    from ..engine.preflight import check_folder_destination, preflight
+    from ..engine.results import ANALYSIS, FINAL_STATE, RESULT_JSON
 
     if args.out:
         check_folder_destination(args.out, "--out", files=(RESULT_JSON, FINAL_STATE, ANALYSIS))
@@ -153,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     with output_lock(args.out, "--out", f"flower run {config.method.name}") if args.out else nullcontext():
         out = run_flower(config, args.min_replies, verbose=args.verbose)
-        from ..cli import print_results
+        from ..cli.run import print_results
 
         print_results({out.result.method: out.result})
         for f in out.failures:

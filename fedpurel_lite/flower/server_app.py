@@ -12,12 +12,11 @@ import torch
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
-from ..assembly import assemble, with_method
-from ..bank import model_inputs
 from ..config import RunConfig
-from ..errors import ConfigError
-from ..metrics import evaluate_predictions
-from ..results import (
+from ..data.bank import model_inputs
+from ..engine.assembly import assemble, with_method
+from ..engine.metrics import evaluate_predictions
+from ..engine.results import (
     RESULT_JSON,
     RUNTIME_KEYS,
     RunResult,
@@ -27,6 +26,7 @@ from ..results import (
     federation_info,
     summarise,
 )
+from ..errors import ConfigError
 from .client_app import config_from_context
 from .strategy import FedPuReLStrategy, FlowerRunError
 

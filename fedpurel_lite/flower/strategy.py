@@ -4,9 +4,9 @@ Round ``t`` (Flower's ``server_round = t + 1``; ``+ offset`` for a run resumed a
 rounds, :meth:`FedPuReLStrategy.resume_from`):
 
 - ``configure_train`` sends the global shared tensors to the clients the toolkit's seeded
-  :class:`~fedpurel_lite.aggregate.ClientSampler` picks (round 0: all), by partition id;
+  :class:`~fedpurel_lite.engine.aggregate.ClientSampler` picks (round 0: all), by partition id;
 - ``aggregate_train`` averages the replies' shared tensors with
-  :func:`~fedpurel_lite.aggregate.fedavg`, weighted by ``num-examples``, in partition order (so the
+  :func:`~fedpurel_lite.engine.aggregate.fedavg`, weighted by ``num-examples``, in partition order (so the
   sums match the simulator's); failed replies are logged and recorded, the rest aggregated;
 - ``configure_evaluate`` sends the new global tensors to every client, flagging the sampled ones to
   train their private branch first (stage 2);
@@ -32,15 +32,15 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDic
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
-from ..aggregate import ClientSampler, fedavg
 from ..config import RunConfig
+from ..data.partition import Federation
+from ..engine.aggregate import ClientSampler, fedavg
+from ..engine.finite import check_aggregated
+from ..engine.local import merge_telemetry
+from ..engine.metrics import evaluate_clients
+from ..engine.results import clean_json
 from ..errors import NonFiniteError, UserError
-from ..finite import check_aggregated
-from ..local import merge_telemetry
 from ..methods import get_method
-from ..metrics import evaluate_clients
-from ..partition import Federation
-from ..results import clean_json
 from .client_app import nonfinite_message
 
 log = logging.getLogger("fedpurel_lite.flower")

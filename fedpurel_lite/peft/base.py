@@ -16,7 +16,7 @@ federation averages are the module's trainable parameters, exchanged by name thr
 A PEFT is registered in :data:`PEFTS` by decorating its builder with :func:`register_peft`, which
 declares what it needs (the backbone's towers or only cached features), whether a round's
 clients gain from training concurrently on the CPU, and its own config section: a frozen
-dataclass of its knobs (fields made with :func:`fedpurel_lite.registry.knob`), the TOML table
+dataclass of its knobs (fields made with :func:`fedpurel_lite.config.registry.knob`), the TOML table
 ``[peft.<name>]``, read by the builder as ``config.section(ItsConfig)``.
 """
 
@@ -30,7 +30,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..registry import Registry, knob
+from ..config.registry import Registry, knob
 
 __all__ = ["PEFTS", "PEFTModule", "PEFTSpec", "knob", "register_peft"]
 
@@ -115,7 +115,7 @@ def register_peft(name: str, *, config: type | None = None, needs_backbone: bool
         The registry key (``method.peft = "<name>"``).
     config : type, optional
         The PEFT's config section: a frozen dataclass whose fields are made with
-        :func:`~fedpurel_lite.registry.knob` (default, help, range or choices). It becomes the TOML
+        :func:`~fedpurel_lite.config.registry.knob` (default, help, range or choices). It becomes the TOML
         table ``[peft.<name>]`` and ``--set peft.<name>.<key>=...``; the builder reads it with
         ``config.section(ItsConfig)``.
     needs_backbone, concurrent_clients, description, inputs, suspect_keys, cost

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..openclip_adapter import Block, block_view, check_vision, pools_first_token, resblocks, vision_pool
+from ..data.openclip_adapter import Block, block_view, check_vision, pools_first_token, resblocks, vision_pool
 from .base import PEFTModule, knob, register_peft
 
 #: images per pass of the tower without grad (evaluation, the frozen global model)

@@ -3,7 +3,7 @@
 With LoRA in the vision tower the image features change with the trainable tensors, so cached
 final features cannot be used: the PEFT reads the vision tower's cached **input tokens** (patch
 embedding, class token, positions and ``ln_pre``, all frozen, see
-:mod:`fedpurel_lite.token_bank`) and runs the blocks with their updates, ``ln_post``, the
+:mod:`fedpurel_lite.data.token_bank`) and runs the blocks with their updates, ``ln_post``, the
 projection, and cosine logits against the class features. With LoRA in the text tower only, it
 reads cached image features like the other PEFTs.
 """
@@ -18,8 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..lora_tower import LoRAFactors, check_blocks, check_vision, run_blocks, vision_pool
-from ..openclip_adapter import pools_first_token, resblocks, text_tower, tower_width
+from ..data.openclip_adapter import pools_first_token, resblocks, text_tower, tower_width
+from ..engine.lora_tower import LoRAFactors, check_blocks, check_vision, run_blocks, vision_pool
 from .base import PEFTCost, PEFTModule, knob, register_peft
 
 #: images per pass of the LoRA vision tower without grad (evaluation, the frozen global model)

@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..openclip_adapter import text_tower
-from ..prompt_tower import SharedPrefixTower, supports
+from ..data.openclip_adapter import text_tower
+from ..engine.prompt_tower import SharedPrefixTower, supports
 from .base import PEFTCost, PEFTModule, knob, register_peft
 
 
@@ -42,7 +42,7 @@ class PromptLearner(PEFTModule):
     generator : torch.Generator, optional
         Generator for the random context init.
     shared_prefix : bool
-        Encode with :class:`~fedpurel_lite.prompt_tower.SharedPrefixTower` (the shared prefix once,
+        Encode with :class:`~fedpurel_lite.engine.prompt_tower.SharedPrefixTower` (the shared prefix once,
         each suffix packed, the last block at EOT only) when the tower supports it; ``False``
         forces the plain pass of all ``C`` padded prompts (same features up to float rounding).
     """

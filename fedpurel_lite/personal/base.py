@@ -5,9 +5,9 @@ client works with (:meth:`~Personalization.new_module`), what it trains from in 
 (:meth:`~Personalization.start_state`), its logits, loss and training step, and which of its
 logits can be kept across rounds (:meth:`~Personalization.branch_only`). A kind with knobs of its
 own declares them as a config section (a class attribute ``section``: a frozen dataclass of
-:func:`~fedpurel_lite.registry.knob` fields, the TOML table ``[personal.<name>]``, read with
+:func:`~fedpurel_lite.config.registry.knob` fields, the TOML table ``[personal.<name>]``, read with
 ``config.section(ItsConfig)``). A kind module decorates its class with
-:func:`register_personalization`; the engine (:mod:`fedpurel_lite.personalize`, the round loop,
+:func:`register_personalization`; the engine (:mod:`fedpurel_lite.engine.personalize`, the round loop,
 the Flower apps) reaches a kind only through :data:`PERSONALIZATIONS`.
 """
 
@@ -19,8 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..config.registry import Registry
 from ..peft import PEFTModule
-from ..registry import Registry
 
 if TYPE_CHECKING:
     from ..config import RunConfig

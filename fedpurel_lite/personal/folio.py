@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..config.registry import knob
 from ..peft import PEFTModule
-from ..registry import knob
 from .base import PersonalizationBase, register_personalization
 
 if TYPE_CHECKING:

@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING
 from torch import Tensor, nn
 from torch.func import functional_call
 
+from ..config.registry import knob
 from ..peft import PEFTModule
-from ..registry import knob
 from .base import PersonalizationBase, register_personalization
 
 if TYPE_CHECKING:

@@ -18,9 +18,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..config.registry import knob
 from ..core.residual import ResidualHead, residual_gradients
 from ..peft import PEFTModule
-from ..registry import knob
 from .base import PersonalizationBase, head_features, register_personalization
 
 if TYPE_CHECKING:

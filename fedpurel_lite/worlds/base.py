@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from fedpurel_lite.registry import Registry, knob
+from fedpurel_lite.config.registry import Registry, knob
 
 __all__ = ["DEFAULT_TEMPLATES", "SINGLE_TEMPLATE", "WORLD_PLUGINS", "World", "WorldInfo", "WorldSpec",
            "by_count", "fingerprint_of", "knob", "register_world"]
@@ -175,7 +175,7 @@ class WorldSpec:
         ``describe(section) -> WorldInfo`` without reading or rendering an image (the pre-flight);
         its ``class_order`` is the loaded world's.
     config : type, optional
-        The world's config section: a frozen dataclass of :func:`~fedpurel_lite.registry.knob` fields.
+        The world's config section: a frozen dataclass of :func:`~fedpurel_lite.config.registry.knob` fields.
     coarse_labels : callable, optional
         ``coarse_labels(section) -> int64 [num_classes]``, a coarse label per class id without
         loading the images (``federation.partition = "superclass"``); ``None``: the world has none.

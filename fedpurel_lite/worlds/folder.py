@@ -29,8 +29,8 @@ from typing import Any
 
 import numpy as np
 
+from fedpurel_lite.data.safe_load import load_json
 from fedpurel_lite.errors import ConfigError, IntegrityError, ResourceMissingError
-from fedpurel_lite.safe_load import load_json
 from fedpurel_lite.worlds.base import DEFAULT_TEMPLATES, World, WorldInfo, by_count, knob, register_world
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff")
@@ -429,7 +429,7 @@ def _check_entry_text(entry: object, source: Path) -> None:
 def check_folder_files(section: FolderConfig) -> None:
     """Read the split and class-name files now, bounded, before any image is read (the pre-flight).
 
-    A split file is parsed through :func:`fedpurel_lite.safe_load.load_json` (size, nesting, UTF-8);
+    A split file is parsed through :func:`fedpurel_lite.data.safe_load.load_json` (size, nesting, UTF-8);
     with OLTR lists and ``world.folder.class_names_file``, every class must be named, checked from
     the lists alone, so a bad class-name file is reported before the world's images are loaded.
 
@@ -438,7 +438,7 @@ def check_folder_files(section: FolderConfig) -> None:
     UserError
         Naming the file (and the line).
     """
-    from fedpurel_lite.safe_load import read_bounded
+    from fedpurel_lite.data.safe_load import read_bounded
 
     if not section.root:
         return

@@ -30,7 +30,7 @@ def default_groups(class_order: np.ndarray, n_max: int = 500, imbalance_ratio: f
     numpy.ndarray
         ``int64`` group per class id (0 head, 1 medium, 2 tail).
     """
-    from fedpurel_lite import longtail
+    from fedpurel_lite.data import longtail
 
     counts = longtail.counts_by_class(longtail.class_counts(n_max, len(class_order), imbalance_ratio, "exp"),
                                       np.asarray(class_order))

@@ -3,7 +3,7 @@
 Two domains share the classes:
 
 - **source**: clean shapes on dark, nearly flat backgrounds; balanced; used (with captions from
-  :data:`TEMPLATES`) to pretrain the tiny CLIP (:mod:`fedpurel_lite.pretrain`).
+  :data:`TEMPLATES`) to pretrain the tiny CLIP (:mod:`fedpurel_lite.cli.pretrain`).
 - **target**: the federated task. One knob ``shift`` in ``[0, 1]`` moves it away from the source:
   each colour drifts towards the next colour of a fixed cycle (a systematic shift that the image
   features still separate but that disturbs the image-text alignment), objects get smaller,

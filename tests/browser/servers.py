@@ -238,7 +238,7 @@ def work_copy(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def lab(chromium_browser, tmp_path_factory):
     """One JupyterLab for the session over a copy of the notebooks and, in ``student/``, the student edition."""
-    from fedpurel_lite.student import write_student_edition
+    from fedpurel_lite.cli.student import write_student_edition
 
     work = copy_tree(tmp_path_factory.mktemp("lab-work"))
     write_student_edition(work / "student")

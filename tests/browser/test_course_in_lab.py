@@ -22,8 +22,8 @@ import nbformat
 import pytest
 from servers import ROOT, close_notebook, open_notebook
 
-from fedpurel_lite.course import RESULT_TITLE, SOLUTION_FIRST_LINE
-from fedpurel_lite.student import write_student_edition
+from fedpurel_lite.cli.student import write_student_edition
+from fedpurel_lite.views.course import RESULT_TITLE, SOLUTION_FIRST_LINE
 
 NOTEBOOK = "01_zero_shot_balance.ipynb"
 RUN_ALL_TIMEOUT_S = 480

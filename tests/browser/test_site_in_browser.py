@@ -21,7 +21,7 @@ import pytest
 from playwright.sync_api import TimeoutError as PlaywrightTimeout
 from servers import START_TIMEOUT_S, STOP_TIMEOUT_S, free_port
 
-from fedpurel_lite import site
+from fedpurel_lite.cli import site
 
 SEARCH_TERM = "purification"
 MATH_TIMEOUT_MS = 30_000

@@ -135,7 +135,7 @@ def _settle(page, signature: str, shown: str) -> float:
 # ----------------------------------------------------------------------------- notebook 06's explorer, alone
 EXPLORER_CELLS = [
     "from IPython.display import display\n"
-    "from fedpurel_lite import assembly, widgets\n"
+    "from fedpurel_lite.engine import assembly; from fedpurel_lite.views import widgets\n"
     "from fedpurel_lite.config import RunConfig\n",
     "config = RunConfig.load('../configs/embedded.toml').with_overrides({'cache_dir': '../data/cache'})\n"
     "bank = assembly.load_bank(config, progress=False)\n"
