@@ -68,19 +68,6 @@ def check_tensors(tensors: Mapping[str, Tensor] | Iterable[tuple[str, Tensor]], 
 
 
 # ----------------------------------------------------------------------------- the knob at fault
-def _defaults() -> dict[str, float]:
-    """The default of every float setting: the core tables' and every plugin section's (selected or not)."""
-    from dataclasses import fields
-
-    from ..config import RunConfig
-    from ..config.registry import AXES, sections
-
-    out = {k: v for k, v in RunConfig().items() if isinstance(v, float)}
-    out.update((f"{axis}.{plugin}.{f.name}", f.default) for axis in AXES for plugin, cls in sections(axis).items()
-               for f in fields(cls) if isinstance(f.default, float))
-    return out
-
-
 def _momentum_gain(m: float) -> float:
     """How much momentum ``m`` multiplies the effective step: ``1 / (1 - m)``."""
     return math.inf if m >= 1.0 else 1.0 / (1.0 - m)
@@ -121,11 +108,14 @@ def likely_knob(config: Any, stage: int, objective: str | None = None, personal:
     Among :func:`suspects`, the one furthest above its default (by ratio; a momentum ``m`` counts
     as its step gain ``1 / (1 - m)``). When none is above its default, the stage's learning rate.
     """
-    defaults = _defaults()
+    from ..config import RunConfig
+
+    defaults = RunConfig()  # holds every plugin's section at its defaults, selected or not
     best, best_ratio = None, 1.0
     for key in suspects(config, stage, objective, personal):
         value = float(config.get(key))
-        ref = _REFERENCE.get(key) or defaults.get(key) or 0.0
+        default = defaults.get(key)
+        ref = _REFERENCE.get(key) or (default if isinstance(default, float) else 0.0)
         if key.endswith("momentum"):
             value_gain, ref_gain = _momentum_gain(value), _momentum_gain(ref)
             ratio = value_gain / ref_gain
@@ -140,7 +130,7 @@ def likely_knob(config: Any, stage: int, objective: str | None = None, personal:
     times = f"{best_ratio:.3g} times" if math.isfinite(best_ratio) else "far above"
     if best.endswith("momentum"):
         return f"{best}={value:g} (its step gain 1/(1 - momentum) is {times} the default's; lower it)"
-    return f"{best}={value:g} ({times} its default {_REFERENCE.get(best) or defaults[best]:g}; lower it)"
+    return f"{best}={value:g} ({times} its default {_REFERENCE.get(best) or defaults.get(best):g}; lower it)"
 
 
 def located(exc: NonFiniteError, round_idx: int, client: int | str | None, stage: int, config: Any,
